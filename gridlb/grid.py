@@ -1,0 +1,165 @@
+"""The grid topology file (`grid.yaml`): which substations exist, the ports, the active policy.
+
+Loading follows config -> validate (collect every error) -> use: a broken file is refused with
+one message per problem, each naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_GRID_FILE = "grid.yaml"
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """A configuration file was refused; the message lists every problem found."""
+
+    def __init__(self, path: str | Path, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class SubstationSpec:
+    id: str
+    port: int
+    capacity_kw: float
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    substations: tuple[SubstationSpec, ...]
+    policy: str
+    host: str = "127.0.0.1"
+    ingress_port: int = 8080
+    balancer_port: int = 8081
+    prometheus_port: int = 9090
+    scrape_interval_s: float = 1.0
+    speed_factor: float = 60.0
+    policy_dir: str = "policies"
+    source: str = DEFAULT_GRID_FILE
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.host}:{self.prometheus_port}"
+
+    @property
+    def ingress_url(self) -> str:
+        return f"http://{self.host}:{self.ingress_port}"
+
+    @property
+    def balancer_url(self) -> str:
+        return f"http://{self.host}:{self.balancer_port}"
+
+
+def grid_path_from_env() -> Path:
+    return Path(os.environ.get("GRID_CONFIG", DEFAULT_GRID_FILE))
+
+
+def load_grid(path: str | Path | None = None) -> GridConfig:
+    """Read and validate a grid file; raise ConfigError naming every bad field."""
+    grid_file = Path(path) if path is not None else grid_path_from_env()
+    try:
+        raw = yaml.safe_load(grid_file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(grid_file, [f"cannot read file: {exc.strerror}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(grid_file, [f"not valid YAML: {exc}"]) from exc
+    return parse_grid(raw, source=str(grid_file))
+
+
+def _port(raw: dict[str, Any], key: str, default: int, problems: list[str], where: str) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        problems.append(f"{where}{key}: must be an integer port 1-65535, got {value!r}")
+        return default
+    return value
+
+
+def _positive(raw: dict[str, Any], key: str, default: float | None, problems: list[str],
+              where: str) -> float:
+    value = raw.get(key, default)
+    if value is None:
+        problems.append(f"{where}{key}: is required")
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        problems.append(f"{where}{key}: must be a positive number, got {value!r}")
+        return 0.0
+    return float(value)
+
+
+def parse_grid(raw: object, source: str = DEFAULT_GRID_FILE) -> GridConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(source, ["top level: must be a mapping with 'substations' and 'policy'"])
+    problems: list[str] = []
+    ports = raw.get("ports") or {}
+    if not isinstance(ports, dict):
+        problems.append(f"ports: must be a mapping, got {type(ports).__name__}")
+        ports = {}
+    subs_raw = raw.get("substations")
+    substations: list[SubstationSpec] = []
+    if not isinstance(subs_raw, list) or not subs_raw:
+        problems.append("substations: must be a non-empty list")
+        subs_raw = []
+    seen_ids: set[str] = set()
+    seen_ports: set[int] = set()
+    for i, item in enumerate(subs_raw):
+        where = f"substations[{i}]."
+        if not isinstance(item, dict):
+            problems.append(f"substations[{i}]: must be a mapping with id, port, capacity_kw")
+            continue
+        sid = item.get("id")
+        if not isinstance(sid, str) or not _ID_RE.match(sid):
+            problems.append(f"{where}id: must be 1-63 letters, digits, '_', '.', '-', got {sid!r}")
+            sid = f"#{i}"
+        elif sid in seen_ids:
+            problems.append(f"{where}id: duplicate id {sid!r}")
+        seen_ids.add(sid)
+        port = _port(item, "port", 0, problems, where) if "port" in item else 0
+        if "port" not in item:
+            problems.append(f"{where}port: is required")
+        elif port in seen_ports:
+            problems.append(f"{where}port: port {port} is used twice")
+        seen_ports.add(port)
+        capacity = _positive(item, "capacity_kw", None, problems, where)
+        substations.append(SubstationSpec(id=sid, port=port, capacity_kw=capacity))
+    policy = raw.get("policy")
+    if not isinstance(policy, str) or not policy:
+        problems.append(f"policy: must name a policy file in policies/ (without .yaml), got {policy!r}")
+        policy = ""
+    host = raw.get("host", "127.0.0.1")
+    if not isinstance(host, str) or not host:
+        problems.append(f"host: must be a host name or address, got {host!r}")
+        host = "127.0.0.1"
+    grid = GridConfig(
+        substations=tuple(substations),
+        policy=policy,
+        host=host,
+        ingress_port=_port(ports, "ingress", 8080, problems, "ports."),
+        balancer_port=_port(ports, "balancer", 8081, problems, "ports."),
+        prometheus_port=_port(ports, "prometheus", 9090, problems, "ports."),
+        scrape_interval_s=_positive(raw, "scrape_interval_s", 1.0, problems, ""),
+        speed_factor=_positive(raw, "speed_factor", 60.0, problems, ""),
+        policy_dir=str(raw.get("policy_dir", "policies")),
+        source=source,
+        extra={k: v for k, v in raw.items() if k not in _KNOWN_KEYS},
+    )
+    service_ports = {grid.ingress_port, grid.balancer_port, grid.prometheus_port}
+    for clash in sorted(seen_ports & service_ports):
+        problems.append(f"substations: port {clash} clashes with a service port")
+    if problems:
+        raise ConfigError(source, problems)
+    return grid
+
+
+_KNOWN_KEYS = {"substations", "policy", "host", "ports", "scrape_interval_s", "speed_factor",
+               "policy_dir"}

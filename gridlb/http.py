@@ -1,0 +1,130 @@
+"""HTTP conventions every service shares.
+
+Errors are always `{"error": code, "detail": text}` JSON: aiohttp's own HTTP exceptions (404,
+405, 413, ...) are rewritten by `json_errors_middleware`, and an unexpected exception becomes a
+500 JSON body without a trace (the trace goes to the log, not to the caller).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable_entity",
+    429: "too_many_requests",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "unavailable",
+    504: "gateway_timeout",
+}
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+                  ) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status,
+                        content_type="application/json", headers=headers)
+
+
+def json_error(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None,
+               **extra: Any) -> web.Response:
+    return json_response({"error": code, "detail": detail, **extra}, status=status,
+                         headers=headers)
+
+
+@web.middleware
+async def json_errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        code = _STATUS_CODES.get(exc.status, "http_error")
+        detail = exc.reason if exc.text is None or exc.text.startswith(f"{exc.status}:") \
+            else exc.text
+        if exc.status == 413:
+            detail = "request body is larger than this service accepts"
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
+        return json_error(exc.status, code, detail, headers=headers)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_error(500, "internal_error", "the service failed to handle this request")
+
+
+def bearer_token_middleware(tokens: Iterable[str], open_paths: Iterable[str] = ()) -> Callable[
+        [web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Require `Authorization: Bearer <token>` (compared in constant time) unless no token is set."""
+    accepted = [t.encode() for t in tokens if t]
+    open_set = frozenset(open_paths)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not accepted or request.path in open_set:
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented:
+            return json_error(401, "unauthorized", "send 'Authorization: Bearer <key>'",
+                              headers={"WWW-Authenticate": "Bearer"})
+        candidate = presented.strip().encode()
+        # Check every key so the time taken does not reveal which one nearly matched.
+        matched = False
+        for token in accepted:
+            matched |= hmac.compare_digest(candidate, token)
+        if not matched:
+            return json_error(401, "unauthorized", "the bearer key is not valid",
+                              headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return middleware
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any] | web.Response:
+    """The request body as a JSON object, or the 4xx error response explaining why it is not."""
+    ctype = request.content_type
+    if ctype != "application/json":
+        return json_error(415, "unsupported_media_type",
+                          f"send Content-Type: application/json, not {ctype or 'nothing'}")
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return json_error(400, "malformed_json", f"the body is not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return json_error(400, "invalid_body",
+                          f"the body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def run_service(app: web.Application, host: str, port: int) -> None:
+    """Run an app with uvloop when available; SIGTERM and SIGINT stop it gracefully."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is optional off Linux
+        pass
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    web.run_app(app, host=host, port=port, access_log=None, print=None,
+                shutdown_timeout=10.0, handle_signals=True)
