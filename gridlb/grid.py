@@ -134,7 +134,8 @@ def parse_grid(raw: object, source: str = DEFAULT_GRID_FILE) -> GridConfig:
         substations.append(SubstationSpec(id=sid, port=port, capacity_kw=capacity))
     policy = raw.get("policy")
     if not isinstance(policy, str) or not policy:
-        problems.append(f"policy: must name a policy file in policies/ (without .yaml), got {policy!r}")
+        problems.append("policy: must name a policy file in policies/ (without .yaml), "
+                        f"got {policy!r}")
         policy = ""
     host = raw.get("host", "127.0.0.1")
     if not isinstance(host, str) or not host:

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,9 @@ async def json_errors_middleware(request: web.Request, handler: Handler) -> web.
         return json_error(500, "internal_error", "the service failed to handle this request")
 
 
-def bearer_token_middleware(tokens: Iterable[str], open_paths: Iterable[str] = ()) -> Callable[
-        [web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """Require `Authorization: Bearer <token>` (compared in constant time) unless no token is set."""
+def bearer_token_middleware(tokens: Iterable[str], open_paths: Iterable[str] = ()
+                            ) -> Middleware:
+    """Require `Authorization: Bearer <token>` (constant-time compare) unless no token is set."""
     accepted = [t.encode() for t in tokens if t]
     open_set = frozenset(open_paths)
 

@@ -1,0 +1,60 @@
+"""`python -m balancer`: run the balancer service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from balancer.app import create_app
+from balancer.config import BalancerConfig
+from gridlb.grid import ConfigError
+from gridlb.http import run_service
+
+
+def parse_args(argv: list[str] | None = None) -> BalancerConfig:
+    parser = argparse.ArgumentParser(prog="python -m balancer", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--prometheus-url", default="http://127.0.0.1:9090")
+    parser.add_argument("--prometheus-public-url", default=None,
+                        help="Prometheus as a browser reaches it (for /policy's graph link)")
+    parser.add_argument("--policy-dir", default="policies")
+    parser.add_argument("--policy", default="least-utilization")
+    parser.add_argument("--substation-job", default="substation")
+    parser.add_argument("--max-snapshot-age", type=float, default=15.0,
+                        help="seconds before deciding in degraded mode")
+    parser.add_argument("--query-timeout", type=float, default=2.0)
+    parser.add_argument("--forward-timeout", type=float, default=3.0)
+    parser.add_argument("--max-attempts", type=int, default=3)
+    parser.add_argument("--extra-query-params", default="{}",
+                        help='JSON object added to every Prometheus query, e.g. '
+                             '\'{"latency_offset": "1s"}\' for VictoriaMetrics')
+    args = parser.parse_args(argv)
+    try:
+        extra = json.loads(args.extra_query_params)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--extra-query-params: not JSON: {exc}")
+    if not isinstance(extra, dict):
+        parser.error("--extra-query-params: must be a JSON object")
+    return BalancerConfig(
+        prometheus_url=args.prometheus_url, prometheus_public_url=args.prometheus_public_url,
+        policy_dir=args.policy_dir, policy=args.policy, host=args.host, port=args.port,
+        substation_job=args.substation_job, max_snapshot_age_s=args.max_snapshot_age,
+        query_timeout_s=args.query_timeout, forward_timeout_s=args.forward_timeout,
+        max_attempts=args.max_attempts, extra_query_params=extra,
+        internal_token=os.environ.get("GRID_INTERNAL_TOKEN") or None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    try:
+        app = create_app(config)
+    except ConfigError as exc:
+        sys.exit(f"balancer: refusing to start: {exc}")
+    run_service(app, config.host, config.port)
+
+
+if __name__ == "__main__":
+    main()

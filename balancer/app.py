@@ -1,0 +1,71 @@
+"""The balancer service: `POST /dispatch` decides from a cached snapshot and forwards."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from balancer.config import BalancerConfig
+from balancer.health import OutlierDetector
+from balancer.ledger import PendingLedger
+from balancer.metrics import BalancerMetrics
+from balancer.policy import load_policy, policy_path
+from balancer.prom import GridQueries, QueryClient, make_client
+from balancer.refresh import PolicyRefresher
+from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, REFRESHER, RNG
+from balancer.views import setup_routes
+from gridlb.http import bearer_token_middleware, json_errors_middleware
+
+_OPEN_PATHS = ("/metrics", "/healthz", "/readyz")
+
+
+def create_app(config: BalancerConfig, client: QueryClient | None = None,
+               registry: CollectorRegistry | None = None) -> web.Application:
+    """Build the app; raises PolicyError (naming file and field) if the policy is broken."""
+    policy_file = policy_path(config.policy_dir, config.policy)
+    policy = load_policy(policy_file)
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=[json_errors_middleware,
+                     bearer_token_middleware([config.internal_token or ""], _OPEN_PATHS)])
+    metrics = BalancerMetrics(registry or CollectorRegistry())
+    ledger = PendingLedger(clock_skew_s=config.clock_skew_s)
+    health = OutlierDetector()
+    prometheus = client or make_client(config.prometheus_url, config.query_timeout_s,
+                                       config.prometheus_headers)
+    app[CONFIG] = config
+    app[METRICS] = metrics
+    app[LEDGER] = ledger
+    app[HEALTH] = health
+    app[RNG] = random.Random(config.seed)
+    app[REFRESHER] = PolicyRefresher(
+        prometheus, policy, Path(policy_file), ledger, health, metrics,
+        queries=GridQueries(config.substation_job),
+        max_snapshot_age_s=config.max_snapshot_age_s, extra_params=config.extra_query_params)
+    app.cleanup_ctx.append(http_session)
+    app.cleanup_ctx.append(refresh_loop)
+    setup_routes(app)
+    return app
+
+
+async def http_session(app: web.Application) -> AsyncIterator[None]:
+    # One pooled session for every forward: a session per request would pay a TCP handshake each.
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, ttl_dns_cache=300)
+    app[HTTP] = aiohttp.ClientSession(connector=connector)
+    yield
+    await app[HTTP].close()
+
+
+async def refresh_loop(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[REFRESHER].run(), name="policy-refresh")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,30 @@
+"""Balancer configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BalancerConfig:
+    prometheus_url: str = "http://127.0.0.1:9090"
+    # Where a person's browser reaches Prometheus (for the graph link in GET /policy).
+    prometheus_public_url: str | None = None
+    policy_dir: str = "policies"
+    policy: str = "least-utilization"
+    host: str = "127.0.0.1"
+    port: int = 8081
+    substation_job: str = "substation"
+    max_snapshot_age_s: float = 15.0
+    query_timeout_s: float = 2.0
+    forward_timeout_s: float = 3.0
+    max_attempts: int = 3
+    internal_token: str | None = None
+    # Extra query parameters for Prometheus-compatible backends, e.g. VictoriaMetrics'
+    # {"latency_offset": "1s"} (it hides the newest 30 s by default).
+    extra_query_params: dict[str, Any] = field(default_factory=dict)
+    prometheus_headers: dict[str, str] = field(default_factory=dict)
+    clock_skew_s: float = 0.5
+    seed: int | None = None
+    max_body_bytes: int = 16 * 1024

@@ -1,0 +1,56 @@
+"""The balancer's own metrics, on an explicit registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_DECISION_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3)
+_DISPATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class BalancerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.decisions = Counter("balancer_decisions", "Routing decisions by outcome",
+                                 ["policy", "substation", "outcome"], registry=registry)
+        self.decision_seconds = Histogram(
+            "balancer_decision_duration_seconds", "In-process decision time (no I/O)",
+            buckets=_DECISION_BUCKETS, registry=registry)
+        self.dispatch_seconds = Histogram(
+            "balancer_dispatch_duration_seconds", "Whole dispatch time including forwarding",
+            buckets=_DISPATCH_BUCKETS, registry=registry)
+        self.query_seconds = Histogram(
+            "balancer_prometheus_query_duration_seconds",
+            "Time to evaluate the grid and policy queries", ["policy"], registry=registry)
+        self.query_errors = Counter("balancer_prometheus_query_errors",
+                                    "Failed policy evaluations by reason", ["policy", "reason"],
+                                    registry=registry)
+        self.snapshot_age = Gauge("balancer_snapshot_age_seconds",
+                                  "Age of the snapshot decisions are made from",
+                                  registry=registry)
+        self.policy_score = Gauge("balancer_policy_score", "Policy score per substation",
+                                  ["policy", "substation"], registry=registry)
+        self.pending_kw = Gauge("balancer_pending_ledger_kw",
+                                "kW assigned that Prometheus has not scraped yet",
+                                ["substation"], registry=registry)
+        self.reloads = Counter("balancer_policy_reloads", "Policy reloads by result", ["result"],
+                               registry=registry)
+        self.forward_retries = Counter("balancer_forward_retries",
+                                       "Requests tried on another substation after a failure",
+                                       ["substation"], registry=registry)
+        self.forward_refusals = Counter("balancer_forward_refusals",
+                                        "Forwards a substation refused or failed",
+                                        ["substation", "reason"], registry=registry)
+        self.degraded = Gauge("balancer_degraded",
+                              "1 while deciding without a fresh snapshot", registry=registry)
+        self.ejected = Gauge("balancer_ejected_substations",
+                             "Substations ejected after failures", registry=registry)
+        for result in ("success", "error"):
+            self.reloads.labels(result=result)
+
+    def prune_substations(self, keep: set[str]) -> None:
+        """Drop label sets of substations that left the grid, so series stay bounded."""
+        for metric in (self.policy_score, self.pending_kw):
+            for labels in list(metric._metrics):  # no public API lists children
+                if labels[-1] not in keep:
+                    metric.remove(*labels)

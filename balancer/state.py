@@ -1,0 +1,22 @@
+"""Typed keys for the balancer's application state."""
+
+from __future__ import annotations
+
+import random
+
+import aiohttp
+from aiohttp import web
+
+from balancer.config import BalancerConfig
+from balancer.health import OutlierDetector
+from balancer.ledger import PendingLedger
+from balancer.metrics import BalancerMetrics
+from balancer.refresh import PolicyRefresher
+
+CONFIG = web.AppKey("config", BalancerConfig)
+REFRESHER = web.AppKey("refresher", PolicyRefresher)
+LEDGER = web.AppKey("ledger", PendingLedger)
+HEALTH = web.AppKey("health", OutlierDetector)
+METRICS = web.AppKey("metrics", BalancerMetrics)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+RNG = web.AppKey("rng", random.Random)

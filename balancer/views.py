@@ -1,0 +1,198 @@
+"""HTTP views of the balancer: thin glue over selection, forwarding and the refresher."""
+
+from __future__ import annotations
+
+import math
+import time
+import urllib.parse
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from balancer.forward import Outcome, place_session
+from balancer.policy import PolicyError, policy_path
+from balancer.selection import effective_load_kw, select_substation
+from balancer.snapshot import SubstationView
+from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, REFRESHER, RNG
+from gridlb.http import json_error, json_response, read_json_object
+
+_MAX_ID = 128
+
+
+def parse_dispatch(body: dict[str, Any]) -> dict[str, Any] | str:
+    """The charge to place, or a sentence saying what is wrong with it."""
+    for key in ("session_id", "vehicle_id"):
+        value = body.get(key)
+        if not isinstance(value, str) or not 0 < len(value) <= _MAX_ID or \
+                not value.isprintable():
+            return f"{key}: must be 1-{_MAX_ID} printable characters"
+    for key in ("requested_kw", "energy_kwh"):
+        value = body.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(value) or value <= 0:
+            return f"{key}: must be a positive finite number"
+    return {k: body[k] for k in ("session_id", "vehicle_id", "requested_kw", "energy_kwh")}
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    body = await read_json_object(request)
+    if isinstance(body, web.Response):
+        return body
+    charge = parse_dispatch(body)
+    if isinstance(charge, str):
+        return json_error(422, "invalid_request", charge)
+    started = time.perf_counter()
+    try:
+        return await _place(app, charge)
+    finally:
+        app[METRICS].dispatch_seconds.observe(time.perf_counter() - started)
+
+
+async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
+    config, refresher, ledger, health, metrics = (app[CONFIG], app[REFRESHER], app[LEDGER],
+                                                  app[HEALTH], app[METRICS])
+    if refresher.snapshot is None:
+        return json_error(503, "no_snapshot", "the balancer has not read Prometheus yet",
+                          headers={"Retry-After": "1"})
+    session_id, kw = charge["session_id"], float(charge["requested_kw"])
+    policy = refresher.policy
+    tried: list[str] = []
+
+    def is_ejected(view: SubstationView) -> bool:
+        return health.is_ejected(view.instance, time.time(), view.scrape_ts, view.up)
+
+    for attempt in range(1, config.max_attempts + 1):
+        snapshot = refresher.snapshot
+        decided = time.perf_counter()
+        choice = select_substation(
+            snapshot, ledger, policy, kw, app[RNG], exclude=tried, degraded=refresher.degraded,
+            is_ejected=is_ejected)
+        metrics.decision_seconds.observe(time.perf_counter() - decided)
+        if choice is None:
+            break
+        ledger.reserve(choice.instance, session_id, kw)
+        result = await place_session(app[HTTP], choice.instance, charge, config.internal_token,
+                                     config.forward_timeout_s)
+        if result.outcome is Outcome.ACCEPTED:
+            ledger.confirm(choice.instance, session_id, time.time())
+            health.record_success(choice.instance)
+            metrics.decisions.labels(policy.name, choice.name, "routed").inc()
+            return json_response({
+                "status": "charging", "session_id": session_id, "substation": choice.name,
+                "routed_to": choice.instance, "policy": policy.name, "attempts": attempt,
+                "session": result.body})
+        ledger.release(choice.instance, session_id)
+        tried.append(choice.instance)
+        reason = result.detail if result.outcome is Outcome.REFUSED else result.outcome.value
+        metrics.forward_refusals.labels(choice.name, reason[:40]).inc()
+        if result.outcome is Outcome.REFUSED:
+            if result.body.get("error") != "over_capacity":
+                return json_response(result.body, status=result.status)
+            reported = result.body.get("load_kw")
+            if isinstance(reported, (int, float)):
+                ledger.note_refusal(choice.instance, float(reported), time.time())
+        else:
+            health.record_failure(choice.instance, time.time(), len(snapshot.substations))
+            if result.outcome is Outcome.AMBIGUOUS:
+                metrics.decisions.labels(policy.name, choice.name, "failed").inc()
+                return json_error(504, "outcome_unknown",
+                                  f"{choice.name} did not confirm or cancel session "
+                                  f"{session_id}; retry with the same session id",
+                                  substation=choice.name)
+        metrics.forward_retries.labels(choice.name).inc()
+    metrics.decisions.labels(policy.name, "none", "no_capacity").inc()
+    retry_after = str(max(1, math.ceil(policy.refresh_interval_s)))
+    return json_error(503, "no_capacity",
+                      f"no substation can take {kw:g} kW now (tried {len(tried)})",
+                      headers={"Retry-After": retry_after})
+
+
+def graph_url(base: str, promql: str) -> str:
+    query = urllib.parse.urlencode({"g0.expr": promql, "g0.tab": "0", "g0.range_input": "15m"})
+    return f"{base.rstrip('/')}/graph?{query}"
+
+
+async def show_policy(request: web.Request) -> web.Response:
+    app = request.app
+    refresher, ledger, config = app[REFRESHER], app[LEDGER], app[CONFIG]
+    policy, snapshot = refresher.policy, refresher.snapshot
+    substations = []
+    for view in (snapshot.substations.values() if snapshot else ()):
+        substations.append({
+            "substation": view.name, "instance": view.instance, "up": view.up,
+            "score": view.score, "load_kw": view.load_kw, "capacity_kw": view.capacity_kw,
+            "pending_kw": ledger.pending_kw(view.instance),
+            "effective_load_kw": effective_load_kw(view, ledger),
+            "scraped_at": view.scrape_ts,
+        })
+    error = refresher.last_error
+    return json_response({
+        "policy": policy.name, "file": policy.source, "description": policy.description,
+        "query": policy.query,
+        "result": {"substation_label": policy.substation_label, "better": policy.better.value,
+                   "select": policy.select.value,
+                   "pending_adjustment": policy.pending_adjustment.value},
+        "refresh_interval_s": policy.refresh_interval_s,
+        "mode": refresher.mode,
+        "evaluated_at": snapshot.evaluated_at if snapshot else None,
+        "age_s": refresher.snapshot_age_s(),
+        "substations": substations,
+        "ejected": health.ejected() if (health := app[HEALTH]) else [],
+        "problems": list(snapshot.problems) if snapshot else [],
+        "last_error": None if error is None else {"reason": error.reason,
+                                                  "detail": error.detail, "at": error.at},
+        "reload_error": refresher.reload_error,
+        "prometheus_graph_url": graph_url(config.prometheus_public_url or config.prometheus_url,
+                                          policy.query),
+    })
+
+
+async def reload_policy(request: web.Request) -> web.Response:
+    """POST /-/reload, optionally {"policy": "<name>"} to switch to another policy file."""
+    app = request.app
+    refresher = app[REFRESHER]
+    target = None
+    if request.can_read_body:
+        body = await read_json_object(request)
+        if isinstance(body, web.Response):
+            return body
+        name = body.get("policy")
+        if name is not None:
+            if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+                return json_error(422, "invalid_request", "policy: must be a policy name")
+            target = policy_path(app[CONFIG].policy_dir, name)
+    try:
+        policy = await refresher.reload(target)
+    except PolicyError as exc:
+        return json_error(422, "invalid_policy", str(exc), problems=exc.problems,
+                          serving=refresher.policy.name)
+    await refresher.refresh_once()
+    return json_response({"status": "reloaded", "policy": policy.name, "file": policy.source})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    refresher = request.app[REFRESHER]
+    body = {"mode": refresher.mode, "snapshot_age_s": refresher.snapshot_age_s(),
+            "policy": refresher.policy.name}
+    return json_response(body, status=200 if refresher.snapshot is not None else 503)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    request.app[REFRESHER].update_gauges()
+    return web.Response(body=generate_latest(request.app[METRICS].registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/dispatch", dispatch)
+    app.router.add_get("/policy", show_policy)
+    app.router.add_post("/-/reload", reload_policy)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
