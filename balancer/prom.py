@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import requests
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from prometheus_api_client.prometheus_connect import PrometheusConnect
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from balancer.policy import Better, Policy
@@ -65,7 +66,10 @@ def run_query(client: QueryClient, promql: str, params: Mapping[str, Any]) -> li
     except requests.Timeout as exc:
         raise QueryFailure("client_timeout", str(exc)) from exc
     except requests.ConnectionError as exc:
-        raise QueryFailure("unreachable", str(exc)[:300]) from exc
+        # With retries off, urllib3 wraps a read timeout in MaxRetryError -> ConnectionError.
+        cause = getattr(exc.args[0], "reason", None) if exc.args else None
+        reason = "client_timeout" if isinstance(cause, ReadTimeoutError) else "unreachable"
+        raise QueryFailure(reason, str(exc)[:300]) from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise QueryFailure("bad_response", f"not a Prometheus API answer: {exc}") from exc
     if not isinstance(result, list) or not all(

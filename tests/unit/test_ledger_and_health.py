@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from balancer.health import OutlierDetector
+from balancer.ledger import PendingLedger
+
+
+def test_reserved_kw_is_pending_at_once_and_released_on_failure() -> None:
+    ledger = PendingLedger()
+    ledger.reserve("a", "s1", 11.0)
+    assert ledger.pending_kw("a") == 11.0
+    ledger.release("a", "s1")
+    assert ledger.pending_kw("a") == 0.0
+
+
+def test_repeat_reservation_of_one_session_counts_once() -> None:
+    ledger = PendingLedger()
+    ledger.reserve("a", "s1", 11.0)
+    ledger.reserve("a", "s1", 11.0)
+    assert ledger.pending_kw("a") == 11.0
+
+
+def test_settle_drops_only_what_a_later_scrape_has_counted() -> None:
+    ledger = PendingLedger(clock_skew_s=0.5)
+    for sid, confirmed in (("old", 100.0), ("edge", 100.8), ("new", 101.5)):
+        ledger.reserve("a", sid, 10.0)
+        ledger.confirm("a", sid, now=confirmed)
+    ledger.reserve("a", "in-flight", 5.0)
+    ledger.settle("a", scrape_ts=101.0)
+    # "old" was confirmed before the scrape (minus skew); "edge" is within the skew margin.
+    assert ledger.pending_kw("a") == 25.0
+    ledger.settle("a", scrape_ts=110.0)
+    assert ledger.pending_kw("a") == 5.0   # in flight: no scrape can have counted it yet
+
+
+def test_books_of_substations_that_left_are_forgotten() -> None:
+    ledger = PendingLedger()
+    ledger.reserve("a", "s1", 1.0)
+    ledger.reserve("b", "s2", 1.0)
+    ledger.forget_except({"b"})
+    assert ledger.snapshot() == {"b": 1.0}
+
+
+def test_ejected_after_consecutive_failures_only() -> None:
+    health = OutlierDetector(consecutive_failures=2)
+    assert health.record_failure("a", now=0.0, total_substations=4) is False
+    health.record_success("a")
+    assert health.record_failure("a", now=1.0, total_substations=4) is False
+    assert health.record_failure("a", now=2.0, total_substations=4) is True
+    assert health.is_ejected("a", now=3.0, scrape_ts=2.5, up=True)
+
+
+def test_readmitted_only_after_backoff_and_a_newer_scrape_showing_it_up() -> None:
+    health = OutlierDetector(consecutive_failures=1, base_ejection_s=5.0)
+    health.record_failure("a", now=100.0, total_substations=4)
+    assert health.is_ejected("a", now=106.0, scrape_ts=99.0, up=True)    # scrape too old
+    assert health.is_ejected("a", now=106.0, scrape_ts=105.0, up=False)   # still down
+    assert health.is_ejected("a", now=103.0, scrape_ts=102.0, up=True)    # backoff running
+    assert not health.is_ejected("a", now=106.0, scrape_ts=105.0, up=True)
+
+
+def test_backoff_grows_with_each_ejection_up_to_the_cap() -> None:
+    health = OutlierDetector(consecutive_failures=1, base_ejection_s=5.0, max_ejection_s=12.0)
+    health.record_failure("a", now=0.0, total_substations=4)
+    assert not health.is_ejected("a", now=5.0, scrape_ts=4.0, up=True)
+    health.record_failure("a", now=10.0, total_substations=4)   # second ejection: 10 s
+    assert health.is_ejected("a", now=19.0, scrape_ts=18.0, up=True)
+    assert not health.is_ejected("a", now=20.0, scrape_ts=19.0, up=True)
+    health.record_failure("a", now=30.0, total_substations=4)   # third: 15 s, capped at 12
+    assert not health.is_ejected("a", now=42.0, scrape_ts=41.0, up=True)
+
+
+def test_never_ejects_more_than_the_allowed_fraction() -> None:
+    health = OutlierDetector(consecutive_failures=1, max_ejected_fraction=0.5)
+    assert health.record_failure("a", now=0.0, total_substations=2) is True
+    assert health.record_failure("b", now=0.0, total_substations=2) is False
+    assert health.ejected() == ["a"]

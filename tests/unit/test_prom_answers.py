@@ -1,0 +1,208 @@
+"""One named case per odd Prometheus answer, served as real HTTP by an aiohttp test server and
+read through the real prometheus-api-client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import RawTestServer
+
+from balancer.prom import GridQueries, QueryFailure, make_client, read_snapshot
+from balancer.snapshot import Snapshot
+from tests.conftest import make_policy, series
+
+Q = GridQueries()
+A, B = "127.0.0.1:9101", "127.0.0.1:9102"
+POLICY = make_policy()
+
+
+def vector(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"status": "success", "data": {"resultType": "vector", "result": list(items)}}
+
+
+def grid_answers() -> dict[str, Any]:
+    labels = {"job": "substation"}
+    return {
+        Q.up: vector(series(1, instance=A, **labels), series(1, instance=B, **labels)),
+        Q.scrape_time: vector(series(999.5, instance=A), series(999.0, instance=B)),
+        Q.load: vector(series(40, instance=A, substation="s1", **labels),
+                       series(60, instance=B, substation="s2", **labels)),
+        Q.capacity: vector(series(100, instance=A, substation="s1", **labels),
+                           series(100, instance=B, substation="s2", **labels)),
+        POLICY.query: vector(series(40, instance=A), series(60, instance=B)),
+    }
+
+
+Answer = Any  # a JSON body, or (status, body), or an awaitable-producing callable
+
+
+def make_handler(answers: dict[str, Answer]) -> Callable[[web.BaseRequest],
+                                                          Awaitable[web.Response]]:
+    async def handler(request: web.BaseRequest) -> web.Response:
+        answer = answers.get(request.query.get("query", ""), vector())
+        if callable(answer):
+            answer = await answer()
+        status, body = answer if isinstance(answer, tuple) else (200, answer)
+        text = body if isinstance(body, str) else json.dumps(body)
+        return web.Response(status=status, text=text, content_type="application/json")
+    return handler
+
+
+async def snapshot_from(server_factory: Callable[..., Awaitable[RawTestServer]],
+                        overrides: dict[str, Answer], timeout_s: float = 2.0) -> Snapshot:
+    server = await server_factory(make_handler({**grid_answers(), **overrides}))
+    client = make_client(str(server.make_url("/")), timeout_s=timeout_s)
+    return await asyncio.to_thread(read_snapshot, client, POLICY, Q, 1000.0)
+
+
+def error_body(kind: str, text: str) -> dict[str, Any]:
+    return {"status": "error", "errorType": kind, "error": text}
+
+
+async def test_normal_answer_gives_every_field(aiohttp_raw_server: Any) -> None:
+    snap = await snapshot_from(aiohttp_raw_server, {})
+    a = snap.substations[A]
+    assert (a.name, a.up, a.scrape_ts, a.load_kw, a.capacity_kw, a.score) == \
+        ("s1", True, 999.5, 40.0, 100.0, 40.0)
+    assert snap.problems == ()
+
+
+async def test_all_queries_are_evaluated_at_one_instant(aiohttp_raw_server: Any) -> None:
+    seen: list[str] = []
+    answers = grid_answers()
+
+    async def handler(request: web.BaseRequest) -> web.Response:
+        seen.append(request.query["time"])
+        return web.json_response(answers.get(request.query["query"], vector()))
+    server = await aiohttp_raw_server(handler)
+    client = make_client(str(server.make_url("/")))
+    await asyncio.to_thread(read_snapshot, client, POLICY, Q, 1234.5)
+    assert seen == ["1234.500"] * 5
+
+
+async def test_empty_policy_result_means_no_scores(aiohttp_raw_server: Any) -> None:
+    snap = await snapshot_from(aiohttp_raw_server, {POLICY.query: vector()})
+    assert all(v.score is None for v in snap.substations.values())
+    assert snap.substations[A].load_kw == 40.0
+    assert any("returned no data" in p for p in snap.problems)
+
+
+async def test_nan_score_makes_that_substation_unscored(aiohttp_raw_server: Any) -> None:
+    snap = await snapshot_from(aiohttp_raw_server, {
+        POLICY.query: vector(series("NaN", instance=A), series(60, instance=B))})
+    assert snap.substations[A].score is None
+    assert snap.substations[B].score == 60.0
+    assert any(f"{A} is nan" in p for p in snap.problems)
+
+
+async def test_infinite_load_is_not_read_as_a_number(aiohttp_raw_server: Any) -> None:
+    snap = await snapshot_from(aiohttp_raw_server, {
+        Q.load: vector(series("+Inf", instance=A, substation="s1"),
+                       series(60, instance=B, substation="s2"))})
+    assert snap.substations[A].load_kw is None
+    assert any("is inf" in p for p in snap.problems)
+
+
+async def test_absent_load_stays_absent_not_zero(aiohttp_raw_server: Any) -> None:
+    snap = await snapshot_from(aiohttp_raw_server, {
+        Q.load: vector(series(60, instance=B, substation="s2"))})
+    assert snap.substations[A].load_kw is None
+
+
+async def test_several_series_keep_the_most_pessimistic(aiohttp_raw_server: Any) -> None:
+    snap = await snapshot_from(aiohttp_raw_server, {
+        POLICY.query: vector(series(40, instance=A, replica="x"),
+                             series(70, instance=A, replica="y"), series(60, instance=B)),
+        Q.capacity: vector(series(100, instance=A, substation="s1"),
+                           series(80, instance=A, substation="s1"),
+                           series(100, instance=B, substation="s2"))})
+    assert snap.substations[A].score == 70.0       # lower is better: keep the higher
+    assert snap.substations[A].capacity_kw == 80.0  # keep the smaller capacity
+    assert any(f"several series for {A}" in p for p in snap.problems)
+
+
+async def test_series_without_the_label_is_dropped(aiohttp_raw_server: Any) -> None:
+    snap = await snapshot_from(aiohttp_raw_server, {
+        POLICY.query: vector(series(5, job="substation"), series(60, instance=B))})
+    assert snap.substations[A].score is None
+    assert any("has no 'instance' label" in p for p in snap.problems)
+
+
+async def test_down_substation_is_marked_down(aiohttp_raw_server: Any) -> None:
+    snap = await snapshot_from(aiohttp_raw_server, {
+        Q.up: vector(series(0, instance=A), series(1, instance=B))})
+    assert snap.substations[A].up is False
+    assert snap.substations[B].up is True
+
+
+async def test_policy_keyed_by_substation_name_maps_to_instances(aiohttp_raw_server: Any
+                                                                 ) -> None:
+    policy = make_policy(result={"substation_label": "substation"})
+    answers = {**grid_answers(),
+               policy.query: vector(series(7, substation="s1"), series(9, substation="s2"))}
+    server = await aiohttp_raw_server(make_handler(answers))
+    client = make_client(str(server.make_url("/")))
+    snap = await asyncio.to_thread(read_snapshot, client, policy, Q, 1000.0)
+    assert (snap.substations[A].score, snap.substations[B].score) == (7.0, 9.0)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "reason"),
+    [
+        (400, error_body("bad_data", "parse error"), "bad_data"),
+        (422, error_body("execution", "many-to-many matching not allowed"), "execution"),
+        (503, error_body("timeout", "query timed out"), "timeout"),
+        (500, "oops", "http_500"),
+        (200, {"status": "success", "data": {"resultType": "scalar",
+                                             "result": [1, "2"]}}, "bad_response"),
+        (200, "<html>not json</html>", "bad_response"),
+    ],
+    ids=["400-bad-data", "422-execution", "503-timeout", "500", "scalar-result", "not-json"],
+)
+async def test_error_answers_raise_with_a_reason(aiohttp_raw_server: Any, status: int,
+                                                 body: Any, reason: str) -> None:
+    with pytest.raises(QueryFailure) as caught:
+        await snapshot_from(aiohttp_raw_server, {POLICY.query: (status, body)})
+    assert caught.value.reason == reason
+
+
+async def test_503_is_not_retried_by_the_client(aiohttp_raw_server: Any) -> None:
+    calls = 0
+
+    async def counted() -> tuple[int, Any]:
+        nonlocal calls
+        calls += 1
+        return 503, error_body("timeout", "busy")
+    with pytest.raises(QueryFailure, match="timeout"):
+        await snapshot_from(aiohttp_raw_server, {Q.up: counted})
+    assert calls == 1
+
+
+async def test_slow_prometheus_times_out_quickly(aiohttp_raw_server: Any) -> None:
+    async def slow() -> Any:
+        await asyncio.sleep(1.0)
+        return vector()
+    with pytest.raises(QueryFailure) as caught:
+        await snapshot_from(aiohttp_raw_server, {Q.up: slow}, timeout_s=0.2)
+    assert caught.value.reason == "client_timeout"
+
+
+async def test_unreachable_prometheus() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = make_client(f"http://127.0.0.1:{port}", timeout_s=0.5)
+    with pytest.raises(QueryFailure) as caught:
+        await asyncio.to_thread(read_snapshot, client, POLICY, Q, 1000.0)
+    assert caught.value.reason == "unreachable"
+
+
+def test_nan_is_really_nan() -> None:  # guards the assumption the NaN case relies on
+    assert math.isnan(float("NaN"))

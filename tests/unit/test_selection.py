@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import Counter
+
+import pytest
+
+from balancer.ledger import PendingLedger
+from balancer.policy import Policy
+from balancer.selection import adjusted_score, select_substation
+from balancer.snapshot import Snapshot, SubstationView
+from tests.conftest import make_policy, make_snapshot, view
+
+LEAST_LOAD = make_policy()
+LEAST_UTIL = make_policy(result={"pending_adjustment": "utilization"})
+WEIGHTED = make_policy(result={"better": "higher", "select": "weighted",
+                               "pending_adjustment": "headroom"})
+
+
+def burst(snapshot: Snapshot, policy_kw: float, count: int, *, policy: Policy = LEAST_LOAD,
+          use_ledger: bool = True, seed: int = 1) -> Counter[str]:
+    """Place `count` requests against one stale snapshot, as between two scrapes."""
+    ledger, rng, placed = PendingLedger(), random.Random(seed), Counter[str]()
+    for i in range(count):
+        choice = select_substation(snapshot, ledger if use_ledger else PendingLedger(), policy,
+                                   policy_kw, rng)
+        if choice is None:
+            placed["refused"] += 1
+            continue
+        ledger.reserve(choice.instance, f"s{i}", policy_kw)
+        ledger.confirm(choice.instance, f"s{i}", now=1001.0)
+        placed[choice.name] += 1
+    return placed
+
+
+def test_rush_hour_burst_on_stale_data_spreads_evenly() -> None:
+    snap = make_snapshot(view("a", 0.0, 500.0), view("b", 0.0, 500.0))
+    assert burst(snap, 11.0, 50) == Counter({"a": 25, "b": 25})
+
+
+def test_without_the_ledger_the_burst_herds() -> None:
+    # The seed's approach: argmin on the last scrape. Documents the problem the ledger solves.
+    snap = make_snapshot(view("a", 0.0, 500.0), view("b", 1.0, 500.0))
+    # All 50 land on "a" (550 kW on 500): only the substation's own check would stop it.
+    assert burst(snap, 11.0, 50, use_ledger=False) == Counter({"a": 50})
+
+
+def test_least_utilization_fills_unequal_substations_to_the_same_level() -> None:
+    snap = make_snapshot(*(view(n, 0.0, cap, score=0.0)
+                           for n, cap in (("s100", 100.0), ("s200", 200.0), ("s300", 300.0))))
+    placed = burst(snap, 10.0, 48, policy=LEAST_UTIL)
+    utils = [placed[n] * 10.0 / cap for n, cap in (("s100", 100), ("s200", 200), ("s300", 300))]
+    assert max(utils) - min(utils) <= 10.0 / 100.0   # within one request on the smallest
+
+
+def test_burst_never_overloads_and_refuses_what_does_not_fit() -> None:
+    snap = make_snapshot(view("a", 80.0, 100.0), view("b", 90.0, 100.0))
+    placed = burst(snap, 7.0, 10)
+    assert placed == Counter({"a": 2, "b": 1, "refused": 7})
+
+
+def test_exact_fit_is_admitted_and_one_watt_more_is_not() -> None:
+    snap = make_snapshot(view("a", 89.0, 100.0))
+    rng, ledger = random.Random(0), PendingLedger()
+    assert select_substation(snap, ledger, LEAST_LOAD, 11.0, rng) is not None
+    assert select_substation(snap, ledger, LEAST_LOAD, 11.001, rng) is None
+
+
+@pytest.mark.parametrize(
+    "unusable",
+    [view("a", None, 100.0), view("a", 10.0, None), view("a", 10.0, 100.0, up=False)],
+    ids=["load-absent", "capacity-absent", "down"],
+)
+def test_unknown_or_down_substations_are_never_chosen(unusable: SubstationView) -> None:
+    snap = make_snapshot(unusable, view("b", 90.0, 100.0))
+    choice = select_substation(snap, PendingLedger(), LEAST_LOAD, 5.0, random.Random(0))
+    assert choice is not None and choice.instance == "b"
+
+
+def test_excluded_and_ejected_substations_are_skipped() -> None:
+    snap = make_snapshot(view("a", 0.0, 100.0), view("b", 10.0, 100.0), view("c", 20.0, 100.0))
+    choice = select_substation(snap, PendingLedger(), LEAST_LOAD, 5.0, random.Random(0),
+                               exclude={"a"}, is_ejected=lambda v: v.instance == "b")
+    assert choice is not None and choice.instance == "c"
+
+
+def first_choices(snap: Snapshot, policy: Policy, draws: int, seed: int | None = None
+                  ) -> Counter[str]:
+    """Which substation is chosen first, over many independent draws."""
+    ledger, picks = PendingLedger(), Counter[str]()
+    shared = random.Random(seed)
+    for i in range(draws):
+        rng = shared if seed is not None else random.Random(i)
+        choice = select_substation(snap, ledger, policy, 1.0, rng)
+        assert choice is not None
+        picks[choice.instance] += 1
+    return picks
+
+
+def test_exact_ties_are_broken_at_random() -> None:
+    snap = make_snapshot(view("a", 0.0, 100.0), view("b", 0.0, 100.0))
+    firsts = first_choices(snap, LEAST_LOAD, 200)
+    assert 60 < firsts["a"] < 140
+
+
+def test_tie_tolerance_treats_near_equal_as_equal() -> None:
+    tolerant = make_policy(tie_tolerance=5.0)
+    snap = make_snapshot(view("a", 10.0, 100.0), view("b", 13.0, 100.0), view("c", 30.0, 100.0))
+    firsts = first_choices(snap, tolerant, 200)
+    assert set(firsts) == {"a", "b"}
+
+
+def test_weighted_choice_is_proportional_to_weight() -> None:
+    snap = make_snapshot(view("a", 0.0, 300.0, score=1.0), view("b", 0.0, 300.0, score=3.0))
+    picks = first_choices(snap, WEIGHTED, 4000, seed=7)
+    assert 0.22 < picks["a"] / 4000 < 0.28
+
+
+def test_headroom_adjustment_shrinks_weight_with_pending_share() -> None:
+    v = view("a", 60.0, 100.0, score=8.0)
+    assert adjusted_score(v, WEIGHTED, pending_kw=10.0) == pytest.approx(6.0)
+    assert adjusted_score(v, WEIGHTED, pending_kw=50.0) == 0.0
+
+
+@pytest.mark.parametrize(("policy", "pending", "expected"), [
+    (LEAST_LOAD, 10.0, 50.0),
+    (LEAST_UTIL, 10.0, 40.0 + 10.0 / 200.0),
+    (make_policy(result={"better": "higher"}), 10.0, 30.0),
+    (make_policy(result={"pending_adjustment": "none"}), 10.0, 40.0),
+])
+def test_pending_adjustment_moves_the_score_towards_worse(policy: Policy, pending: float,
+                                                          expected: float) -> None:
+    assert adjusted_score(view("a", 40.0, 200.0), policy, pending) == pytest.approx(expected)
+
+
+def test_degraded_mode_ranks_by_effective_utilization_not_stale_scores() -> None:
+    snap = make_snapshot(view("big", 100.0, 400.0, score=0.0), view("small", 10.0, 50.0,
+                                                                        score=99.0))
+    choice = select_substation(snap, PendingLedger(), LEAST_LOAD, 1.0, random.Random(0),
+                               degraded=True)
+    assert choice is not None and choice.name == "small"
+    assert choice.score is None
+
+
+def test_policy_without_scores_falls_back_to_utilization() -> None:
+    snap = make_snapshot(view("a", 50.0, 100.0, score=None), view("b", 10.0, 100.0))
+    no_scores = make_snapshot(*(dataclasses.replace(v, score=None)
+                                for v in snap.substations.values()))
+    choice = select_substation(no_scores, PendingLedger(), LEAST_LOAD, 1.0, random.Random(0))
+    assert choice is not None and choice.instance == "b"
+
+
+def test_a_refusal_report_overrides_a_stale_low_load_until_the_next_scrape() -> None:
+    snap = make_snapshot(view("a", 0.0, 100.0, scrape_ts=1000.0), view("b", 50.0, 100.0))
+    ledger = PendingLedger()
+    ledger.note_refusal("a", reported_load_kw=98.0, now=1001.0)
+    choice = select_substation(snap, ledger, LEAST_LOAD, 5.0, random.Random(0))
+    assert choice is not None and choice.instance == "b"
+    ledger.settle("a", scrape_ts=1002.0)
+    choice = select_substation(snap, ledger, LEAST_LOAD, 5.0, random.Random(0))
+    assert choice is not None and choice.instance == "a"
