@@ -1,0 +1,320 @@
+"""The balancer's HTTP behaviour against fake substations (real aiohttp servers on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from balancer.app import create_app
+from balancer.config import BalancerConfig
+from balancer.prom import GridQueries, QueryFailure
+from balancer.state import HEALTH, REFRESHER
+from tests.conftest import FakeQueryClient, series
+
+REPO = Path(__file__).resolve().parents[2]
+Q = GridQueries()
+CHARGE = {"session_id": "sess-1", "vehicle_id": "ev-1", "requested_kw": 11.0,
+          "energy_kwh": 30.0}
+Behaviour = Callable[[web.Request], Awaitable[web.Response]]
+
+
+async def accept(request: web.Request) -> web.Response:
+    body = await request.json()
+    return web.json_response({"session_id": body["session_id"], "state": "charging"})
+
+
+async def over_capacity(request: web.Request) -> web.Response:
+    return web.json_response({"error": "over_capacity", "detail": "full", "load_kw": 99.0,
+                              "capacity_kw": 100.0}, status=409)
+
+
+class FakeSubstation:
+    """A substation whose POST /charge does what the test says; records what it received."""
+
+    def __init__(self, behaviour: Behaviour = accept) -> None:
+        self.behaviour = behaviour
+        self.charges: list[dict[str, Any]] = []
+        self.deletes: list[str] = []
+        self.auth: list[str | None] = []
+        self.app = web.Application()
+        self.app.router.add_post("/charge", self._charge)
+        self.app.router.add_delete("/sessions/{id}", self._delete)
+        self.address = ""
+
+    async def _charge(self, request: web.Request) -> web.Response:
+        self.charges.append(await request.json())
+        self.auth.append(request.headers.get("Authorization"))
+        return await self.behaviour(request)
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        self.deletes.append(request.match_info["id"])
+        return web.json_response({"state": "stopped"})
+
+
+def grid(subs: dict[str, tuple[float, float]], up: dict[str, int] | None = None
+         ) -> dict[str, Any]:
+    """Canned results for the grid queries: {address: (load_kw, capacity_kw)}."""
+    up = up or {}
+    return {
+        Q.up: [series(up.get(a, 1), instance=a) for a in subs],
+        Q.scrape_time: [series(1.0, instance=a) for a in subs],
+        Q.load: [series(load, instance=a, substation=f"sub-{i}")
+                 for i, (a, (load, _)) in enumerate(subs.items())],
+        Q.capacity: [series(cap, instance=a, substation=f"sub-{i}")
+                     for i, (a, (_, cap)) in enumerate(subs.items())],
+    }
+
+
+def free_address() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+class Harness:
+    def __init__(self, client: TestClient[web.Request, web.Application],
+                 prometheus: FakeQueryClient) -> None:
+        self.client = client
+        self.prometheus = prometheus
+
+    @property
+    def app(self) -> web.Application:
+        return self.client.server.app  # type: ignore[return-value]
+
+    async def dispatch(self, **overrides: Any) -> tuple[int, dict[str, Any]]:
+        resp = await self.client.post("/dispatch", json={**CHARGE, **overrides})
+        return resp.status, await resp.json()
+
+
+MakeHarness = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def balancer(aiohttp_client: Any, tmp_path: Path) -> MakeHarness:
+    shutil.copytree(REPO / "policies", tmp_path / "policies")
+
+    async def make(subs: dict[str, tuple[float, float]], *, policy: str = "least-load",
+                   token: str | None = None, **config: Any) -> Harness:
+        answers = grid(subs)
+        prometheus = FakeQueryClient(answers, default=lambda q: answers[Q.load])
+        cfg = BalancerConfig(policy_dir=str(tmp_path / "policies"), policy=policy,
+                             internal_token=token, forward_timeout_s=0.5, seed=3, **config)
+        client = await aiohttp_client(create_app(cfg, client=prometheus))
+        harness = Harness(client, prometheus)
+        await harness.app[REFRESHER].refresh_once()
+        return harness
+    return make
+
+
+MakeSubstation = Callable[..., Awaitable[FakeSubstation]]
+
+
+@pytest.fixture
+def substation(aiohttp_server: Any) -> MakeSubstation:
+    async def make(behaviour: Behaviour = accept) -> FakeSubstation:
+        sub = FakeSubstation(behaviour)
+        server: TestServer = await aiohttp_server(sub.app, host="127.0.0.1")
+        sub.address = f"127.0.0.1:{server.port}"
+        return sub
+    return make
+
+
+async def test_dispatch_routes_to_the_least_loaded_and_forwards_the_charge(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    low, high = await substation(), await substation()
+    h = await balancer({low.address: (10.0, 100.0), high.address: (50.0, 100.0)})
+    status, body = await h.dispatch()
+    assert status == 200
+    assert (body["routed_to"], body["substation"], body["policy"], body["attempts"]) == \
+        (low.address, "sub-0", "least-load", 1)
+    assert low.charges == [CHARGE] and high.charges == []
+
+
+async def test_refusing_substation_makes_the_balancer_pick_the_next(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    full, spare = await substation(over_capacity), await substation()
+    h = await balancer({full.address: (0.0, 100.0), spare.address: (50.0, 100.0)})
+    status, body = await h.dispatch()
+    assert status == 200 and body["routed_to"] == spare.address and body["attempts"] == 2
+    # The refusal's reported load keeps the next request away from it until the next scrape.
+    status, body = await h.dispatch(session_id="sess-2")
+    assert body["routed_to"] == spare.address and len(full.charges) == 1
+
+
+async def test_unreachable_substation_is_skipped_and_counted_against_it(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    spare = await substation()
+    dead = free_address()
+    h = await balancer({dead: (0.0, 100.0), spare.address: (50.0, 100.0)})
+    status, body = await h.dispatch()
+    assert status == 200 and body["routed_to"] == spare.address
+    assert h.app[HEALTH]._records[dead].failures == 1
+
+
+async def test_ambiguous_timeout_is_settled_on_the_same_substation_before_moving(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.json_response({})
+    slow, spare = await substation(hang), await substation()
+    h = await balancer({slow.address: (0.0, 100.0), spare.address: (50.0, 100.0)})
+    status, body = await h.dispatch()
+    # Same id sent twice to the slow one, then cancelled there, and only then placed elsewhere.
+    assert [c["session_id"] for c in slow.charges] == ["sess-1", "sess-1"]
+    assert slow.deletes == ["sess-1"]
+    assert status == 200 and body["routed_to"] == spare.address
+
+
+async def test_no_substation_with_room_gives_503_no_capacity_with_retry_after(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    sub = await substation()
+    h = await balancer({sub.address: (95.0, 100.0)})
+    resp = await h.client.post("/dispatch", json=CHARGE)
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "1"
+    body = await resp.json()
+    assert body["error"] == "no_capacity" and "11 kW" in body["detail"]
+    assert sub.charges == []
+
+
+async def test_a_burst_spreads_over_equal_substations_between_scrapes(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    a, b = await substation(), await substation()
+    h = await balancer({a.address: (0.0, 500.0), b.address: (0.0, 500.0)})
+    results = await asyncio.gather(*(h.dispatch(session_id=f"s{i}") for i in range(50)))
+    assert all(status == 200 for status, _ in results)
+    assert (len(a.charges), len(b.charges)) == (25, 25)
+
+
+@pytest.mark.parametrize(("payload", "status", "error", "detail"), [
+    ({**CHARGE, "requested_kw": -1}, 422, "invalid_request", "requested_kw: must be a positive"),
+    ({**CHARGE, "session_id": ""}, 422, "invalid_request", "session_id: must be 1-128"),
+    ({**CHARGE, "energy_kwh": True}, 422, "invalid_request", "energy_kwh"),
+    ([1, 2], 400, "invalid_body", "must be a JSON object"),
+])
+async def test_bad_dispatch_bodies_get_json_4xx(balancer: MakeHarness, payload: Any,
+                                                status: int, error: str, detail: str) -> None:
+    h = await balancer({})
+    resp = await h.client.post("/dispatch", json=payload)
+    body = await resp.json()
+    assert resp.status == status and body["error"] == error and detail in body["detail"]
+
+
+async def test_malformed_json_and_wrong_content_type(balancer: MakeHarness) -> None:
+    h = await balancer({})
+    resp = await h.client.post("/dispatch", data=b"{nope",
+                               headers={"Content-Type": "application/json"})
+    assert resp.status == 400 and (await resp.json())["error"] == "malformed_json"
+    resp = await h.client.post("/dispatch", data=b"x=1",
+                               headers={"Content-Type": "text/plain"})
+    assert resp.status == 415 and (await resp.json())["error"] == "unsupported_media_type"
+
+
+async def test_unknown_route_is_a_json_404(balancer: MakeHarness) -> None:
+    h = await balancer({})
+    resp = await h.client.get("/nope")
+    assert resp.status == 404 and (await resp.json())["error"] == "not_found"
+
+
+async def test_internal_token_is_required_and_forwarded(balancer: MakeHarness,
+                                                       substation: MakeSubstation) -> None:
+    sub = await substation()
+    h = await balancer({sub.address: (0.0, 100.0)}, token="s3cret")
+    resp = await h.client.post("/dispatch", json=CHARGE)
+    assert resp.status == 401 and (await resp.json())["error"] == "unauthorized"
+    resp = await h.client.post("/dispatch", json=CHARGE,
+                               headers={"Authorization": "Bearer s3cret"})
+    assert resp.status == 200 and sub.auth == ["Bearer s3cret"]
+    assert (await h.client.get("/metrics")).status == 200
+
+
+async def test_policy_view_shows_query_scores_ledger_and_graph_link(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    sub = await substation()
+    h = await balancer({sub.address: (20.0, 100.0)})
+    await h.dispatch()
+    body = await (await h.client.get("/policy")).json()
+    assert body["policy"] == "least-load" and body["mode"] == "normal"
+    assert body["query"] == 'substation_load{job="substation"}'
+    row = body["substations"][0]
+    assert (row["score"], row["load_kw"], row["pending_kw"], row["effective_load_kw"]) == \
+        (20.0, 20.0, 11.0, 31.0)
+    assert body["prometheus_graph_url"].startswith(
+        "http://127.0.0.1:9090/graph?g0.expr=substation_load%7Bjob%3D%22substation%22%7D")
+
+
+async def test_broken_policy_edit_is_refused_and_the_old_policy_keeps_serving(
+        balancer: MakeHarness, substation: MakeSubstation, tmp_path: Path) -> None:
+    sub = await substation()
+    h = await balancer({sub.address: (0.0, 100.0)})
+    (tmp_path / "policies" / "least-load.yaml").write_text(
+        "name: least-load\nquery: sum(substation_load\n")
+    resp = await h.client.post("/-/reload")
+    body = await resp.json()
+    assert resp.status == 422 and body["error"] == "invalid_policy"
+    assert "query: PromQL does not parse: unclosed left parenthesis" in body["detail"]
+    assert body["serving"] == "least-load"
+    status, _ = await h.dispatch()
+    assert status == 200
+    policy = await (await h.client.get("/policy")).json()
+    assert "unclosed left parenthesis" in policy["reload_error"]
+
+
+async def test_policy_prometheus_rejects_is_refused(balancer: MakeHarness, tmp_path: Path
+                                                    ) -> None:
+    h = await balancer({})
+    (tmp_path / "policies" / "mine.yaml").write_text(
+        "name: mine\nquery: up / on(job) group_left up\n")
+    h.prometheus.answers["up / on(job) group_left up"] = QueryFailure(
+        "execution", "many-to-many matching not allowed")
+    resp = await h.client.post("/-/reload", json={"policy": "mine"})
+    body = await resp.json()
+    assert resp.status == 422 and "Prometheus rejected it" in body["detail"]
+    assert (await (await h.client.get("/policy")).json())["policy"] == "least-load"
+
+
+async def test_switching_policy_by_reload(balancer: MakeHarness) -> None:
+    h = await balancer({})
+    resp = await h.client.post("/-/reload", json={"policy": "least-utilization"})
+    assert resp.status == 200 and (await resp.json())["policy"] == "least-utilization"
+
+
+async def test_prometheus_down_keeps_the_last_snapshot_then_degrades(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    sub = await substation()
+    h = await balancer({sub.address: (0.0, 100.0)}, max_snapshot_age_s=0.2)
+    h.prometheus.answers[Q.up] = QueryFailure("unreachable", "connection refused")
+    await h.app[REFRESHER].refresh_once()
+    ready = await (await h.client.get("/readyz")).json()
+    assert ready["mode"] == "normal"
+    await asyncio.sleep(0.25)
+    ready = await (await h.client.get("/readyz")).json()
+    assert ready["mode"] == "degraded"
+    status, _ = await h.dispatch()
+    assert status == 200
+    metrics = await (await h.client.get("/metrics")).text()
+    assert "balancer_degraded 1.0" in metrics
+    assert 'balancer_prometheus_query_errors_total{policy="least-load",reason="unreachable"}' \
+        in metrics
+    h.prometheus.answers.update(grid({sub.address: (11.0, 100.0)}))
+    await h.app[REFRESHER].refresh_once()
+    assert (await (await h.client.get("/readyz")).json())["mode"] == "normal"
+
+
+async def test_not_ready_before_the_first_snapshot(aiohttp_client: Any) -> None:
+    prometheus = FakeQueryClient({Q.up: QueryFailure("unreachable", "down")})
+    app = create_app(BalancerConfig(policy_dir=str(REPO / "policies"), policy="least-load"),
+                     client=prometheus)
+    client = await aiohttp_client(app)
+    resp = await client.get("/readyz")
+    assert resp.status == 503 and (await resp.json())["mode"] == "starting"
+    resp = await client.post("/dispatch", json=CHARGE)
+    assert resp.status == 503 and (await resp.json())["error"] == "no_snapshot"
