@@ -1,0 +1,225 @@
+"""Real parts on loopback: one Prometheus for the whole session, real services per test.
+
+Each test describes its grid; `cluster` starts those substations, a balancer and an ingress on
+free ports, points Prometheus's file-based discovery at them and waits on real conditions
+(Prometheus returning their load, the balancer's snapshot holding them), never on fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gridlb.grid import GridConfig, SubstationSpec
+from gridlb.promconfig import (
+    REPO_ROOT,
+    prometheus_command,
+    render_prometheus_dir,
+    write_targets,
+)
+from gridlb.stack import (
+    ProcessGroup,
+    ServiceSpec,
+    balancer_spec,
+    ingress_spec,
+    substation_spec,
+    wait_ready,
+)
+
+SCRAPE_INTERVAL_S = 0.5
+TOKEN = "integration-internal-token"
+API_KEY = "integration-api-key"
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_json(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+              timeout: float = 10.0) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json",
+                                              **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = 30.0) -> Any:
+    """Poll until `condition()` is truthy; fail naming `what` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Prometheus:
+    url: str
+    prom_dir: Path
+    group: ProcessGroup
+
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        params = {"query": promql, **({"time": f"{at:.3f}"} if at else {})}
+        status, body = http_json("GET", f"{self.url}/api/v1/query?" +
+                                 urllib.parse.urlencode(params))
+        assert status == 200, body
+        return list(body["data"]["result"])
+
+    def values(self, promql: str, label: str = "instance", at: float | None = None
+               ) -> dict[str, float]:
+        return {s["metric"].get(label, ""): float(s["value"][1])
+                for s in self.query(promql, at)}
+
+    def set_targets(self, job: str, addresses: list[str]) -> None:
+        write_targets(self.prom_dir, job, addresses)
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    if shutil.which("prometheus") is None:
+        pytest.fail("prometheus is not installed: run `make setup` (Debian: apt-get install "
+                    "prometheus)")
+    run_dir = tmp_path_factory.mktemp("prometheus")
+    port = free_port()
+    config = render_prometheus_dir(run_dir / "prom", SCRAPE_INTERVAL_S,
+                                   {"prometheus": [f"127.0.0.1:{port}"]})
+    group = ProcessGroup(run_dir / "logs")
+    spec = ServiceSpec("prometheus", prometheus_command(config, run_dir / "data",
+                                                        f"127.0.0.1:{port}"),
+                       f"http://127.0.0.1:{port}/-/ready")
+    proc = group.start(spec)
+    try:
+        wait_ready(spec.ready_url, proc)
+        prom = Prometheus(f"http://127.0.0.1:{port}", run_dir / "prom", group)
+        # A fresh Prometheus answers before it has samples: wait for its own first scrape.
+        wait_for(lambda: prom.query('up{job="prometheus"}'), "Prometheus's first scrape")
+        yield prom
+    finally:
+        group.stop_all()
+
+
+@dataclass
+class Cluster:
+    grid: GridConfig
+    prometheus: Prometheus
+    group: ProcessGroup
+    policy_dir: Path
+    addresses: dict[str, str] = field(default_factory=dict)   # substation id -> host:port
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {API_KEY}"}
+
+    @property
+    def internal(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKEN}"}
+
+    def charge(self, vehicle_id: str, kw: float, kwh: float = 30.0,
+               headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        return http_json("POST", f"{self.grid.ingress_url}/charge",
+                         {"vehicle_id": vehicle_id, "requested_kw": kw, "energy_kwh": kwh},
+                         headers={**self.auth, **(headers or {})})
+
+    def policy(self) -> dict[str, Any]:
+        status, body = http_json("GET", f"{self.grid.balancer_url}/policy")
+        assert status == 200, body
+        return dict(body)
+
+    def substation(self, sub_id: str, method: str, path: str, body: Any = None
+                   ) -> tuple[int, Any]:
+        return http_json(method, f"http://{self.addresses[sub_id]}{path}", body,
+                         headers=self.internal)
+
+    def reload(self) -> tuple[int, Any]:
+        return http_json("POST", f"{self.grid.balancer_url}/-/reload", headers=self.internal)
+
+    def wait_scraped(self, since: float) -> None:
+        """Until Prometheus holds a scrape of every substation that started after `since`."""
+        expected = set(self.addresses.values())
+
+        def fresh() -> bool:
+            stamps = self.prometheus.values('timestamp(up{job="substation"})')
+            return set(stamps) == expected and all(stamps[a] > since for a in expected)
+        wait_for(fresh, "a scrape of every substation newer than the last request")
+
+
+StartCluster = Callable[..., Cluster]
+
+
+@pytest.fixture
+def cluster(prometheus: Prometheus, tmp_path: Path) -> Iterator[StartCluster]:
+    groups: list[ProcessGroup] = []
+
+    def start(substations: list[tuple[str, float]], policy: str = "least-utilization",
+              balancer_args: tuple[str, ...] = (),
+              policy_overrides: dict[str, str] | None = None) -> Cluster:
+        policy_dir = tmp_path / "policies"
+        shutil.copytree(REPO_ROOT / "policies", policy_dir, dirs_exist_ok=True)
+        for name, text in (policy_overrides or {}).items():
+            (policy_dir / f"{name}.yaml").write_text(text)
+        specs = tuple(SubstationSpec(sid, free_port(), cap) for sid, cap in substations)
+        grid = GridConfig(substations=specs, policy=policy, ingress_port=free_port(),
+                          balancer_port=free_port(),
+                          prometheus_port=int(prometheus.url.rsplit(":", 1)[1]),
+                          speed_factor=1.0, policy_dir=str(policy_dir))
+        group = ProcessGroup(tmp_path / "logs")
+        groups.append(group)
+        env = {"GRID_INTERNAL_TOKEN": TOKEN}
+        run_dir = tmp_path / "run"
+        run_dir.mkdir(exist_ok=True)
+        services = [substation_spec(grid, s.id, s.port, s.capacity_kw, run_dir, env)
+                    for s in specs]
+        services += [balancer_spec(grid, env, balancer_args),
+                     ingress_spec(grid, run_dir, {**env, "GRID_API_KEYS": API_KEY})]
+        for spec in services:
+            proc = group.start(spec)
+            try:
+                wait_ready(spec.ready_url, proc)
+            except RuntimeError as exc:
+                pytest.fail(f"{spec.name} did not start: {exc}\n{group.log_tail(spec.name)}")
+        c = Cluster(grid, prometheus, group, policy_dir,
+                    {s.id: f"127.0.0.1:{s.port}" for s in specs})
+        prometheus.set_targets("substation", list(c.addresses.values()))
+        prometheus.set_targets("balancer", [f"127.0.0.1:{grid.balancer_port}"])
+        prometheus.set_targets("ingress", [f"127.0.0.1:{grid.ingress_port}"])
+        expected = set(c.addresses.values())
+        wait_for(lambda: set(prometheus.values('substation_load{job="substation"}')) == expected
+                 and set(prometheus.values('up{job="substation"} == 1')) == expected,
+                 "Prometheus to scrape exactly this test's substations")
+
+        def snapshot_holds_all() -> bool:
+            scored = {r["instance"] for r in c.policy()["substations"] if r["score"] is not None}
+            if scored == expected:
+                return True
+            c.reload()  # evaluates now: a test policy may have a long refresh interval
+            return False
+        wait_for(snapshot_holds_all, "the balancer's snapshot to hold every substation")
+        return c
+
+    yield start
+    for group in groups:
+        group.stop_all()
+    for job in ("substation", "balancer", "ingress"):
+        prometheus.set_targets(job, [])
