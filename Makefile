@@ -11,10 +11,11 @@ setup: $(STAMP)
 	@scripts/ensure-tools.sh
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is required")'
+	@scripts/ensure-python.sh $(PYTHON)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@echo "setup: installing the project and its dependencies into $(VENV) (log: $(VENV)/pip.log)"
+	@$(PY) -m pip install --disable-pip-version-check -e '.[dev]' > $(VENV)/pip.log 2>&1 \
+		|| { tail -30 $(VENV)/pip.log; exit 1; }
 	@touch $@
 
 up: setup
