@@ -9,7 +9,10 @@ piling every request onto the last few would overload them (Envoy's panic thresh
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from balancer.snapshot import SubstationView
 
 
 @dataclass
@@ -57,6 +60,18 @@ class OutlierDetector:
             record.failures = 0
             return False
         return True
+
+    def ejected_now(self, now: float, views: Mapping[str, SubstationView]) -> set[str]:
+        """Instances to skip now; re-admits those whose backoff ended and that scrape up."""
+        ejected = set()
+        for instance, record in self._records.items():
+            if record.ejected_at is None:
+                continue
+            view = views.get(instance)
+            up, scrape_ts = (view.up, view.scrape_ts) if view else (False, 0.0)
+            if self.is_ejected(instance, now, scrape_ts, up):
+                ejected.add(instance)
+        return ejected
 
     def ejected_count(self) -> int:
         return sum(1 for r in self._records.values() if r.ejected_at is not None)

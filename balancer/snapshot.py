@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,17 @@ class Snapshot:
     evaluated_at: float                       # when the queries ran (local clock)
     substations: Mapping[str, SubstationView]  # by instance
     problems: tuple[str, ...] = field(default=())
+
+    @cached_property
+    def usable(self) -> tuple[tuple[str, float, float, float | None, float, SubstationView], ...]:
+        """(instance, load_kw, capacity_kw, score, scrape_ts, view) of each substation that
+        can be chosen at all: up, with known load and capacity.
+
+        Built once per snapshot, not once per request (a snapshot serves thousands), as plain
+        tuples because the decision loop unpacks them faster than it reads attributes."""
+        return tuple((v.instance, v.load_kw, v.capacity_kw, v.score, v.scrape_ts, v)
+                     for v in self.substations.values()
+                     if v.up and v.load_kw is not None and v.capacity_kw)
 
     def by_name(self, name: str) -> SubstationView | None:
         for view in self.substations.values():

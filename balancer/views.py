@@ -13,7 +13,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from balancer.forward import Outcome, place_session
 from balancer.policy import PolicyError, policy_path
 from balancer.selection import effective_load_kw, select_substation
-from balancer.snapshot import SubstationView
 from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, REFRESHER, RNG
 from gridlb.http import json_error, json_response, read_json_object
 
@@ -59,16 +58,12 @@ async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
     session_id, kw = charge["session_id"], float(charge["requested_kw"])
     policy = refresher.policy
     tried: list[str] = []
-
-    def is_ejected(view: SubstationView) -> bool:
-        return health.is_ejected(view.instance, time.time(), view.scrape_ts, view.up)
-
     for attempt in range(1, config.max_attempts + 1):
         snapshot = refresher.snapshot
         decided = time.perf_counter()
-        choice = select_substation(
-            snapshot, ledger, policy, kw, app[RNG], exclude=tried, degraded=refresher.degraded,
-            is_ejected=is_ejected)
+        skip = health.ejected_now(time.time(), snapshot.substations).union(tried)
+        choice = select_substation(snapshot, ledger, policy, kw, app[RNG], exclude=skip,
+                                   degraded=refresher.degraded)
         metrics.decision_seconds.observe(time.perf_counter() - decided)
         if choice is None:
             break

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from balancer.health import OutlierDetector
 from balancer.ledger import PendingLedger
+from tests.conftest import view
 
 
 def test_reserved_kw_is_pending_at_once_and_released_on_failure() -> None:
@@ -74,3 +75,12 @@ def test_never_ejects_more_than_the_allowed_fraction() -> None:
     assert health.record_failure("a", now=0.0, total_substations=2) is True
     assert health.record_failure("b", now=0.0, total_substations=2) is False
     assert health.ejected() == ["a"]
+
+
+def test_ejected_now_lists_only_substations_still_ejected() -> None:
+    health = OutlierDetector(consecutive_failures=1, base_ejection_s=5.0)
+    health.record_failure("a", now=100.0, total_substations=4)
+    health.record_failure("b", now=100.0, total_substations=4)
+    views = {"a": view("a", 0.0, 10.0, scrape_ts=106.0),
+             "b": view("b", 0.0, 10.0, scrape_ts=106.0, up=False)}
+    assert health.ejected_now(110.0, views) == {"b"}

@@ -78,10 +78,10 @@ def test_unknown_or_down_substations_are_never_chosen(unusable: SubstationView) 
     assert choice is not None and choice.instance == "b"
 
 
-def test_excluded_and_ejected_substations_are_skipped() -> None:
+def test_excluded_substations_are_skipped() -> None:
     snap = make_snapshot(view("a", 0.0, 100.0), view("b", 10.0, 100.0), view("c", 20.0, 100.0))
     choice = select_substation(snap, PendingLedger(), LEAST_LOAD, 5.0, random.Random(0),
-                               exclude={"a"}, is_ejected=lambda v: v.instance == "b")
+                               exclude={"a", "b"})
     assert choice is not None and choice.instance == "c"
 
 
