@@ -19,7 +19,8 @@ from balancer.metrics import BalancerMetrics
 from balancer.policy import load_policy, policy_path
 from balancer.prom import GridQueries, QueryClient, make_client
 from balancer.refresh import PolicyRefresher
-from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, REFRESHER, RNG
+from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, REFRESHER, RNG, UNSETTLED
+from balancer.unsettled import UnsettledSessions
 from balancer.views import setup_routes
 from gridlb.http import bearer_token_middleware, json_errors_middleware
 
@@ -45,6 +46,7 @@ def create_app(config: BalancerConfig, client: QueryClient | None = None,
     app[LEDGER] = ledger
     app[HEALTH] = health
     app[RNG] = random.Random(config.seed)
+    app[UNSETTLED] = UnsettledSessions()
     app[REFRESHER] = PolicyRefresher(
         prometheus, policy, Path(policy_file), ledger, health, metrics,
         queries=GridQueries(config.substation_job),

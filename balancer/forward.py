@@ -26,6 +26,7 @@ class Outcome(str, enum.Enum):
     ACCEPTED = "accepted"
     REFUSED = "refused"          # the substation answered no (capacity, conflict, bad input)
     UNREACHABLE = "unreachable"  # nothing reached the substation
+    CANCELLED = "cancelled"      # it may have been reached, but it acknowledged the cancel
     AMBIGUOUS = "ambiguous"      # it may or may not have admitted the session
 
 
@@ -82,5 +83,5 @@ async def place_session(session: aiohttp.ClientSession, address: str, charge: di
     cancel = await _call(session, "DELETE", f"http://{address}/sessions/{charge['session_id']}",
                          token, timeout_s)
     if cancel.outcome is Outcome.ACCEPTED or cancel.status == 404:
-        return ForwardResult(Outcome.UNREACHABLE, detail=f"cancelled after: {result.detail}")
+        return ForwardResult(Outcome.CANCELLED, detail=f"cancelled after: {result.detail}")
     return ForwardResult(Outcome.AMBIGUOUS, detail=result.detail)

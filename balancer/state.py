@@ -12,6 +12,7 @@ from balancer.health import OutlierDetector
 from balancer.ledger import PendingLedger
 from balancer.metrics import BalancerMetrics
 from balancer.refresh import PolicyRefresher
+from balancer.unsettled import UnsettledSessions
 
 CONFIG = web.AppKey("config", BalancerConfig)
 REFRESHER = web.AppKey("refresher", PolicyRefresher)
@@ -20,3 +21,4 @@ HEALTH = web.AppKey("health", OutlierDetector)
 METRICS = web.AppKey("metrics", BalancerMetrics)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 RNG = web.AppKey("rng", random.Random)
+UNSETTLED = web.AppKey("unsettled", UnsettledSessions)

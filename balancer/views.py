@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from balancer.forward import Outcome, place_session
 from balancer.policy import PolicyError, policy_path
 from balancer.selection import effective_load_kw, select_substation
-from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, REFRESHER, RNG
+from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, REFRESHER, RNG, UNSETTLED
 from gridlb.http import json_error, json_response, read_json_object
 
 _MAX_ID = 128
@@ -58,6 +58,12 @@ async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
     session_id, kw = charge["session_id"], float(charge["requested_kw"])
     policy = refresher.policy
     tried: list[str] = []
+    pinned = app[UNSETTLED].pinned_to(session_id, time.time())
+    if pinned is not None:
+        settled = await _settle_pinned(app, charge, pinned)
+        if settled is not None:
+            return settled
+        tried.append(pinned)   # it answered that it does not hold the session: go elsewhere
     for attempt in range(1, config.max_attempts + 1):
         snapshot = refresher.snapshot
         decided = time.perf_counter()
@@ -91,17 +97,49 @@ async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
         else:
             health.record_failure(choice.instance, time.time(), len(snapshot.substations))
             if result.outcome is Outcome.AMBIGUOUS:
+                app[UNSETTLED].pin(session_id, choice.instance, time.time())
                 metrics.decisions.labels(policy.name, choice.name, "failed").inc()
-                return json_error(504, "outcome_unknown",
-                                  f"{choice.name} did not confirm or cancel session "
-                                  f"{session_id}; retry with the same session id",
-                                  substation=choice.name)
+                return _outcome_unknown(session_id, choice.name)
         metrics.forward_retries.labels(choice.name).inc()
     metrics.decisions.labels(policy.name, "none", "no_capacity").inc()
     retry_after = str(max(1, math.ceil(policy.refresh_interval_s)))
     return json_error(503, "no_capacity",
                       f"no substation can take {kw:g} kW now (tried {len(tried)})",
                       headers={"Retry-After": retry_after})
+
+
+def _outcome_unknown(session_id: str, substation: str) -> web.Response:
+    return json_error(503, "outcome_unknown",
+                      f"{substation} did not confirm or cancel session {session_id}; retry the "
+                      "same request (same Idempotency-Key) later: it will only be placed there",
+                      headers={"Retry-After": "2"}, substation=substation)
+
+
+async def _settle_pinned(app: web.Application, charge: dict[str, Any], instance: str
+                         ) -> web.Response | None:
+    """Retry a session whose placement is unknown on the one substation that may hold it.
+    None when that substation says it does not hold it (the request may go elsewhere)."""
+    config, unsettled = app[CONFIG], app[UNSETTLED]
+    session_id = charge["session_id"]
+    result = await place_session(app[HTTP], instance, charge, config.internal_token,
+                                 config.forward_timeout_s)
+    snapshot = app[REFRESHER].snapshot
+    view = snapshot.substations.get(instance) if snapshot else None
+    name = view.name if view else instance
+    if result.outcome is Outcome.ACCEPTED:
+        unsettled.settle(session_id)
+        app[LEDGER].reserve(instance, session_id, float(charge["requested_kw"]))
+        app[LEDGER].confirm(instance, session_id, time.time())
+        return json_response({
+            "status": "charging", "session_id": session_id, "substation": name,
+            "routed_to": instance, "policy": app[REFRESHER].policy.name, "attempts": 1,
+            "session": result.body})
+    if result.outcome in (Outcome.AMBIGUOUS, Outcome.UNREACHABLE):
+        return _outcome_unknown(session_id, name)   # still down: the session may be there
+    unsettled.settle(session_id)
+    if result.outcome is Outcome.REFUSED and result.body.get("error") != "over_capacity":
+        return json_response(result.body, status=result.status)
+    return None
 
 
 def graph_url(base: str, promql: str) -> str:

@@ -41,6 +41,7 @@ class FakeSubstation:
 
     def __init__(self, behaviour: Behaviour = accept) -> None:
         self.behaviour = behaviour
+        self.delete_behaviour: Behaviour | None = None
         self.charges: list[dict[str, Any]] = []
         self.deletes: list[str] = []
         self.auth: list[str | None] = []
@@ -56,6 +57,8 @@ class FakeSubstation:
 
     async def _delete(self, request: web.Request) -> web.Response:
         self.deletes.append(request.match_info["id"])
+        if self.delete_behaviour is not None:
+            return await self.delete_behaviour(request)
         return web.json_response({"state": "stopped"})
 
 
@@ -318,3 +321,26 @@ async def test_not_ready_before_the_first_snapshot(aiohttp_client: Any) -> None:
     assert resp.status == 503 and (await resp.json())["mode"] == "starting"
     resp = await client.post("/dispatch", json=CHARGE)
     assert resp.status == 503 and (await resp.json())["error"] == "no_snapshot"
+
+
+async def test_unknown_outcome_pins_the_session_to_its_substation_until_it_answers(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    hanging = True
+
+    async def hang_while_told(request: web.Request) -> web.Response:
+        if hanging:
+            await asyncio.sleep(2)
+        return await accept(request)
+    flaky, spare = await substation(hang_while_told), await substation()
+    flaky.delete_behaviour = hang_while_told       # the cancel cannot be delivered either
+    h = await balancer({flaky.address: (0.0, 100.0), spare.address: (50.0, 100.0)})
+    status, body = await h.dispatch()
+    assert status == 503 and body["error"] == "outcome_unknown"
+    # A retry of the same session must not be booked on the spare while it may exist on flaky.
+    status, body = await h.dispatch()
+    assert status == 503 and body["error"] == "outcome_unknown"
+    assert spare.charges == []
+    hanging = False
+    status, body = await h.dispatch()
+    assert status == 200 and body["routed_to"] == flaky.address
+    assert spare.charges == []
