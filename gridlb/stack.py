@@ -62,6 +62,13 @@ class ProcessGroup:
             proc.kill()
             proc.wait(5)
 
+    def kill(self, name: str) -> None:
+        """SIGKILL, as a crash would: no graceful shutdown, nothing flushed."""
+        proc = self.procs.pop(name, None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
     def stop_all(self, timeout_s: float = 10.0) -> None:
         # Front to back: the ingress stops taking requests before what serves them goes away.
         for name in reversed(list(self.procs)):
