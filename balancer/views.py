@@ -17,6 +17,8 @@ from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, REFRESHER, RNG
 from gridlb.http import json_error, json_response, read_json_object
 
 _MAX_ID = 128
+# Refusals that say the session is not there and cannot be: the next substation may take it.
+_MOVE_ON = frozenset({"over_capacity", "session_cancelled"})
 
 
 def parse_dispatch(body: dict[str, Any]) -> dict[str, Any] | str:
@@ -89,7 +91,7 @@ async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
         reason = result.detail if result.outcome is Outcome.REFUSED else result.outcome.value
         metrics.forward_refusals.labels(choice.name, reason[:40]).inc()
         if result.outcome is Outcome.REFUSED:
-            if result.body.get("error") != "over_capacity":
+            if result.body.get("error") not in _MOVE_ON:
                 return json_response(result.body, status=result.status)
             reported = result.body.get("load_kw")
             if isinstance(reported, (int, float)):
@@ -137,7 +139,7 @@ async def _settle_pinned(app: web.Application, charge: dict[str, Any], instance:
     if result.outcome in (Outcome.AMBIGUOUS, Outcome.UNREACHABLE):
         return _outcome_unknown(session_id, name)   # still down: the session may be there
     unsettled.settle(session_id)
-    if result.outcome is Outcome.REFUSED and result.body.get("error") != "over_capacity":
+    if result.outcome is Outcome.REFUSED and result.body.get("error") not in _MOVE_ON:
         return json_response(result.body, status=result.status)
     return None
 

@@ -1,0 +1,37 @@
+"""`python -m substation`: run one simulated substation."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from gridlb.http import run_service
+from substation.app import SubstationConfig, create_app
+
+
+def parse_args(argv: list[str] | None = None) -> SubstationConfig:
+    parser = argparse.ArgumentParser(prog="python -m substation", description=__doc__)
+    parser.add_argument("--id", required=True, help="the substation's id (its metrics label)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9101)
+    parser.add_argument("--capacity-kw", type=float, required=True)
+    parser.add_argument("--speed-factor", type=float, default=60.0,
+                        help="simulated seconds per real second (60: an hour per minute)")
+    parser.add_argument("--state-path", default=None,
+                        help="SQLite file keeping sessions across restarts")
+    args = parser.parse_args(argv)
+    if args.capacity_kw <= 0 or args.speed_factor <= 0:
+        parser.error("--capacity-kw and --speed-factor must be positive")
+    return SubstationConfig(substation_id=args.id, capacity_kw=args.capacity_kw,
+                            host=args.host, port=args.port, speed_factor=args.speed_factor,
+                            state_path=args.state_path,
+                            internal_token=os.environ.get("GRID_INTERNAL_TOKEN") or None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    run_service(create_app(config), config.host, config.port)
+
+
+if __name__ == "__main__":
+    main()
