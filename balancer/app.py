@@ -16,11 +16,11 @@ from balancer.config import BalancerConfig
 from balancer.health import OutlierDetector
 from balancer.ledger import PendingLedger
 from balancer.metrics import BalancerMetrics
+from balancer.pins import SessionPins
 from balancer.policy import load_policy, policy_path
 from balancer.prom import GridQueries, QueryClient, make_client
 from balancer.refresh import PolicyRefresher
-from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, REFRESHER, RNG, UNSETTLED
-from balancer.unsettled import UnsettledSessions
+from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, PINS, REFRESHER, RNG
 from balancer.views import setup_routes
 from gridlb.http import bearer_token_middleware, json_errors_middleware
 
@@ -46,7 +46,7 @@ def create_app(config: BalancerConfig, client: QueryClient | None = None,
     app[LEDGER] = ledger
     app[HEALTH] = health
     app[RNG] = random.Random(config.seed)
-    app[UNSETTLED] = UnsettledSessions()
+    app[PINS] = SessionPins()
     app[REFRESHER] = PolicyRefresher(
         prometheus, policy, Path(policy_file), ledger, health, metrics,
         queries=GridQueries(config.substation_job),

@@ -11,8 +11,8 @@ from balancer.config import BalancerConfig
 from balancer.health import OutlierDetector
 from balancer.ledger import PendingLedger
 from balancer.metrics import BalancerMetrics
+from balancer.pins import SessionPins
 from balancer.refresh import PolicyRefresher
-from balancer.unsettled import UnsettledSessions
 
 CONFIG = web.AppKey("config", BalancerConfig)
 REFRESHER = web.AppKey("refresher", PolicyRefresher)
@@ -21,4 +21,4 @@ HEALTH = web.AppKey("health", OutlierDetector)
 METRICS = web.AppKey("metrics", BalancerMetrics)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 RNG = web.AppKey("rng", random.Random)
-UNSETTLED = web.AppKey("unsettled", UnsettledSessions)
+PINS = web.AppKey("pins", SessionPins)

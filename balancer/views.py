@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from balancer.forward import Outcome, place_session
 from balancer.policy import PolicyError, policy_path
 from balancer.selection import effective_load_kw, select_substation
-from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, REFRESHER, RNG, UNSETTLED
+from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, PINS, REFRESHER, RNG
 from gridlb.http import json_error, json_response, read_json_object
 
 _MAX_ID = 128
@@ -60,7 +60,7 @@ async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
     session_id, kw = charge["session_id"], float(charge["requested_kw"])
     policy = refresher.policy
     tried: list[str] = []
-    pinned = app[UNSETTLED].pinned_to(session_id, time.time())
+    pinned = app[PINS].pinned_to(session_id, time.time())
     if pinned is not None:
         settled = await _settle_pinned(app, charge, pinned)
         if settled is not None:
@@ -80,6 +80,7 @@ async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
                                      config.forward_timeout_s)
         if result.outcome is Outcome.ACCEPTED:
             ledger.confirm(choice.instance, session_id, time.time())
+            app[PINS].pin(session_id, choice.instance, time.time())
             health.record_success(choice.instance)
             metrics.decisions.labels(policy.name, choice.name, "routed").inc()
             return json_response({
@@ -99,7 +100,7 @@ async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
         else:
             health.record_failure(choice.instance, time.time(), len(snapshot.substations))
             if result.outcome is Outcome.AMBIGUOUS:
-                app[UNSETTLED].pin(session_id, choice.instance, time.time())
+                app[PINS].pin(session_id, choice.instance, time.time())
                 metrics.decisions.labels(policy.name, choice.name, "failed").inc()
                 return _outcome_unknown(session_id, choice.name)
         metrics.forward_retries.labels(choice.name).inc()
@@ -119,9 +120,9 @@ def _outcome_unknown(session_id: str, substation: str) -> web.Response:
 
 async def _settle_pinned(app: web.Application, charge: dict[str, Any], instance: str
                          ) -> web.Response | None:
-    """Retry a session whose placement is unknown on the one substation that may hold it.
+    """Send a repeated session id to the one substation that holds or may hold it.
     None when that substation says it does not hold it (the request may go elsewhere)."""
-    config, unsettled = app[CONFIG], app[UNSETTLED]
+    config, pins = app[CONFIG], app[PINS]
     session_id = charge["session_id"]
     result = await place_session(app[HTTP], instance, charge, config.internal_token,
                                  config.forward_timeout_s)
@@ -129,7 +130,6 @@ async def _settle_pinned(app: web.Application, charge: dict[str, Any], instance:
     view = snapshot.substations.get(instance) if snapshot else None
     name = view.name if view else instance
     if result.outcome is Outcome.ACCEPTED:
-        unsettled.settle(session_id)
         app[LEDGER].reserve(instance, session_id, float(charge["requested_kw"]))
         app[LEDGER].confirm(instance, session_id, time.time())
         return json_response({
@@ -138,7 +138,7 @@ async def _settle_pinned(app: web.Application, charge: dict[str, Any], instance:
             "session": result.body})
     if result.outcome in (Outcome.AMBIGUOUS, Outcome.UNREACHABLE):
         return _outcome_unknown(session_id, name)   # still down: the session may be there
-    unsettled.settle(session_id)
+    pins.settle(session_id)
     if result.outcome is Outcome.REFUSED and result.body.get("error") not in _MOVE_ON:
         return json_response(result.body, status=result.status)
     return None

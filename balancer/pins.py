@@ -1,9 +1,13 @@
-"""Sessions whose placement is unknown, pinned to the substation that may hold them.
+"""Session ids pinned to the substation that holds them, or may hold them.
 
-When a forward ends ambiguously and the cancel could not be delivered either (the substation is
-down, say), the session may exist there, persisted, and come back with it. Until that substation
-answers for it, a retry of the same session id must go there and nowhere else: placing it on
-another substation could book one charge twice.
+A repeat of a session id (the ingress retrying after a lost answer, a client retrying with its
+Idempotency-Key) must go where the session is, never to a second substation:
+- placed sessions are pinned where they were placed; the substation recognises the repeat and
+  answers with the same session;
+- when a forward ends ambiguously and the cancel could not be delivered either (the substation
+  is down, say), the session may exist there, persisted, and come back with it; it stays pinned
+  until that substation answers for it.
+Bounded by count and age, oldest dropped first.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 
-class UnsettledSessions:
+class SessionPins:
     def __init__(self, max_entries: int = 100_000, max_age_s: float = 3600.0) -> None:
         self.max_entries = max_entries
         self.max_age_s = max_age_s
