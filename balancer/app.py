@@ -24,7 +24,8 @@ from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, PINS, REFRESHE
 from balancer.views import setup_routes
 from gridlb.http import bearer_token_middleware, json_errors_middleware
 
-_OPEN_PATHS = ("/metrics", "/healthz", "/readyz")
+# Read-only views stay open: operators open /policy in a browser. Changes need the token.
+_OPEN_PATHS = ("/metrics", "/healthz", "/readyz", "/policy")
 
 
 def create_app(config: BalancerConfig, client: QueryClient | None = None,
