@@ -1,9 +1,13 @@
-"""The pending ledger: kW this balancer assigned that Prometheus has not seen yet.
+"""The pending ledger: kW this balancer assigned that its last observation does not include.
 
 Prometheus data is one scrape old. Without this, every request of a burst sees the same stale
 loads and goes to the same substation (herding). An assignment is pending from the moment it is
-reserved (before forwarding, so concurrent decisions see it) until a scrape that started after
-the substation confirmed it: that scrape's `substation_load` includes it.
+reserved (before forwarding, so concurrent decisions see it) until an observation of that
+substation's load includes it:
+- a scrape that started after the substation confirmed it (`settle`), or
+- the substation's own answer: every answer (accept or refusal) carries its load at that moment,
+  which includes everything it confirmed before (`observe`). This keeps the view fresh between
+  scrapes, and while Prometheus is down (degraded mode) it stops the ledger from only growing.
 """
 
 from __future__ import annotations
@@ -33,17 +37,15 @@ class PendingLedger:
         self._by_instance: dict[str, _SubstationLedger] = {}
         # Plain dicts the decision loop reads directly: one lookup per substation per request.
         self.pending_by_instance: dict[str, float] = {}
-        self.reported_by_instance: dict[str, tuple[float, float]] = {}
+        self.observed_by_instance: dict[str, float] = {}   # load_kw the substation reported
+        self._observed_at: dict[str, float] = {}
 
     def pending_kw(self, instance: str) -> float:
         return self.pending_by_instance.get(instance, 0.0)
 
-    def reported_load_kw(self, instance: str, scrape_ts: float) -> float | None:
-        """The load a substation reported when refusing, if newer than the scrape."""
-        reported = self.reported_by_instance.get(instance)
-        if reported is None or reported[1] <= scrape_ts:
-            return None
-        return reported[0]
+    def observed_load_kw(self, instance: str) -> float | None:
+        """The load the substation itself reported, when newer than the last scrape."""
+        return self.observed_by_instance.get(instance)
 
     def _set_pending(self, instance: str, book: _SubstationLedger) -> None:
         if book.entries:
@@ -74,18 +76,27 @@ class PendingLedger:
             book.pending_kw = max(0.0, book.pending_kw - entry.kw)
             self._set_pending(instance, book)
 
-    def note_refusal(self, instance: str, reported_load_kw: float, now: float) -> None:
-        self.reported_by_instance[instance] = (reported_load_kw, now)
+    def observe(self, instance: str, load_kw: float, at: float) -> None:
+        """The substation answered with its load at `at` (our clock): what it had confirmed
+        by then is in that number, so it is no longer pending."""
+        self.observed_by_instance[instance] = load_kw
+        self._observed_at[instance] = at
+        book = self._by_instance.get(instance)
+        if book is not None:
+            self._drop_confirmed(instance, book, at)
 
     def settle(self, instance: str, scrape_ts: float) -> None:
         """A scrape at `scrape_ts` is in the snapshot: drop what it already counts."""
         horizon = scrape_ts - self.clock_skew_s
-        reported = self.reported_by_instance.get(instance)
-        if reported is not None and reported[1] <= horizon:
-            del self.reported_by_instance[instance]
+        observed_at = self._observed_at.get(instance)
+        if observed_at is not None and observed_at <= horizon:
+            # The scrape is newer: it is the base again.
+            del self.observed_by_instance[instance], self._observed_at[instance]
         book = self._by_instance.get(instance)
-        if book is None:
-            return
+        if book is not None:
+            self._drop_confirmed(instance, book, horizon)
+
+    def _drop_confirmed(self, instance: str, book: _SubstationLedger, horizon: float) -> None:
         seen = [sid for sid, e in book.entries.items()
                 if e.confirmed_at is not None and e.confirmed_at <= horizon]
         for sid in seen:
@@ -97,8 +108,8 @@ class PendingLedger:
         for gone in set(self._by_instance) - instances:
             del self._by_instance[gone]
             self.pending_by_instance.pop(gone, None)
-        for gone in set(self.reported_by_instance) - instances:
-            del self.reported_by_instance[gone]
+        for gone in set(self.observed_by_instance) - instances:
+            del self.observed_by_instance[gone], self._observed_at[gone]
 
     def snapshot(self) -> dict[str, float]:
         return dict(self.pending_by_instance)

@@ -5,10 +5,12 @@ and a request for `requested_kw`, choose a substation:
 
 1. Eligible: Prometheus sees it up, it is not ejected, its load and capacity are known (absent
    is never read as zero), and its effective load plus the request fits its capacity:
-       effective_load_kw = max(scraped load + pending kW, load it reported when it last refused)
-2. Scored: the policy's score, corrected for pending kW as the policy declares
-   (`pending_adjustment`), so a burst between two scrapes spreads like water-filling instead of
-   herding onto the apparently least loaded substation.
+       effective_load_kw = last observed load + pending kW
+   where the last observed load is the scrape's, or the load the substation reported in its
+   last answer if that is newer, and pending kW is what was assigned since (see ledger.py).
+2. Scored: the policy's score, corrected for the kW the load moved since the scrape
+   (effective - scraped) as the policy declares (`pending_adjustment`), so a burst between two
+   scrapes spreads like water-filling instead of herding onto the apparently least loaded one.
 3. Chosen: `best` takes the best score, breaking ties (within `tie_tolerance`) at random, so
    several balancer replicas do not herd together; `weighted` draws at random with probability
    proportional to the score.
@@ -49,9 +51,9 @@ class Candidate:
 def effective_load_kw(view: SubstationView, ledger: PendingLedger) -> float | None:
     if view.load_kw is None:
         return None
-    load = view.load_kw + ledger.pending_kw(view.instance)
-    reported = ledger.reported_load_kw(view.instance, view.scrape_ts)
-    return load if reported is None else max(load, reported)
+    observed = ledger.observed_load_kw(view.instance)
+    base = view.load_kw if observed is None else observed
+    return base + ledger.pending_kw(view.instance)
 
 
 def _adjust_kw(score: float, pending: float, capacity: float, load: float, worse: float
@@ -83,13 +85,13 @@ _ADJUSTERS = {
 }
 
 
-def adjusted_score(view: SubstationView, policy: Policy, pending_kw: float) -> float | None:
-    """The policy's stale score moved by what this balancer assigned since the scrape:
-    towards worse, in the score's own unit (see PendingAdjustment)."""
-    if view.score is None or not pending_kw or not view.capacity_kw or view.load_kw is None:
+def adjusted_score(view: SubstationView, policy: Policy, delta_kw: float) -> float | None:
+    """The policy's stale score moved by the kW the load moved since the scrape (positive:
+    towards worse), in the score's own unit (see PendingAdjustment)."""
+    if view.score is None or not delta_kw or not view.capacity_kw or view.load_kw is None:
         return view.score
     worse = 1.0 if policy.better is Better.LOWER else -1.0
-    return _ADJUSTERS[policy.pending_adjustment](view.score, pending_kw, view.capacity_kw,
+    return _ADJUSTERS[policy.pending_adjustment](view.score, delta_kw, view.capacity_kw,
                                                  view.load_kw, worse)
 
 
@@ -102,7 +104,8 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
     One pass over the snapshot, reservoir sampling for ties, building as little as possible per
     substation: this runs on every request and must stay in microseconds at 1,000 substations.
     """
-    pending, reported = ledger.pending_by_instance, ledger.reported_by_instance
+    pending_get = ledger.pending_by_instance.get
+    observed_get = ledger.observed_by_instance.get
     weighted = policy.select is SelectMode.WEIGHTED
     sign = 1.0 if policy.better is Better.LOWER else -1.0
     adjust = _ADJUSTERS[policy.pending_adjustment]
@@ -113,22 +116,17 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
     near: list[tuple[float, SubstationView, float, float]] = []   # only with a tolerance
     drawn: list[tuple[SubstationView, float, float]] = []          # only when weighted
     weights: list[float] = []
-    for instance, scraped_kw, capacity, score, scrape_ts, view in snapshot.usable:
+    for instance, scraped_kw, capacity, score, _, view in snapshot.usable:
         if instance in exclude:
             continue
-        pending_kw = pending.get(instance, 0.0)
-        load = scraped_kw + pending_kw
-        if instance in reported:
-            reported_kw, at = reported[instance]
-            if at > scrape_ts and reported_kw > load:
-                load = reported_kw
+        load = observed_get(instance, scraped_kw) + pending_get(instance, 0.0)
         if load + requested_kw > capacity + _FIT_EPSILON_KW:
             continue
         if score is None or degraded:
             fallback.offer_lowest(load / capacity, view, load, None, random_)
             continue
-        if pending_kw:
-            score = adjust(score, pending_kw, capacity, scraped_kw, sign)
+        if load != scraped_kw:
+            score = adjust(score, load - scraped_kw, capacity, scraped_kw, sign)
         if weighted:
             drawn.append((view, load, score))
             weights.append(score if score > 0.0 else 0.0)

@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from balancer.forward import Outcome, place_session
+from balancer.ledger import PendingLedger
 from balancer.policy import PolicyError, policy_path
 from balancer.selection import effective_load_kw, select_substation
 from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, PINS, REFRESHER, RNG
@@ -79,8 +80,10 @@ async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
         result = await place_session(app[HTTP], choice.instance, charge, config.internal_token,
                                      config.forward_timeout_s)
         if result.outcome is Outcome.ACCEPTED:
-            ledger.confirm(choice.instance, session_id, time.time())
-            app[PINS].pin(session_id, choice.instance, time.time())
+            now = time.time()
+            ledger.confirm(choice.instance, session_id, now)
+            _observe(ledger, choice.instance, result.body, now)
+            app[PINS].pin(session_id, choice.instance, now)
             health.record_success(choice.instance)
             metrics.decisions.labels(policy.name, choice.name, "routed").inc()
             return json_response({
@@ -94,9 +97,7 @@ async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
         if result.outcome is Outcome.REFUSED:
             if result.body.get("error") not in _MOVE_ON:
                 return json_response(result.body, status=result.status)
-            reported = result.body.get("load_kw")
-            if isinstance(reported, (int, float)):
-                ledger.note_refusal(choice.instance, float(reported), time.time())
+            _observe(ledger, choice.instance, result.body, time.time())
         else:
             health.record_failure(choice.instance, time.time(), len(snapshot.substations))
             if result.outcome is Outcome.AMBIGUOUS:
@@ -109,6 +110,13 @@ async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
     return json_error(503, "no_capacity",
                       f"no substation can take {kw:g} kW now (tried {len(tried)})",
                       headers={"Retry-After": retry_after})
+
+
+def _observe(ledger: PendingLedger, instance: str, body: dict[str, Any], now: float) -> None:
+    """A substation's answer carries its load right then: the freshest reading there is."""
+    load = body.get("load_kw")
+    if isinstance(load, (int, float)) and not isinstance(load, bool) and math.isfinite(load):
+        ledger.observe(instance, float(load), now)
 
 
 def _outcome_unknown(session_id: str, substation: str) -> web.Response:
@@ -130,8 +138,10 @@ async def _settle_pinned(app: web.Application, charge: dict[str, Any], instance:
     view = snapshot.substations.get(instance) if snapshot else None
     name = view.name if view else instance
     if result.outcome is Outcome.ACCEPTED:
+        now = time.time()
         app[LEDGER].reserve(instance, session_id, float(charge["requested_kw"]))
-        app[LEDGER].confirm(instance, session_id, time.time())
+        app[LEDGER].confirm(instance, session_id, now)
+        _observe(app[LEDGER], instance, result.body, now)
         return json_response({
             "status": "charging", "session_id": session_id, "substation": name,
             "routed_to": instance, "policy": app[REFRESHER].policy.name, "attempts": 1,
@@ -158,6 +168,7 @@ async def show_policy(request: web.Request) -> web.Response:
         substations.append({
             "substation": view.name, "instance": view.instance, "up": view.up,
             "score": view.score, "load_kw": view.load_kw, "capacity_kw": view.capacity_kw,
+            "observed_load_kw": ledger.observed_load_kw(view.instance),
             "pending_kw": ledger.pending_kw(view.instance),
             "effective_load_kw": effective_load_kw(view, ledger),
             "scraped_at": view.scrape_ts,

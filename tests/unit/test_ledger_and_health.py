@@ -33,6 +33,20 @@ def test_settle_drops_only_what_a_later_scrape_has_counted() -> None:
     assert ledger.pending_kw("a") == 5.0   # in flight: no scrape can have counted it yet
 
 
+def test_an_observed_load_absorbs_what_was_confirmed_before_it() -> None:
+    ledger = PendingLedger()
+    ledger.reserve("a", "before", 10.0)
+    ledger.confirm("a", "before", now=100.0)
+    ledger.reserve("a", "in-flight", 5.0)
+    ledger.observe("a", 42.0, at=100.5)
+    assert ledger.observed_load_kw("a") == 42.0
+    assert ledger.pending_kw("a") == 5.0
+    ledger.settle("a", scrape_ts=100.9)         # within the skew margin: the report stays
+    assert ledger.observed_load_kw("a") == 42.0
+    ledger.settle("a", scrape_ts=102.0)
+    assert ledger.observed_load_kw("a") is None
+
+
 def test_books_of_substations_that_left_are_forgotten() -> None:
     ledger = PendingLedger()
     ledger.reserve("a", "s1", 1.0)

@@ -119,8 +119,8 @@ def test_weighted_choice_is_proportional_to_weight() -> None:
 
 def test_headroom_adjustment_shrinks_weight_with_pending_share() -> None:
     v = view("a", 60.0, 100.0, score=8.0)
-    assert adjusted_score(v, WEIGHTED, pending_kw=10.0) == pytest.approx(6.0)
-    assert adjusted_score(v, WEIGHTED, pending_kw=50.0) == 0.0
+    assert adjusted_score(v, WEIGHTED, delta_kw=10.0) == pytest.approx(6.0)
+    assert adjusted_score(v, WEIGHTED, delta_kw=50.0) == 0.0
 
 
 @pytest.mark.parametrize(("policy", "pending", "expected"), [
@@ -151,12 +151,22 @@ def test_policy_without_scores_falls_back_to_utilization() -> None:
     assert choice is not None and choice.instance == "b"
 
 
-def test_a_refusal_report_overrides_a_stale_low_load_until_the_next_scrape() -> None:
+def test_a_substations_own_report_replaces_the_stale_scrape_until_a_newer_one() -> None:
     snap = make_snapshot(view("a", 0.0, 100.0, scrape_ts=1000.0), view("b", 50.0, 100.0))
-    ledger = PendingLedger()
-    ledger.note_refusal("a", reported_load_kw=98.0, now=1001.0)
+    ledger = PendingLedger(clock_skew_s=0.5)
+    ledger.observe("a", 98.0, at=1001.0)      # e.g. a refusal: "I am at 98 kW"
     choice = select_substation(snap, ledger, LEAST_LOAD, 5.0, random.Random(0))
     assert choice is not None and choice.instance == "b"
-    ledger.settle("a", scrape_ts=1002.0)
+    ledger.settle("a", scrape_ts=1002.0)      # a scrape newer than the report is the base again
     choice = select_substation(snap, ledger, LEAST_LOAD, 5.0, random.Random(0))
     assert choice is not None and choice.instance == "a"
+
+
+def test_reported_drop_in_load_makes_a_substation_attractive_again() -> None:
+    # Sessions ended since the scrape: the substation's answer says so before Prometheus does.
+    snap = make_snapshot(view("a", 90.0, 100.0), view("b", 40.0, 100.0))
+    ledger = PendingLedger()
+    ledger.observe("a", 10.0, at=1001.0)
+    choice = select_substation(snap, ledger, LEAST_LOAD, 5.0, random.Random(0))
+    assert choice is not None and choice.instance == "a"
+    assert choice.score == 10.0 and choice.effective_load_kw == 10.0
