@@ -58,6 +58,10 @@ async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
     if refresher.snapshot is None:
         return json_error(503, "no_snapshot", "the balancer has not read Prometheus yet",
                           headers={"Retry-After": "1"})
+    if not refresher.snapshot.usable:
+        return json_error(503, "no_substations",
+                          "Prometheus reports no substation that is up with known load and "
+                          "capacity", headers={"Retry-After": "1"})
     session_id, kw = charge["session_id"], float(charge["requested_kw"])
     policy = refresher.policy
     tried: list[str] = []
@@ -220,9 +224,12 @@ async def reload_policy(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     refresher = request.app[REFRESHER]
+    snapshot = refresher.snapshot
+    usable = len(snapshot.usable) if snapshot else 0
     body = {"mode": refresher.mode, "snapshot_age_s": refresher.snapshot_age_s(),
-            "policy": refresher.policy.name}
-    return json_response(body, status=200 if refresher.snapshot is not None else 503)
+            "policy": refresher.policy.name, "usable_substations": usable}
+    # Ready means able to place a charge: a snapshot with at least one usable substation.
+    return json_response(body, status=200 if usable else 503)
 
 
 async def healthz(request: web.Request) -> web.Response:

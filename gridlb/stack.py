@@ -7,6 +7,7 @@ then KILL), so nothing is left behind. The same pieces start the stacks of the i
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -180,6 +181,24 @@ Then:  make loadtest        Logs: .run/logs/        Stop: Ctrl-C
 """
 
 
+def wait_for_grid(grid: GridConfig, timeout_s: float = 30.0) -> None:
+    """Until the balancer sees every substation through Prometheus (a fresh Prometheus has no
+    samples for a few seconds); says so and goes on if that takes too long."""
+    deadline = time.monotonic() + timeout_s
+    usable = 0
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{grid.balancer_url}/readyz", timeout=1.0) as resp:
+                usable = json.loads(resp.read()).get("usable_substations", 0)
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            usable = 0
+        if usable >= len(grid.substations):
+            return
+        time.sleep(0.2)
+    print(f"make up: the balancer sees {usable} of {len(grid.substations)} substations after "
+          f"{timeout_s:.0f} s; see {grid.prometheus_url}/targets", file=sys.stderr)
+
+
 def run(grid: GridConfig, run_dir: Path) -> int:
     group = ProcessGroup(run_dir / "logs")
     stopping = False
@@ -201,6 +220,7 @@ def run(grid: GridConfig, run_dir: Path) -> int:
                 return 1
             if stopping:
                 return 0
+        wait_for_grid(grid)
         print(banner(grid, dev_secret(run_dir / "dev-api-key")), flush=True)
         while not stopping:
             if dead := group.dead():

@@ -121,6 +121,14 @@ class ChaosStack:
     async def is_normal(self, http: aiohttp.ClientSession) -> bool:
         return await self.mode(http) == "normal"
 
+    async def sees_every_substation(self, http: aiohttp.ClientSession) -> bool:
+        try:
+            async with http.get(f"{self.grid.balancer_url}/readyz") as resp:
+                body = await resp.json()
+        except aiohttp.ClientError:
+            return False
+        return bool(body.get("usable_substations") == len(self.addresses))
+
     async def mode(self, http: aiohttp.ClientSession) -> str:
         try:
             async with http.get(f"{self.grid.balancer_url}/readyz") as resp:
@@ -244,8 +252,10 @@ async def run_chaos(duration_s: float = 60.0, rate_per_s: float = 15.0,
         try:
             await asyncio.to_thread(stack.start_all)
             async with aiohttp.ClientSession() as http:
-                if await until_async(lambda: stack.is_normal(http), 60.0, time.time()) is None:
-                    raise RuntimeError("the balancer did not reach normal mode in 60 s")
+                # A fresh Prometheus has no samples for a few seconds: start once it has.
+                if await until_async(lambda: stack.sees_every_substation(http), 60.0,
+                                     time.time()) is None:
+                    raise RuntimeError("the balancer did not see every substation in 60 s")
                 outcomes: list[Outcome] = []
                 traffic = asyncio.create_task(
                     drive_traffic(http, stack, duration_s, rate_per_s, outcomes))

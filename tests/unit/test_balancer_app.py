@@ -344,3 +344,11 @@ async def test_unknown_outcome_pins_the_session_to_its_substation_until_it_answe
     status, body = await h.dispatch()
     assert status == 200 and body["routed_to"] == flaky.address
     assert spare.charges == []
+
+
+async def test_an_empty_grid_is_not_ready_and_says_why(balancer: MakeHarness) -> None:
+    h = await balancer({})
+    resp = await h.client.get("/readyz")
+    assert resp.status == 503 and (await resp.json())["usable_substations"] == 0
+    status, body = await h.dispatch()
+    assert status == 503 and body["error"] == "no_substations"
