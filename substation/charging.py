@@ -152,3 +152,5 @@ class SessionTable:
     def _remember_ended(self, session: ChargingSession) -> None:
         self.ended[session.session_id] = session
         self.ended.move_to_end(session.session_id)
+        if len(self.ended) > self.max_ended:
+            self.ended.popitem(last=False)

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from substation.app import SubstationConfig, create_app, tick
+
+CHARGE = {"session_id": "s-1", "vehicle_id": "ev-1", "requested_kw": 7.0, "energy_kwh": 20.0}
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any) -> TestClient[Any, Any]:
+    app = create_app(SubstationConfig("s1", capacity_kw=10.0, speed_factor=60.0))
+    return await aiohttp_client(app)  # type: ignore[no-any-return]
+
+
+async def test_charge_then_read_then_stop(client: TestClient[Any, Any]) -> None:
+    resp = await client.post("/charge", json=CHARGE)
+    body = await resp.json()
+    assert resp.status == 200
+    assert (body["state"], body["substation"], body["load_kw"], body["capacity_kw"]) == \
+        ("charging", "s1", 7.0, 10.0)
+    body = await (await client.get("/sessions/s-1")).json()
+    assert body["state"] == "charging" and body["power_kw"] == 7.0
+    body = await (await client.delete("/sessions/s-1")).json()
+    assert body["state"] == "stopped" and body["load_kw"] == 0.0
+
+
+async def test_over_capacity_is_refused_with_the_current_load(client: TestClient[Any, Any]
+                                                              ) -> None:
+    await client.post("/charge", json=CHARGE)
+    resp = await client.post("/charge", json={**CHARGE, "session_id": "s-2"})
+    body = await resp.json()
+    assert resp.status == 409 and body["error"] == "over_capacity"
+    assert body["load_kw"] == 7.0 and "7 kW does not fit" in body["detail"]
+
+
+async def test_a_retry_is_not_a_second_booking(client: TestClient[Any, Any]) -> None:
+    await client.post("/charge", json=CHARGE)
+    resp = await client.post("/charge", json=CHARGE)
+    assert resp.status == 200 and resp.headers["X-Duplicate"] == "true"
+    status = await (await client.get("/status")).json()
+    assert status["load_kw"] == 7.0 and status["active_sessions"] == 1
+
+
+@pytest.mark.parametrize(("payload", "status", "error", "detail"), [
+    ({**CHARGE, "requested_kw": 0}, 422, "invalid_request", "requested_kw: must be a number"),
+    ({**CHARGE, "energy_kwh": "lots"}, 422, "invalid_request", "energy_kwh"),
+    ({**CHARGE, "requested_kw": 1e9}, 422, "invalid_request", "at most 10000"),
+    ({**CHARGE, "session_id": "a\nb"}, 422, "invalid_request", "session_id: must be 1-128"),
+    ({**CHARGE, "colour": "red"}, 422, "invalid_request", "colour: unknown field"),
+    ({k: v for k, v in CHARGE.items() if k != "vehicle_id"}, 422, "invalid_request",
+     "vehicle_id"),
+    ([CHARGE], 400, "invalid_body", "must be a JSON object"),
+])
+async def test_bad_input_gets_a_json_4xx(client: TestClient[Any, Any], payload: Any,
+                                         status: int, error: str, detail: str) -> None:
+    resp = await client.post("/charge", json=payload)
+    body = await resp.json()
+    assert resp.status == status and body["error"] == error and detail in body["detail"]
+
+
+async def test_nan_and_malformed_json_are_refused(client: TestClient[Any, Any]) -> None:
+    resp = await client.post("/charge", data=b'{"requested_kw": NaN}',
+                             headers={"Content-Type": "application/json"})
+    assert resp.status == 400 and (await resp.json())["error"] == "malformed_json"
+
+
+async def test_unknown_session_is_404(client: TestClient[Any, Any]) -> None:
+    resp = await client.get("/sessions/nope")
+    assert resp.status == 404 and (await resp.json())["error"] == "unknown_session"
+
+
+async def test_metrics_carry_the_seed_gauge_name_and_the_substation_label(
+        client: TestClient[Any, Any]) -> None:
+    await client.post("/charge", json=CHARGE)
+    await client.post("/charge", json={**CHARGE, "session_id": "s-2"})
+    tick(client.server.app, 10**10)   # far in the future: the session completes
+    text = await (await client.get("/metrics")).text()
+    assert 'substation_load{substation="s1"} 0.0' in text
+    assert 'substation_capacity_kw{substation="s1"} 10.0' in text
+    assert 'substation_charge_requests_total{outcome="over_capacity",substation="s1"} 1.0' in text
+    assert 'substation_energy_delivered_kwh_total{substation="s1"} 20.0' in text
+    assert 'substation_sessions_ended_total{reason="completed",substation="s1"} 1.0' in text
+
+
+async def test_internal_token_guards_everything_but_metrics_and_health(aiohttp_client: Any
+                                                                       ) -> None:
+    app = create_app(SubstationConfig("s1", capacity_kw=10.0, internal_token="t0k"))
+    client = await aiohttp_client(app)
+    resp = await client.post("/charge", json=CHARGE)
+    assert resp.status == 401 and (await resp.json())["error"] == "unauthorized"
+    assert (await client.get("/metrics")).status == 200
+    assert (await client.get("/healthz")).status == 200
+    resp = await client.post("/charge", json=CHARGE, headers={"Authorization": "Bearer t0k"})
+    assert resp.status == 200

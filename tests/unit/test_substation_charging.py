@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import pytest
+
+from substation.charging import (
+    CANCELLED,
+    COMPLETED,
+    STOPPED,
+    OverCapacity,
+    SessionCancelled,
+    SessionConflict,
+    SessionTable,
+)
+from substation.store import SessionStore
+
+
+def table(capacity: float = 100.0, speed: float = 3600.0, **kw: float) -> SessionTable:
+    # speed 3600: one simulated hour per real second keeps the arithmetic readable
+    return SessionTable(capacity, speed_factor=speed, **kw)  # type: ignore[arg-type]
+
+
+def test_admits_up_to_exactly_the_capacity_and_not_a_watt_more() -> None:
+    t = table()
+    t.admit("a", "ev-a", 60.0, 10.0, now=0.0)
+    t.admit("b", "ev-b", 40.0, 10.0, now=0.0)
+    assert t.load_kw == 100.0
+    with pytest.raises(OverCapacity, match=r"0\.001 kW does not fit: load 100 kW of 100 kW"):
+        t.admit("c", "ev-c", 0.001, 1.0, now=0.0)
+
+
+def test_a_repeated_session_id_is_the_same_session() -> None:
+    t = table()
+    first = t.admit("a", "ev-a", 11.0, 30.0, now=0.0)
+    again = t.admit("a", "ev-a", 11.0, 30.0, now=1.0)
+    assert not first.duplicate and again.duplicate
+    assert again.session is first.session and t.load_kw == 11.0
+
+
+def test_the_same_id_with_other_values_is_a_conflict() -> None:
+    t = table()
+    t.admit("a", "ev-a", 11.0, 30.0, now=0.0)
+    with pytest.raises(SessionConflict, match="session a exists with other values"):
+        t.admit("a", "ev-a", 22.0, 30.0, now=0.0)
+
+
+def test_energy_is_delivered_at_the_session_power_until_complete() -> None:
+    t = table()
+    t.admit("a", "ev-a", 10.0, 25.0, now=0.0)
+    t.advance(1.0)                   # one simulated hour at 10 kW
+    session = t.get("a")
+    assert session is not None and session.delivered_kwh == pytest.approx(10.0)
+    completed = t.advance(3.0)
+    assert [s.session_id for s in completed] == ["a"]
+    assert session.state == COMPLETED and session.delivered_kwh == 25.0
+    assert t.load_kw == 0.0 and t.delivered_total_kwh == pytest.approx(25.0)
+
+
+def test_stop_frees_capacity_at_once_and_is_idempotent() -> None:
+    t = table()
+    t.admit("a", "ev-a", 100.0, 500.0, now=0.0)
+    stopped = t.stop("a", now=0.5)
+    assert stopped.state == STOPPED and t.load_kw == 0.0
+    assert t.stop("a", now=0.6) is stopped
+    t.admit("b", "ev-b", 100.0, 1.0, now=0.7)
+
+
+def test_cancelling_an_unknown_id_blocks_a_late_copy() -> None:
+    t = table()
+    assert t.stop("late", now=0.0).state == CANCELLED
+    with pytest.raises(SessionCancelled, match="session late was cancelled"):
+        t.admit("late", "ev", 11.0, 30.0, now=0.1)
+    assert t.load_kw == 0.0
+
+
+def test_ended_sessions_are_pruned_by_age_and_count() -> None:
+    t = table(retention_s=10.0, max_ended=2)
+    for i in range(3):
+        t.admit(f"s{i}", "ev", 1.0, 1.0, now=float(i))
+        t.stop(f"s{i}", now=float(i))
+    assert list(t.ended) == ["s1", "s2"]
+    t.advance(100.0)
+    assert not t.ended
+
+
+def test_a_restart_resumes_sessions_with_the_energy_already_delivered(tmp_path: object
+                                                                      ) -> None:
+    path = f"{tmp_path}/state.sqlite3"
+    store = SessionStore(path)
+    t = table()
+    t.admit("a", "ev-a", 10.0, 50.0, now=0.0)
+    t.admit("b", "ev-b", 5.0, 1.0, now=0.0)
+    t.advance(2.0)                   # a: 20 kWh delivered; b completed
+    store.save([*t.active.values(), *t.ended.values()])
+    store.close()
+    reopened = SessionStore(path)
+    fresh = table()
+    for session in reopened.load():
+        fresh.resume(session)
+    reopened.close()
+    a = fresh.get("a")
+    assert a is not None and a.delivered_kwh == pytest.approx(20.0) and a.state == "charging"
+    assert fresh.load_kw == 10.0
+    b = fresh.get("b")
+    assert b is not None and b.state == COMPLETED
