@@ -26,6 +26,7 @@ OPENAPI: dict[str, Any] = {
     "security": [{"bearer": []}],
     "paths": {
         "/charge": {"post": {
+            "operationId": "charge",
             "summary": "Start charging at a substation chosen by the active policy",
             "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                             "schema": {"type": "string", "minLength": 1, "maxLength": 128},
@@ -35,7 +36,12 @@ OPENAPI: dict[str, Any] = {
                 "schema": {"$ref": "#/components/schemas/ChargeRequest"}}}},
             "responses": {
                 "200": {"description": "Charging", "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/ChargeAccepted"}}}},
+                    "schema": {"$ref": "#/components/schemas/ChargeAccepted"}}},
+                    "links": {
+                        "GetSession": {"operationId": "getSession",
+                                       "parameters": {"id": "$response.body#/session_id"}},
+                        "StopSession": {"operationId": "stopSession",
+                                        "parameters": {"id": "$response.body#/session_id"}}}},
                 "400": _error("Malformed JSON or not a JSON object"),
                 "401": _error("Missing or wrong API key"),
                 "409": _error("The session id exists with other values"),
@@ -48,12 +54,14 @@ OPENAPI: dict[str, Any] = {
                 "504": _error("The balancer did not answer in time"),
             }}},
         "/sessions/{id}": {
-            "get": {"summary": "A session's state and energy delivered so far",
+            "get": {"operationId": "getSession",
+                    "summary": "A session's state and energy delivered so far",
                     "parameters": [_SESSION_ID],
                     "responses": {"200": {"description": "The session", "content": {
                         "application/json": {"schema": {"$ref": "#/components/schemas/Session"}}}},
                         "404": _error("Unknown session"), **_COMMON_ERRORS}},
-            "delete": {"summary": "Stop charging and free the capacity",
+            "delete": {"operationId": "stopSession",
+                       "summary": "Stop charging and free the capacity",
                        "parameters": [_SESSION_ID],
                        "responses": {"200": {"description": "The stopped session", "content": {
                            "application/json": {"schema": {
