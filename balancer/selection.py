@@ -114,7 +114,7 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
     best = _Reservoir()        # scored candidates: lowest key
     fallback = _Reservoir()    # unscored candidates: lowest effective utilization
     near: list[tuple[float, SubstationView, float, float]] = []   # only with a tolerance
-    drawn: list[tuple[SubstationView, float, float]] = []          # only when weighted
+    drawn: list[SubstationView] = []                               # only when weighted
     weights: list[float] = []
     for instance, scraped_kw, capacity, score, _, view in snapshot.usable:
         if instance in exclude:
@@ -128,17 +128,19 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
         if load != scraped_kw:
             score = adjust(score, load - scraped_kw, capacity, scraped_kw, sign)
         if weighted:
-            drawn.append((view, load, score))
+            drawn.append(view)
             weights.append(score if score > 0.0 else 0.0)
         elif tolerance:
             near.append((sign * score, view, load, score))
         else:
             best.offer_lowest(sign * score, view, load, score, random_)
     if drawn:
-        total = sum(weights)
-        view, load, score = (rng.choices(drawn, weights=weights)[0] if total > 0.0
-                             else rng.choice(drawn))
-        return Candidate(view.instance, view.name, load, view.capacity_kw or 0.0, score)
+        view = rng.choices(drawn, weights=weights)[0] if sum(weights) > 0.0 \
+            else rng.choice(drawn)
+        # Load and score are recomputed for the winner only: cheaper than keeping them all.
+        load = effective_load_kw(view, ledger) or 0.0
+        return Candidate(view.instance, view.name, load, view.capacity_kw or 0.0,
+                         adjusted_score(view, policy, load - (view.load_kw or 0.0)))
     if near:
         low = min(row[0] for row in near)
         _, view, load, score = rng.choice([r for r in near if r[0] <= low + tolerance])

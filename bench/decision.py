@@ -1,0 +1,53 @@
+"""The in-process decision: select_substation with 10, 100 and 1,000 substations and a full
+ledger (every substation has pending entries and a fresh observation)."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+from balancer.ledger import PendingLedger
+from balancer.policy import load_policy
+from balancer.selection import select_substation
+from balancer.snapshot import Snapshot, SubstationView
+
+POLICIES = Path(__file__).resolve().parent.parent / "policies"
+TARGET_P99_US = {100: 100.0, 1000: 500.0}
+
+
+def decision_cost(n: int, policy_name: str, rounds: int = 3000, seed: int = 1
+                  ) -> dict[str, object]:
+    rng = random.Random(seed)
+    policy = load_policy(POLICIES / f"{policy_name}.yaml")
+    views = {}
+    for i in range(n):
+        instance = f"10.0.{i // 250}.{i % 250}:9100"
+        load = rng.uniform(0, 400)
+        score = load / 500.0 if policy_name != "rate-weighted" else 500.0 - load
+        views[instance] = SubstationView(instance, f"s{i}", True, 1000.0, load, 500.0, score)
+    snapshot = Snapshot(policy_name, 1000.0, views)
+    ledger = PendingLedger()
+    for i, instance in enumerate(views):
+        for j in range(5):
+            ledger.reserve(instance, f"{i}-{j}", 3.7)
+            ledger.confirm(instance, f"{i}-{j}", 1001.0)
+        ledger.observe(instance, views[instance].load_kw or 0.0, 1000.5)
+        ledger.reserve(instance, f"{i}-inflight", 7.4)
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter_ns()
+        select_substation(snapshot, ledger, policy, 11.0, rng)
+        samples.append(time.perf_counter_ns() - started)
+    samples.sort()
+    p99 = samples[int(0.99 * (len(samples) - 1))] / 1000
+    target = TARGET_P99_US.get(n)
+    return {"substations": n, "policy": policy_name,
+            "p50_us": samples[len(samples) // 2] / 1000, "p99_us": p99,
+            "target_p99_us": target, "met": None if target is None else p99 < target}
+
+
+def run_decision(quick: bool = False) -> list[dict[str, object]]:
+    rounds = 500 if quick else 3000
+    return [decision_cost(n, p, rounds) for n in (10, 100, 1000)
+            for p in ("least-utilization", "rate-weighted")]
