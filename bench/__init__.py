@@ -1,1 +1,1 @@
-"""Benchmarks: `make bench` (python -m bench). Results go to bench/results/ and docs/benchmarks.md."""
+"""Benchmarks: `make bench`. Results: bench/results/latest.json and docs/benchmarks.md."""

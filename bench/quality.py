@@ -145,7 +145,8 @@ class Simulation:
     def run(self, strategy: str, trace: list[Arrival]) -> Outcome:
         outcome = Outcome(strategy)
         if strategy in ("least-load", "least-utilization", "rate-weighted", "seed"):
-            self.policy = load_policy(POLICIES / f"{'least-load' if strategy == 'seed' else strategy}.yaml")
+            name = "least-load" if strategy == "seed" else strategy
+            self.policy = load_policy(POLICIES / f"{name}.yaml")
         choose = getattr(self, f"_choose_{strategy.replace('-', '_')}",
                          self._choose_policy)
         for i, arrival in enumerate(trace):
