@@ -9,7 +9,7 @@ pruned so memory stays bounded however many sessions come and go.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 _FIT_EPSILON_KW = 1e-9
@@ -41,9 +41,18 @@ class ChargingSession:
     state: str
     started_at: float
     ended_at: float | None = None
+    # Until when energy has been credited: not persisted, because a restarted substation
+    # must not credit the time it was down.
+    credited_at: float = field(default=-1.0, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.credited_at < 0:
+            self.credited_at = self.started_at
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        body = asdict(self)
+        del body["credited_at"]
+        return body
 
     def same_request(self, vehicle_id: str, power_kw: float, energy_kwh: float) -> bool:
         return (self.vehicle_id, self.power_kw, self.energy_kwh) == \
@@ -67,7 +76,6 @@ class SessionTable:
         self.ended: OrderedDict[str, ChargingSession] = OrderedDict()
         self.load_kw = 0.0        # running total of active power, not re-summed per call
         self.delivered_total_kwh = 0.0
-        self._advanced_at: float | None = None
 
     def get(self, session_id: str) -> ChargingSession | None:
         return self.active.get(session_id) or self.ended.get(session_id)
@@ -84,16 +92,18 @@ class SessionTable:
             return Admission(existing, duplicate=True)
         if self.load_kw + power_kw > self.capacity_kw + _FIT_EPSILON_KW:
             raise OverCapacity(self.load_kw, self.capacity_kw, power_kw)
-        self.advance(now)
+        # No advance() here: that walks every session, on every request. A new session
+        # accrues from its own start (see _deliver).
         session = ChargingSession(session_id, vehicle_id, power_kw, energy_kwh, 0.0, CHARGING,
                                   started_at=now)
         self.active[session_id] = session
         self.load_kw += power_kw
         return Admission(session, duplicate=False)
 
-    def resume(self, session: ChargingSession) -> None:
+    def resume(self, session: ChargingSession, now: float) -> None:
         """Take back a session persisted before a restart (capacity is not re-checked: it was
-        admitted under the same capacity)."""
+        admitted under the same capacity). It charges again from `now`, not while it was down."""
+        session.credited_at = now
         if session.state == CHARGING:
             self.active[session.session_id] = session
             self.load_kw += session.power_kw
@@ -103,9 +113,9 @@ class SessionTable:
     def stop(self, session_id: str, now: float) -> ChargingSession:
         """Stop charging (idempotent). An unknown id leaves a tombstone, so a late copy of a
         cancelled request cannot start a session under that id."""
-        self.advance(now)
         session = self.active.get(session_id)
         if session is not None:
+            self._deliver(session, now)   # this session alone, up to the moment it stops
             self._end(session, STOPPED, now)
             return session
         ended = self.ended.get(session_id)
@@ -117,21 +127,22 @@ class SessionTable:
 
     def advance(self, now: float) -> list[ChargingSession]:
         """Deliver energy up to `now`; return the sessions that completed."""
-        last, self._advanced_at = self._advanced_at, now
-        if last is None or now <= last:
-            return []
-        hours = (now - last) * self.speed_factor / 3600.0
-        completed = []
-        for session in self.active.values():
-            delivered = min(session.energy_kwh, session.delivered_kwh + session.power_kw * hours)
-            self.delivered_total_kwh += delivered - session.delivered_kwh
-            session.delivered_kwh = delivered
-            if delivered >= session.energy_kwh:
-                completed.append(session)
+        completed = [s for s in self.active.values() if self._deliver(s, now)]
         for session in completed:
             self._end(session, COMPLETED, now)
         self.prune(now)
         return completed
+
+    def _deliver(self, session: ChargingSession, now: float) -> bool:
+        """Credit `session` with energy up to `now`; True when its energy is complete."""
+        since, session.credited_at = session.credited_at, max(now, session.credited_at)
+        if now > since:
+            hours = (now - since) * self.speed_factor / 3600.0
+            delivered = min(session.energy_kwh,
+                            session.delivered_kwh + session.power_kw * hours)
+            self.delivered_total_kwh += delivered - session.delivered_kwh
+            session.delivered_kwh = delivered
+        return session.delivered_kwh >= session.energy_kwh
 
     def prune(self, now: float) -> None:
         while self.ended:

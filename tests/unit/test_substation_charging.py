@@ -95,10 +95,26 @@ def test_a_restart_resumes_sessions_with_the_energy_already_delivered(tmp_path: 
     reopened = SessionStore(path)
     fresh = table()
     for session in reopened.load():
-        fresh.resume(session)
+        fresh.resume(session, now=50.0)       # down from 2 to 50: nothing delivered then
     reopened.close()
     a = fresh.get("a")
     assert a is not None and a.delivered_kwh == pytest.approx(20.0) and a.state == "charging"
     assert fresh.load_kw == 10.0
+    fresh.advance(51.0)
+    assert a.delivered_kwh == pytest.approx(30.0)
     b = fresh.get("b")
     assert b is not None and b.state == COMPLETED
+
+
+def test_a_session_is_credited_from_its_own_start_not_the_last_tick() -> None:
+    t = table()
+    t.admit("early", "ev", 10.0, 100.0, now=0.0)
+    t.advance(1.0)
+    t.admit("late", "ev", 10.0, 100.0, now=1.5)
+    t.advance(2.0)
+    early, late = t.get("early"), t.get("late")
+    assert early is not None and late is not None
+    assert early.delivered_kwh == pytest.approx(20.0)
+    assert late.delivered_kwh == pytest.approx(5.0)
+    t.stop("late", now=2.5)                  # credited up to the stop, alone
+    assert late.delivered_kwh == pytest.approx(10.0)

@@ -1,0 +1,86 @@
+"""A throwaway local stack for benchmarks: free ports, a temp dir, everything stopped by PID."""
+
+from __future__ import annotations
+
+import json
+import socket
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from gridlb.grid import GridConfig, SubstationSpec
+from gridlb.stack import (
+    ProcessGroup,
+    balancer_spec,
+    ingress_spec,
+    prometheus_spec,
+    substation_spec,
+    wait_ready,
+)
+
+TOKEN = "bench-internal-token"
+API_KEY = "bench-api-key"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class BenchStack:
+    grid: GridConfig
+    group: ProcessGroup
+    run_dir: Path
+
+    @property
+    def substation_addresses(self) -> list[str]:
+        return [f"127.0.0.1:{s.port}" for s in self.grid.substations]
+
+    def pid(self, name: str) -> int:
+        return self.group.procs[name].pid
+
+
+@contextmanager
+def bench_stack(substations: int = 2, capacity_kw: float = 1e6, speed_factor: float = 3600.0,
+                scrape_interval_s: float = 1.0) -> Iterator[BenchStack]:
+    with tempfile.TemporaryDirectory(prefix="sglb-bench-") as tmp:
+        run_dir = Path(tmp)
+        subs = tuple(SubstationSpec(f"s{i}", free_port(), capacity_kw)
+                     for i in range(substations))
+        grid = GridConfig(substations=subs, policy="least-utilization",
+                          ingress_port=free_port(), balancer_port=free_port(),
+                          prometheus_port=free_port(), scrape_interval_s=scrape_interval_s,
+                          speed_factor=speed_factor)
+        group = ProcessGroup(run_dir / "logs")
+        env = {"GRID_INTERNAL_TOKEN": TOKEN}
+        specs = [prometheus_spec(grid, run_dir)]
+        specs += [substation_spec(grid, s.id, s.port, s.capacity_kw, run_dir, env)
+                  for s in subs]
+        specs += [balancer_spec(grid, env), ingress_spec(grid, run_dir,
+                                                         {**env, "GRID_API_KEYS": API_KEY})]
+        try:
+            for spec in specs:
+                wait_ready(spec.ready_url, group.start(spec))
+            wait_for_balancer(grid, substations)
+            yield BenchStack(grid, group, run_dir)
+        finally:
+            group.stop_all()
+
+
+def wait_for_balancer(grid: GridConfig, substations: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{grid.balancer_url}/readyz", timeout=1) as resp:
+                if json.loads(resp.read()).get("usable_substations") == substations:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the balancer never saw every substation")
