@@ -145,10 +145,10 @@ class Simulation:
     def run(self, strategy: str, trace: list[Arrival]) -> Outcome:
         outcome = Outcome(strategy)
         if strategy in ("least-load", "least-utilization", "rate-weighted", "seed"):
-            name = "least-load" if strategy == "seed" else strategy
-            self.policy = load_policy(POLICIES / f"{name}.yaml")
-        choose = getattr(self, f"_choose_{strategy.replace('-', '_')}",
-                         self._choose_policy)
+            policy_name = "least-load" if strategy == "seed" else strategy
+            self.policy = load_policy(POLICIES / f"{policy_name}.yaml")
+        choose: Chooser = getattr(self, f"_choose_{strategy.replace('-', '_')}",
+                                  self._choose_policy)
         for i, arrival in enumerate(trace):
             self.scrape(arrival.at)
             self.grid.advance(arrival.at)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.stack import API_KEY, TOKEN, BenchStack, bench_stack, free_port
+from gridlb.stack import wait_ready
 
 # Tiny power and energy: capacity never runs out and sessions finish within a second.
 LUA = """
@@ -90,8 +91,7 @@ def nginx(stack: BenchStack, work: Path) -> Iterator[str | None]:
     proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(work)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        from gridlb.stack import wait_ready
-        wait_ready(f"http://127.0.0.1:{port}/healthz", proc)  # type: ignore[arg-type]
+        wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -1,0 +1,77 @@
+"""`make bench`: every benchmark in one run; a results table, and bench/results/latest.json.
+
+    python -m bench [--quick] [part ...]     parts: quality decision refresh throughput memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.decision import run_decision
+from bench.memory import run_memory
+from bench.quality import run_quality
+from bench.refresh import run_refresh
+from bench.throughput import run_throughput
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PARTS: dict[str, Callable[[bool], list[dict[str, object]]]] = {
+    "quality": lambda quick: run_quality(horizon_s=900.0 if quick else 3600.0),
+    "decision": run_decision,
+    "refresh": run_refresh,
+    "throughput": run_throughput,
+    "memory": run_memory,
+}
+
+
+def machine() -> dict[str, object]:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal"))
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kib / 2**20, 1),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    if not rows:
+        return "(no rows)"
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+
+    def cell(value: object) -> str:
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+    lines += ["| " + " | ".join(cell(row.get(k, "")) for k in keys) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
+    parser.add_argument("parts", nargs="*", help=f"any of: {', '.join(PARTS)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke test")
+    args = parser.parse_args(argv)
+    if unknown := [p for p in args.parts if p not in PARTS]:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    results: dict[str, object] = {"machine": machine(), "quick": args.quick}
+    for part in args.parts or list(PARTS):
+        started = time.monotonic()
+        print(f"\n## {part}", flush=True)
+        rows = PARTS[part](args.quick)
+        results[part] = rows
+        print(table(rows))
+        print(f"({time.monotonic() - started:.0f} s)", flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {RESULTS / 'latest.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
