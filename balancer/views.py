@@ -8,14 +8,13 @@ import urllib.parse
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from balancer.forward import Outcome, place_session
 from balancer.ledger import PendingLedger
 from balancer.policy import PolicyError, policy_path
 from balancer.selection import effective_load_kw, select_substation
 from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, PINS, REFRESHER, RNG
-from gridlb.http import json_error, json_response, read_json_object
+from gridlb.http import healthz, json_error, json_response, metrics_response, read_json_object
 
 _MAX_ID = 128
 # Refusals that say the session is not there and cannot be: the next substation may take it.
@@ -189,7 +188,7 @@ async def show_policy(request: web.Request) -> web.Response:
         "evaluated_at": snapshot.evaluated_at if snapshot else None,
         "age_s": refresher.snapshot_age_s(),
         "substations": substations,
-        "ejected": health.ejected() if (health := app[HEALTH]) else [],
+        "ejected": app[HEALTH].ejected(),
         "problems": list(snapshot.problems) if snapshot else [],
         "last_error": None if error is None else {"reason": error.reason,
                                                   "detail": error.detail, "at": error.at},
@@ -232,14 +231,9 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response(body, status=200 if usable else 503)
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
-
-
 async def metrics(request: web.Request) -> web.Response:
-    request.app[REFRESHER].update_gauges()
-    return web.Response(body=generate_latest(request.app[METRICS].registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+    request.app[REFRESHER].update_gauges()   # the snapshot age moves even between refreshes
+    return metrics_response(request.app[METRICS].registry)
 
 
 def setup_routes(app: web.Application) -> None:

@@ -23,9 +23,9 @@ from aiohttp import web
 
 from balancer.policy import load_policy
 from balancer.prom import GridQueries, make_client, read_snapshot
-from bench.stack import API_KEY, bench_stack, free_port
+from bench.stack import API_KEY, bench_stack
 from gridlb.promconfig import prometheus_command, render_prometheus_dir
-from gridlb.stack import ProcessGroup, ServiceSpec, wait_ready
+from gridlb.stack import ProcessGroup, ServiceSpec, free_port, wait_ready
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import tempfile
 import time
 import urllib.request
@@ -16,6 +15,7 @@ from gridlb.grid import GridConfig, SubstationSpec
 from gridlb.stack import (
     ProcessGroup,
     balancer_spec,
+    free_port,
     ingress_spec,
     prometheus_spec,
     substation_spec,
@@ -25,11 +25,6 @@ from gridlb.stack import (
 TOKEN = "bench-internal-token"
 API_KEY = "bench-api-key"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

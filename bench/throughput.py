@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.stack import API_KEY, TOKEN, BenchStack, bench_stack, free_port
-from gridlb.stack import wait_ready
+from bench.stack import API_KEY, TOKEN, BenchStack, bench_stack
+from gridlb.stack import free_port, wait_ready
 
 # Tiny power and energy: capacity never runs out and sessions finish within a second.
 LUA = """

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,16 @@ async def read_json_object(request: web.Request) -> dict[str, Any] | web.Respons
         return json_error(400, "invalid_body",
                           f"the body must be a JSON object, got {type(body).__name__}")
     return body
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Alive: the process answers. Readiness is each service's own /readyz."""
+    return json_response({"status": "ok"})
+
+
+def metrics_response(registry: CollectorRegistry) -> web.Response:
+    return web.Response(body=generate_latest(registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def run_service(app: web.Application, host: str, port: int) -> None:

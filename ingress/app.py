@@ -13,21 +13,16 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 
 from gridlb.http import (
     Handler,
     bearer_token_middleware,
+    healthz,
     json_error,
     json_errors_middleware,
     json_response,
+    metrics_response,
     read_json_object,
 )
 from ingress.openapi import OPENAPI
@@ -63,11 +58,35 @@ class IngressMetrics:
                                           0.5, 1.0, 2.5, 10.0))
 
 
+class KeyedLocks:
+    """One lock per idempotency key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 CONFIG = web.AppKey("config", IngressConfig)
 STORE = web.AppKey("store", IngressStore)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", IngressMetrics)
-KEY_LOCKS = web.AppKey("key_locks", dict)
+KEY_LOCKS = web.AppKey("key_locks", KeyedLocks)
 
 
 def _internal_headers(config: IngressConfig) -> dict[str, str]:
@@ -96,21 +115,16 @@ async def charge(request: web.Request) -> web.Response:
         return json_error(400, "invalid_idempotency_key",
                           f"Idempotency-Key must be 1-{_MAX_KEY} printable characters")
     body_hash = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    locks: dict[str, asyncio.Lock] = request.app[KEY_LOCKS]
-    lock = locks.setdefault(key, asyncio.Lock())
-    try:
-        async with lock:   # concurrent copies of one key wait for the first one's outcome
-            stored = request.app[STORE].outcome(key)
-            if stored is not None:
-                if stored.body_hash != body_hash:
-                    return json_error(422, "idempotency_key_reused",
-                                      "this Idempotency-Key was used with a different body")
-                return json_response(stored.response, status=stored.status,
-                                     headers={"Idempotent-Replayed": "true"})
-            return await _dispatch(request.app, parsed, key, body_hash)
-    finally:
-        if not lock.locked() and not lock._waiters:   # no public API says "no waiters"
-            locks.pop(key, None)
+    # Concurrent copies of one key wait for the first one's outcome.
+    async with request.app[KEY_LOCKS].hold(key):
+        stored = request.app[STORE].outcome(key)
+        if stored is not None:
+            if stored.body_hash != body_hash:
+                return json_error(422, "idempotency_key_reused",
+                                  "this Idempotency-Key was used with a different body")
+            return json_response(stored.response, status=stored.status,
+                                 headers={"Idempotent-Replayed": "true"})
+        return await _dispatch(request.app, parsed, key, body_hash)
 
 
 async def _dispatch(app: web.Application, req: ChargeRequest, key: str | None,
@@ -190,13 +204,8 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(OPENAPI)
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
-
-
 async def metrics_view(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(request.app[METRICS].registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return metrics_response(request.app[METRICS].registry)
 
 
 @web.middleware
@@ -260,7 +269,7 @@ def create_app(config: IngressConfig, registry: CollectorRegistry | None = None
                      bearer_token_middleware(config.api_keys, _OPEN_PATHS)])
     app[CONFIG] = config
     app[METRICS] = IngressMetrics(registry or CollectorRegistry())
-    app[KEY_LOCKS] = {}
+    app[KEY_LOCKS] = KeyedLocks()
     app.cleanup_ctx.append(store)
     app.cleanup_ctx.append(http_session)
     setup_routes(app)

@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from gridlb.http import (
     bearer_token_middleware,
+    healthz,
     json_error,
     json_errors_middleware,
     json_response,
+    metrics_response,
     read_json_object,
 )
 from substation.charging import (
@@ -151,12 +153,7 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(request.app[METRICS].registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    return metrics_response(request.app[METRICS].registry)
 
 
 def setup_routes(app: web.Application) -> None:

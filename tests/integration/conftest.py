@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import time
 import urllib.parse
 import urllib.request
@@ -31,6 +30,7 @@ from gridlb.stack import (
     ProcessGroup,
     ServiceSpec,
     balancer_spec,
+    free_port,
     ingress_spec,
     substation_spec,
     wait_ready,
@@ -42,11 +42,6 @@ API_KEY = "integration-api-key"
 
 pytestmark = pytest.mark.integration
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_json(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,

@@ -13,8 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gridlb.stack import wait_ready
-from tests.integration.conftest import free_port
+from gridlb.stack import free_port, wait_ready
 
 pytestmark = pytest.mark.integration
 
