@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from ingress.app import IngressConfig, create_app, session_id_for
+from ingress.app import KEY_LOCKS, IngressConfig, create_app, session_id_for
 from ingress.store import IngressStore
 from ingress.validation import parse_charge_request
 
@@ -152,6 +152,7 @@ async def test_concurrent_copies_of_one_key_make_one_session(
                                      for _ in range(5)))
     assert {body["session_id"] for _, body, _ in results} == {session_id_for("k-2")}
     assert len(backends.dispatches) == 1
+    assert len(client.server.app[KEY_LOCKS]) == 0   # no lock outlives its key's requests
 
 
 async def test_a_key_reused_with_another_body_is_422(make_client: Any) -> None:
