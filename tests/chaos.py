@@ -30,6 +30,7 @@ from gridlb.stack import (
     ProcessGroup,
     ServiceSpec,
     balancer_spec,
+    free_port,
     ingress_spec,
     prometheus_spec,
     substation_spec,
@@ -89,7 +90,6 @@ class Outcome:
 
 class ChaosStack:
     def __init__(self, run_dir: Path, max_snapshot_age_s: float) -> None:
-        from tests.integration.conftest import free_port  # shared free-port helper
         self.run_dir = run_dir
         subs = (SubstationSpec("sub-a", free_port(), CAPACITY_KW),
                 SubstationSpec("sub-b", free_port(), CAPACITY_KW))

@@ -90,7 +90,9 @@ class Harness:
 
     @property
     def app(self) -> web.Application:
-        return self.client.server.app  # type: ignore[return-value]
+        app = self.client.app
+        assert app is not None
+        return app
 
     async def dispatch(self, **overrides: Any) -> tuple[int, dict[str, Any]]:
         resp = await self.client.post("/dispatch", json={**CHARGE, **overrides})

@@ -77,7 +77,8 @@ async def test_metrics_carry_the_seed_gauge_name_and_the_substation_label(
         client: TestClient[Any, Any]) -> None:
     await client.post("/charge", json=CHARGE)
     await client.post("/charge", json={**CHARGE, "session_id": "s-2"})
-    tick(client.server.app, 10**10)   # far in the future: the session completes
+    assert client.app is not None
+    tick(client.app, 10**10)   # far in the future: the session completes
     text = await (await client.get("/metrics")).text()
     assert 'substation_load{substation="s1"} 0.0' in text
     assert 'substation_capacity_kw{substation="s1"} 10.0' in text
