@@ -83,16 +83,7 @@ async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
         result = await place_session(app[HTTP], choice.instance, charge, config.internal_token,
                                      config.forward_timeout_s)
         if result.outcome is Outcome.ACCEPTED:
-            now = time.time()
-            ledger.confirm(choice.instance, session_id, now)
-            _observe(ledger, choice.instance, result.body, now)
-            app[PINS].pin(session_id, choice.instance, now)
-            health.record_success(choice.instance)
-            metrics.decisions.labels(policy.name, choice.name, "routed").inc()
-            return json_response({
-                "status": "charging", "session_id": session_id, "substation": choice.name,
-                "routed_to": choice.instance, "policy": policy.name, "attempts": attempt,
-                "session": result.body})
+            return _placed(app, charge, choice.instance, choice.name, result.body, attempt)
         ledger.release(choice.instance, session_id)
         tried.append(choice.instance)
         reason = result.detail if result.outcome is Outcome.REFUSED else result.outcome.value
@@ -113,6 +104,22 @@ async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
     return json_error(503, "no_capacity",
                       f"no substation can take {kw:g} kW now (tried {len(tried)})",
                       headers={"Retry-After": retry_after})
+
+
+def _placed(app: web.Application, charge: dict[str, Any], instance: str, name: str,
+            session: dict[str, Any], attempts: int) -> web.Response:
+    """Record a confirmed placement everywhere it matters, and answer "charging"."""
+    ledger, now, policy = app[LEDGER], time.time(), app[REFRESHER].policy
+    session_id = charge["session_id"]
+    ledger.reserve(instance, session_id, float(charge["requested_kw"]))   # no-op if reserved
+    ledger.confirm(instance, session_id, now)
+    _observe(ledger, instance, session, now)
+    app[PINS].pin(session_id, instance, now)
+    app[HEALTH].record_success(instance)
+    app[METRICS].decisions.labels(policy.name, name, "routed").inc()
+    return json_response({"status": "charging", "session_id": session_id, "substation": name,
+                          "routed_to": instance, "policy": policy.name, "attempts": attempts,
+                          "session": session})
 
 
 def _observe(ledger: PendingLedger, instance: str, body: dict[str, Any], now: float) -> None:
@@ -141,14 +148,7 @@ async def _settle_pinned(app: web.Application, charge: dict[str, Any], instance:
     view = snapshot.substations.get(instance) if snapshot else None
     name = view.name if view else instance
     if result.outcome is Outcome.ACCEPTED:
-        now = time.time()
-        app[LEDGER].reserve(instance, session_id, float(charge["requested_kw"]))
-        app[LEDGER].confirm(instance, session_id, now)
-        _observe(app[LEDGER], instance, result.body, now)
-        return json_response({
-            "status": "charging", "session_id": session_id, "substation": name,
-            "routed_to": instance, "policy": app[REFRESHER].policy.name, "attempts": 1,
-            "session": result.body})
+        return _placed(app, charge, instance, name, result.body, attempts=1)
     if result.outcome in (Outcome.AMBIGUOUS, Outcome.UNREACHABLE):
         return _outcome_unknown(session_id, name)   # still down: the session may be there
     pins.settle(session_id)
