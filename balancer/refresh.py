@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -54,6 +55,7 @@ class PolicyRefresher:
         self.extra_params = dict(extra_params or {})
         self.clock = clock
         self.snapshot: Snapshot | None = None
+        self._names: dict[str, str] = {}   # instance -> substation id, as last seen
         self.last_error: EvaluationError | None = None
         self.reload_error: str | None = None
         self.reloaded_at = clock()
@@ -97,6 +99,7 @@ class PolicyRefresher:
         return snapshot
 
     def install(self, snapshot: Snapshot) -> None:
+        snapshot = self._with_known_names(snapshot)
         for view in snapshot.substations.values():
             self.ledger.settle(view.instance, view.scrape_ts)
         present = set(snapshot.substations)
@@ -105,6 +108,21 @@ class PolicyRefresher:
         self.snapshot = snapshot
         self.last_error = None
         self.update_gauges()
+
+    def _with_known_names(self, snapshot: Snapshot) -> Snapshot:
+        """A substation that is down has no series left to name it: keep the name it had."""
+        for view in snapshot.substations.values():
+            if view.name != view.instance:
+                self._names[view.instance] = view.name
+        for gone in set(self._names) - set(snapshot.substations):
+            del self._names[gone]
+        unnamed = {i: v for i, v in snapshot.substations.items()
+                   if v.name == i and i in self._names}
+        if not unnamed:
+            return snapshot
+        views = {**snapshot.substations,
+                 **{i: dataclasses.replace(v, name=self._names[i]) for i, v in unnamed.items()}}
+        return dataclasses.replace(snapshot, substations=views)
 
     def update_gauges(self) -> None:
         age = self.snapshot_age_s()

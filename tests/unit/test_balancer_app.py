@@ -354,3 +354,15 @@ async def test_an_empty_grid_is_not_ready_and_says_why(balancer: MakeHarness) ->
     assert resp.status == 503 and (await resp.json())["usable_substations"] == 0
     status, body = await h.dispatch()
     assert status == 503 and body["error"] == "no_substations"
+
+
+async def test_a_substation_that_went_down_keeps_its_name(balancer: MakeHarness,
+                                                          substation: MakeSubstation) -> None:
+    sub = await substation()
+    h = await balancer({sub.address: (10.0, 100.0)})
+    # Down: Prometheus has only `up == 0` left; load and capacity series are gone.
+    h.prometheus.answers.update({Q.up: [series(0, instance=sub.address)], Q.load: [],
+                                 Q.capacity: []})
+    await h.app[REFRESHER].refresh_once()
+    row = (await (await h.client.get("/policy")).json())["substations"][0]
+    assert (row["substation"], row["up"]) == ("sub-0", False)
