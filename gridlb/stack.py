@@ -207,7 +207,29 @@ def wait_for_grid(grid: GridConfig, timeout_s: float = 30.0) -> None:
           f"{timeout_s:.0f} s; see {grid.prometheus_url}/targets", file=sys.stderr)
 
 
+def ports_in_use(grid: GridConfig) -> list[str]:
+    """The grid's ports that something else already listens on."""
+    wanted = {"ingress": grid.ingress_port, "balancer": grid.balancer_port,
+              "prometheus": grid.prometheus_port,
+              **{s.id: s.port for s in grid.substations}}
+    busy = []
+    for name, port in wanted.items():
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((grid.host, port))
+            except OSError:
+                busy.append(f"{name} port {port}")
+    return busy
+
+
 def run(grid: GridConfig, run_dir: Path) -> int:
+    if busy := ports_in_use(grid):
+        print(f"make up: already in use on {grid.host}: {', '.join(busy)}. Stop what holds "
+              "them (a system Prometheus: `systemctl stop prometheus`), or choose other ports "
+              f"in a copy of {grid.source} and run GRID_CONFIG=that-file make up",
+              file=sys.stderr)
+        return 1
     group = ProcessGroup(run_dir / "logs")
     stopping = False
 
