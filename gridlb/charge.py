@@ -9,6 +9,7 @@ so a request the ingress accepts is never refused further down for its shape.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,10 @@ MAX_EPOCH = 2**31
 # A request fits when load + requested <= capacity + this: the sum of many float kW values must
 # not refuse a request that fits exactly.
 FIT_TOLERANCE_KW = 1e-9
+# Ids are visible ASCII, spaces allowed inside (VINs, eMA ids and UUIDs all are): one rule that
+# the OpenAPI document can state exactly.
+ID_PATTERN = r"[\x20-\x7E]*[\x21-\x7E][\x20-\x7E]*"
+_ID_RE = re.compile(ID_PATTERN)
 PUBLIC_FIELDS = ("vehicle_id", "requested_kw", "energy_kwh")
 INTERNAL_FIELDS = ("session_id", "epoch", *PUBLIC_FIELDS)
 
@@ -91,8 +96,8 @@ def _text(body: dict[str, Any], key: str, limit: int) -> str | None:
         return "must not be empty"
     if len(value) > limit:
         return f"must be at most {limit} characters, got {len(value)}"
-    if not value.isprintable():
-        return "must contain printable characters only"
+    if not _ID_RE.fullmatch(value):
+        return "must be visible ASCII characters (spaces allowed between them)"
     return None
 
 
