@@ -124,7 +124,9 @@ def test_sessions_can_be_read_and_stopped_through_the_ingress(cluster: StartClus
     url = f"{c.grid.ingress_url}/sessions/{body['session_id']}"
     status, session = http_json("GET", url, headers=c.auth)
     assert status == 200 and session["state"] == "charging" and session["substation"] == "a"
-    status, session = http_json("DELETE", url, headers=c.auth)
+    status, session = http_json("POST", f"{url}/stop", headers=c.auth)
+    assert status == 200 and session["state"] == "stopped"
+    status, session = http_json("GET", url, headers=c.auth)
     assert status == 200 and session["state"] == "stopped"
     status, load = c.substation("a", "GET", "/status")
     assert load["load_kw"] == 0.0
