@@ -67,10 +67,12 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
                           f"session {charge.session_id} is being placed by an earlier request; "
                           "retry later with the same Idempotency-Key",
                           headers={"Retry-After": "1"}, session_may_exist=True)
+    app[METRICS].in_flight.set(len(inflight))
     try:
         return await _place(app, charge, resolve, deadline)
     finally:
         inflight.release(charge.session_id)
+        app[METRICS].in_flight.set(len(inflight))
         app[METRICS].dispatch_seconds.observe(time.perf_counter() - started)
 
 
@@ -102,10 +104,12 @@ def _answer(app: web.Application, charge: SessionCharge, outcome: Outcome,
         assert outcome.instance is not None and outcome.reply is not None
         session = outcome.reply.body
         state = "charging" if kind is OutcomeKind.PLACED else str(session.get("state"))
-        metrics.decisions.labels(policy.name, name(outcome.instance),
+        # The substation's own word for its name: Prometheus may not know it right now.
+        substation = str(session.get("substation") or name(outcome.instance))
+        metrics.decisions.labels(policy.name, substation,
                                  "routed" if kind is OutcomeKind.PLACED else "ended").inc()
         return json_response({"status": state, "session_id": charge.session_id,
-                              "substation": name(outcome.instance),
+                              "substation": substation,
                               "routed_to": outcome.instance, "policy": policy.name,
                               "attempts": outcome.attempts, "session": session})
     if kind is OutcomeKind.REJECTED:

@@ -22,7 +22,6 @@ from ingress.views import setup_routes
 
 log = logging.getLogger(__name__)
 _OPEN_PATHS = ("/metrics", "/healthz", "/readyz", "/openapi.json")
-_PRUNE_EVERY_S = 3600.0
 
 
 async def http_session(app: web.Application) -> AsyncIterator[None]:
@@ -46,7 +45,7 @@ async def prune_store(app: web.Application) -> None:
         gone = await app[STORE].prune(time.time())
         if gone:
             log.info("pruned %d settled idempotency records", gone)
-        await asyncio.sleep(_PRUNE_EVERY_S)
+        await asyncio.sleep(app[CONFIG].prune_interval_s)
 
 
 def create_app(config: IngressConfig, registry: CollectorRegistry | None = None

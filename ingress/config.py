@@ -28,3 +28,4 @@ class IngressConfig:
     # Settled idempotency records beyond this many are evicted, oldest first; records of
     # sessions whose outcome is unknown never are.
     max_keys: int = 1_000_000
+    prune_interval_s: float = 3600.0

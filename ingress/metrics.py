@@ -6,7 +6,13 @@ import time
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 from gridlb.http import Handler
 
@@ -22,6 +28,9 @@ class IngressMetrics:
                                  ["route"], registry=registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                           0.5, 1.0, 2.5, 10.0))
+        self.records = Gauge("ingress_idempotency_records",
+                             "Idempotency records by state (pending: outcome unknown)",
+                             ["state"], registry=registry)
 
 
 def metrics_middleware(metrics: IngressMetrics) -> Middleware:

@@ -31,6 +31,7 @@ from gridlb.http import (
 from ingress.balancers import BalancerAnswer, dispatch
 from ingress.idempotency import (
     Dispatch,
+    RecordState,
     Replay,
     Reused,
     after_answer,
@@ -209,7 +210,10 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    return metrics_response(request.app[METRICS].registry)
+    metrics, counts = request.app[METRICS], request.app[STORE].counts()
+    for state in RecordState:
+        metrics.records.labels(state.value).set(counts.get(state.value, 0))
+    return metrics_response(metrics.registry)
 
 
 def setup_routes(app: web.Application) -> None:
