@@ -25,6 +25,7 @@ class FaultProxy:
         self.dropped = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     @property
@@ -40,9 +41,15 @@ class FaultProxy:
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
+            for task in self._handlers:
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+            if self._server is not None:
+                await self._server.wait_closed()
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
 
     def on_response(self, request_prefix: bytes, hook: Callable[[], None]) -> None:
         """The next answer to a request starting with `request_prefix` is dropped and `hook`
@@ -51,10 +58,21 @@ class FaultProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                       ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            await self._pipe(reader, writer)
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(self.host, self.upstream_port)
         except OSError:
-            writer.close()
             return
         last_request = bytearray()
 
@@ -78,7 +96,10 @@ class FaultProxy:
                 await writer.drain()
             writer.close()
 
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            await asyncio.gather(client_to_upstream(), upstream_to_client())
-        writer.close()
-        up_writer.close()
+        try:
+            with contextlib.suppress(OSError):
+                await asyncio.gather(client_to_upstream(), upstream_to_client())
+        finally:
+            up_writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await up_writer.wait_closed()
