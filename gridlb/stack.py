@@ -107,13 +107,14 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0)
 
 
 def substation_spec(grid: GridConfig, sub_id: str, port: int, capacity_kw: float,
-                    run_dir: Path, env: Mapping[str, str]) -> ServiceSpec:
+                    run_dir: Path, env: Mapping[str, str], extra_args: Sequence[str] = ()
+                    ) -> ServiceSpec:
     return ServiceSpec(
         name=sub_id,
         argv=[sys.executable, "-m", "substation", "--id", sub_id, "--host", grid.host,
               "--port", str(port), "--capacity-kw", str(capacity_kw),
               "--speed-factor", str(grid.speed_factor),
-              "--state-path", str(run_dir / f"substation-{sub_id}.sqlite3")],
+              "--state-path", str(run_dir / f"substation-{sub_id}.sqlite3"), *extra_args],
         ready_url=f"http://{grid.host}:{port}/healthz", env=env)
 
 
