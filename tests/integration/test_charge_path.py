@@ -53,7 +53,9 @@ def test_least_utilization_fills_100_200_300_kw_to_the_same_level(cluster: Start
     utilization = c.prometheus.values(
         'substation_load{job="substation"} / on (instance) substation_capacity_kw', "instance")
     assert len(utilization) == 3
-    assert max(utilization.values()) - min(utilization.values()) <= 0.10, utilization
+    # One 10 kW request is a 0.1 step on the 100 kW substation: greedy filling with fresh
+    # numbers ends within one such step (the float sum needs the epsilon).
+    assert max(utilization.values()) - min(utilization.values()) <= 0.10 + 1e-9, utilization
     assert max(utilization.values()) <= 1.0
 
 
