@@ -19,8 +19,19 @@ from balancer.metrics import BalancerMetrics
 from balancer.pins import SessionPins
 from balancer.policy import load_policy, policy_path
 from balancer.prom import GridQueries, QueryClient, make_client
-from balancer.refresh import PolicyRefresher
-from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, PINS, REFRESHER, RNG
+from balancer.refresh import PolicyRefreshLoop
+from balancer.serving import ServingState
+from balancer.state import (
+    CONFIG,
+    HEALTH,
+    HTTP,
+    LEDGER,
+    METRICS,
+    PINS,
+    REFRESH_LOOP,
+    RNG,
+    SERVING,
+)
 from balancer.views import setup_routes
 from gridlb.http import bearer_token_middleware, json_errors_middleware
 
@@ -48,10 +59,12 @@ def create_app(config: BalancerConfig, client: QueryClient | None = None,
     app[HEALTH] = health
     app[RNG] = random.Random(config.seed)
     app[PINS] = SessionPins()
-    app[REFRESHER] = PolicyRefresher(
-        prometheus, policy, Path(policy_file), ledger, health, metrics,
-        queries=GridQueries(config.substation_job),
-        max_snapshot_age_s=config.max_snapshot_age_s, extra_params=config.extra_query_params)
+    serving = ServingState(policy, Path(policy_file), ledger, health, metrics,
+                           max_snapshot_age_s=config.max_snapshot_age_s)
+    app[SERVING] = serving
+    app[REFRESH_LOOP] = PolicyRefreshLoop(prometheus, serving,
+                                          queries=GridQueries(config.substation_job),
+                                          extra_params=config.extra_query_params)
     app.cleanup_ctx.append(http_session)
     app.cleanup_ctx.append(refresh_loop)
     setup_routes(app)
@@ -67,7 +80,7 @@ async def http_session(app: web.Application) -> AsyncIterator[None]:
 
 
 async def refresh_loop(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[REFRESHER].run(), name="policy-refresh")
+    task = app[REFRESH_LOOP].start()
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

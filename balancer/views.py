@@ -1,4 +1,5 @@
-"""HTTP views of the balancer: thin glue over selection, forwarding and the refresher."""
+"""HTTP views of the balancer: thin glue over selection, forwarding, the serving state and the
+refresh loop."""
 
 from __future__ import annotations
 
@@ -13,7 +14,17 @@ from balancer.forward import Outcome, place_session
 from balancer.ledger import PendingLedger
 from balancer.policy import PolicyError, policy_path
 from balancer.selection import effective_load_kw, select_substation
-from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, PINS, REFRESHER, RNG
+from balancer.state import (
+    CONFIG,
+    HEALTH,
+    HTTP,
+    LEDGER,
+    METRICS,
+    PINS,
+    REFRESH_LOOP,
+    RNG,
+    SERVING,
+)
 from gridlb.http import healthz, json_error, json_response, metrics_response, read_json_object
 
 _MAX_ID = 128
@@ -52,17 +63,17 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
-    config, refresher, ledger, health, metrics = (app[CONFIG], app[REFRESHER], app[LEDGER],
-                                                  app[HEALTH], app[METRICS])
-    if refresher.snapshot is None:
+    config, serving, ledger, health, metrics = (app[CONFIG], app[SERVING], app[LEDGER],
+                                                app[HEALTH], app[METRICS])
+    if serving.snapshot is None:
         return json_error(503, "no_snapshot", "the balancer has not read Prometheus yet",
                           headers={"Retry-After": "1"})
-    if not refresher.snapshot.usable:
+    if not serving.snapshot.usable:
         return json_error(503, "no_substations",
                           "Prometheus reports no substation that is up with known load and "
                           "capacity", headers={"Retry-After": "1"})
     session_id, kw = charge["session_id"], float(charge["requested_kw"])
-    policy = refresher.policy
+    policy = serving.policy
     tried: list[str] = []
     pinned = app[PINS].pinned_to(session_id, time.time())
     if pinned is not None:
@@ -71,11 +82,11 @@ async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
             return settled
         tried.append(pinned)   # it answered that it does not hold the session: go elsewhere
     for attempt in range(1, config.max_attempts + 1):
-        snapshot = refresher.snapshot
+        snapshot = serving.snapshot
         decided = time.perf_counter()
         skip = health.ejected_now(time.time(), snapshot.substations).union(tried)
         choice = select_substation(snapshot, ledger, policy, kw, app[RNG], exclude=skip,
-                                   degraded=refresher.degraded)
+                                   degraded=serving.degraded)
         metrics.decision_seconds.observe(time.perf_counter() - decided)
         if choice is None:
             break
@@ -109,7 +120,7 @@ async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
 def _placed(app: web.Application, charge: dict[str, Any], instance: str, name: str,
             session: dict[str, Any], attempts: int) -> web.Response:
     """Record a confirmed placement everywhere it matters, and answer "charging"."""
-    ledger, now, policy = app[LEDGER], time.time(), app[REFRESHER].policy
+    ledger, now, policy = app[LEDGER], time.time(), app[SERVING].policy
     session_id = charge["session_id"]
     ledger.reserve(instance, session_id, float(charge["requested_kw"]))   # no-op if reserved
     ledger.confirm(instance, session_id, now)
@@ -144,7 +155,7 @@ async def _settle_pinned(app: web.Application, charge: dict[str, Any], instance:
     session_id = charge["session_id"]
     result = await place_session(app[HTTP], instance, charge, config.internal_token,
                                  config.forward_timeout_s)
-    snapshot = app[REFRESHER].snapshot
+    snapshot = app[SERVING].snapshot
     view = snapshot.substations.get(instance) if snapshot else None
     name = view.name if view else instance
     if result.outcome is Outcome.ACCEPTED:
@@ -164,8 +175,8 @@ def graph_url(base: str, promql: str) -> str:
 
 async def show_policy(request: web.Request) -> web.Response:
     app = request.app
-    refresher, ledger, config = app[REFRESHER], app[LEDGER], app[CONFIG]
-    policy, snapshot = refresher.policy, refresher.snapshot
+    serving, ledger, config = app[SERVING], app[LEDGER], app[CONFIG]
+    policy, snapshot = serving.policy, serving.snapshot
     substations = []
     for view in (snapshot.substations.values() if snapshot else ()):
         substations.append({
@@ -176,7 +187,7 @@ async def show_policy(request: web.Request) -> web.Response:
             "effective_load_kw": effective_load_kw(view, ledger),
             "scraped_at": view.scrape_ts,
         })
-    error = refresher.last_error
+    error = serving.last_error
     return json_response({
         "policy": policy.name, "file": policy.source, "description": policy.description,
         "query": policy.query,
@@ -184,15 +195,16 @@ async def show_policy(request: web.Request) -> web.Response:
                    "select": policy.select.value,
                    "pending_adjustment": policy.pending_adjustment.value},
         "refresh_interval_s": policy.refresh_interval_s,
-        "mode": refresher.mode,
+        "mode": serving.mode,
         "evaluated_at": snapshot.evaluated_at if snapshot else None,
-        "age_s": refresher.snapshot_age_s(),
+        "age_s": serving.snapshot_age_s(),
         "substations": substations,
         "ejected": app[HEALTH].ejected(),
         "problems": list(snapshot.problems) if snapshot else [],
         "last_error": None if error is None else {"reason": error.reason,
                                                   "detail": error.detail, "at": error.at},
-        "reload_error": refresher.reload_error,
+        "evaluations": serving.evaluations.as_dict(),
+        "reload_error": serving.reload_error,
         "prometheus_graph_url": graph_url(config.prometheus_public_url or config.prometheus_url,
                                           policy.query),
     })
@@ -201,7 +213,7 @@ async def show_policy(request: web.Request) -> web.Response:
 async def reload_policy(request: web.Request) -> web.Response:
     """POST /-/reload, optionally {"policy": "<name>"} to switch to another policy file."""
     app = request.app
-    refresher = app[REFRESHER]
+    loop, serving = app[REFRESH_LOOP], app[SERVING]
     target = None
     if request.can_read_body:
         body = await read_json_object(request)
@@ -213,26 +225,34 @@ async def reload_policy(request: web.Request) -> web.Response:
                 return json_error(422, "invalid_request", "policy: must be a policy name")
             target = policy_path(app[CONFIG].policy_dir, name)
     try:
-        policy = await refresher.reload(target)
+        policy = await loop.reload(target)
     except PolicyError as exc:
         return json_error(422, "invalid_policy", str(exc), problems=exc.problems,
-                          serving=refresher.policy.name)
-    await refresher.refresh_once()
-    return json_response({"status": "reloaded", "policy": policy.name, "file": policy.source})
+                          serving=serving.policy.name)
+    evaluated = await loop.refresh_once()   # never raises: a failure is in `evaluations`
+    return json_response({"status": "reloaded", "policy": policy.name, "file": policy.source,
+                          "evaluated": evaluated})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    refresher = request.app[REFRESHER]
-    snapshot = refresher.snapshot
+    serving, loop = request.app[SERVING], request.app[REFRESH_LOOP]
+    snapshot = serving.snapshot
     usable = len(snapshot.usable) if snapshot else 0
-    body = {"mode": refresher.mode, "snapshot_age_s": refresher.snapshot_age_s(),
-            "policy": refresher.policy.name, "usable_substations": usable}
-    # Ready means able to place a charge: a snapshot with at least one usable substation.
-    return json_response(body, status=200 if usable else 503)
+    body = {"mode": serving.mode, "snapshot_age_s": serving.snapshot_age_s(),
+            "policy": serving.policy.name, "usable_substations": usable,
+            "refresh_loop": "running" if loop.running else "stopped",
+            "evaluations": serving.evaluations.as_dict()}
+    # Ready means able to place a charge: a snapshot with at least one usable substation, kept
+    # fresh by a running loop. Failing evaluations alone do not make it unready: degraded mode
+    # still places charges safely, and taking every replica out of service because Prometheus
+    # is down would turn a monitoring outage into a charging outage. They show in `evaluations`
+    # and `balancer_policy_evaluation_consecutive_failures`.
+    ready = usable > 0 and loop.running
+    return json_response(body, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    request.app[REFRESHER].update_gauges()   # the snapshot age moves even between refreshes
+    request.app[SERVING].update_gauges()   # the snapshot age moves even between refreshes
     return metrics_response(request.app[METRICS].registry)
 
 
