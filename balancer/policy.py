@@ -25,6 +25,7 @@ from gridlb.grid import ConfigError
 # Patterns are used with fullmatch: `$` alone would let a trailing newline through.
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _DURATION_RE = re.compile(r"(\d{1,9}(?:\.\d{1,9})?)(ms|s|m)")
+_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")   # shown as is in messages; else quoted
 _LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,127}")
 MAX_FILE_BYTES = 64 * 1024
 MAX_QUERY_CHARS = 10_000
@@ -172,8 +173,8 @@ def _unknown_keys(raw: dict[Any, Any], known: set[str], where: str,
                   problems: list[str]) -> None:
     # Keys may be anything YAML allows (numbers, null, booleans): sort them by how they print.
     for key in sorted((k for k in raw if k not in known), key=show):
-        problems.append(f"{where}{key if isinstance(key, str) else show(key)}: unknown field "
-                        f"(known: {', '.join(sorted(known))})")
+        shown = key if isinstance(key, str) and _KEY_RE.fullmatch(key) else show(key)
+        problems.append(f"{where}{shown}: unknown field (known: {', '.join(sorted(known))})")
 
 
 def _check_query(raw: dict[Any, Any], problems: list[str]) -> str:
