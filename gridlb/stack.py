@@ -230,22 +230,34 @@ Then:  make loadtest        Logs: .run/logs/        Stop: Ctrl-C
 """
 
 
+def seen_by_balancer(grid: GridConfig) -> set[str]:
+    """The grid's substations the balancer can route to now: up, with load and capacity known,
+    under the id the grid file gives them (right after a restart Prometheus still shows the
+    previous run's series, possibly under other ids, until it scrapes the new processes)."""
+    try:
+        with urllib.request.urlopen(f"{grid.balancer_url}/policy", timeout=1.0) as resp:
+            rows = json.loads(resp.read()).get("substations", [])
+    except (OSError, http.client.HTTPException, ValueError, AttributeError):
+        return set()
+    wanted = {s.id for s in grid.substations}
+    return {str(row["substation"]) for row in rows if isinstance(row, dict)
+            and row.get("substation") in wanted and row.get("up")
+            and row.get("load_kw") is not None and row.get("capacity_kw")}
+
+
 def wait_for_grid(grid: GridConfig, timeout_s: float = 30.0) -> None:
-    """Until the balancer sees every substation through Prometheus (a fresh Prometheus has no
-    samples for a few seconds); says so and goes on if that takes too long."""
+    """Until the balancer sees every substation of this grid file through Prometheus (a fresh
+    Prometheus has no samples for a few seconds); says so and goes on if that takes too long."""
     deadline = time.monotonic() + timeout_s
-    usable = 0
+    seen: set[str] = set()
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{grid.balancer_url}/readyz", timeout=1.0) as resp:
-                usable = json.loads(resp.read()).get("usable_substations", 0)
-        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
-            usable = 0
-        if usable >= len(grid.substations):
+        seen = seen_by_balancer(grid)
+        if len(seen) == len(grid.substations):
             return
         time.sleep(0.2)
-    print(f"make up: the balancer sees {usable} of {len(grid.substations)} substations after "
-          f"{timeout_s:.0f} s; see {grid.prometheus_url}/targets", file=sys.stderr)
+    missing = sorted({s.id for s in grid.substations} - seen)
+    print(f"make up: after {timeout_s:.0f} s the balancer does not see {', '.join(missing)}; "
+          f"see {grid.balancer_url}/policy and {grid.prometheus_url}/targets", file=sys.stderr)
 
 
 def ports_in_use(grid: GridConfig) -> list[str]:
