@@ -135,16 +135,7 @@ class LocalImageBuilder:
             return None
 
     def prune(self, keep: str) -> None:
-        """Remove our older tags of `keep`'s repository: not `keep`, nor recent ones (a
-        concurrent run may still use them), nor one a container uses (the engine refuses)."""
-        for image in self.client.images.list():
-            created = image.attrs.get("Created", "")
-            age_s = time.time() - _epoch(created) if created else 0.0
-            for tag in image.tags:
-                if _repository(tag) == _repository(keep) and _local(tag) != _local(keep) \
-                        and age_s > KEEP_OLD_IMAGES_S:
-                    with contextlib.suppress(docker.errors.APIError):
-                        self.client.images.remove(tag)
+        prune_older_tags(self.client, keep)
 
     def build(self, tag: str, context: Path, dockerfile: str, buildargs: dict[str, str]) -> None:
         started = time.monotonic()
@@ -214,6 +205,19 @@ class LocalImageBuilder:
         return tag
 
 
+def prune_older_tags(client: docker.DockerClient, keep: str) -> None:
+    """Remove our older tags of `keep`'s repository: not `keep`, nor recent ones (a concurrent
+    run may still use them), nor one a container uses (the engine refuses)."""
+    for image in client.images.list():
+        created = image.attrs.get("Created", "")
+        age_s = time.time() - _epoch(created) if created else 0.0
+        for tag in image.tags:
+            if _repository(tag) == _repository(keep) and _local(tag) != _local(keep) \
+                    and age_s > KEEP_OLD_IMAGES_S:
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(tag)
+
+
 def app_image_tag(base_image_id: str, repo: Path = REPO_ROOT) -> str:
     """A tag naming the app image by what it is built from: the base image, the Dockerfile and
     every file its COPY lines take (read from the Dockerfile, so the two cannot drift apart)."""
@@ -271,8 +275,11 @@ def stack_images(client: docker.DockerClient, try_registry: bool, log: Log) -> S
 
 
 def _local(tag: str) -> str:
-    """podman names local images localhost/NAME:TAG; Docker, NAME:TAG."""
-    return tag.removeprefix("localhost/")
+    """NAME:TAG, however the engine spells it (podman: localhost/NAME:TAG for a built image,
+    docker.io/library/NAME:TAG for one tagged through its Docker API)."""
+    for prefix in ("localhost/", "docker.io/library/"):
+        tag = tag.removeprefix(prefix)
+    return tag
 
 
 def _repository(tag: str) -> str:

@@ -32,6 +32,7 @@ from tests.e2e import engine as engines  # noqa: E402
 from tests.e2e.images import (  # noqa: E402
     OFFICIAL_GRAFANA,
     app_image_tag,
+    prune_older_tags,
     registry_images_present,
     stack_images,
 )
@@ -149,6 +150,7 @@ def stack(engine: tuple[engines.Engine, str], tmp_path_factory: pytest.TempPathF
             built.compose("build", "substation")   # the three services share the image
             say(f"app image {app_image} built by compose in "
                 f"{time.monotonic() - build_started:.0f} s")
+            prune_older_tags(client, app_image)
         built.timings["images ready"] = time.monotonic() - started
         up_started = time.monotonic()
         built.up(substations=2)
