@@ -4,6 +4,7 @@ to watch containers (and crash one), and HTTP to the published ports for everyth
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -236,6 +237,46 @@ class ComposeStack:
         wait_for("ingress and Prometheus answering on the published ports, every target up",
                  published_ports_answer, remaining, detail=detail)
         return time.monotonic() - started
+
+
+PROJECT_PREFIX = "sglb-e2e-"
+
+
+def project_name(pid: int, suffix: str) -> str:
+    """A Compose project name unique to one test run, naming the process that owns it."""
+    return f"{PROJECT_PREFIX}{pid}-{suffix}"
+
+
+def remove_stale_projects(client: docker.DockerClient) -> list[str]:
+    """Remove what earlier runs of this test left behind when they were killed before their
+    teardown (their containers restart by policy and would run forever): projects named by
+    `project_name` whose process is gone. Returns the projects removed."""
+    stale: set[str] = set()
+    for c in client.containers.list(all=True, filters={"label": PROJECT_LABEL}):
+        project = c.labels.get(PROJECT_LABEL, "")
+        match = re.fullmatch(re.escape(PROJECT_PREFIX) + r"(\d+)-[0-9a-f]+", project)
+        if match and not _process_alive(int(match.group(1))):
+            stale.add(project)
+    for project in sorted(stale):
+        project_filter: dict[str, str | list[str] | bool] = {
+            "label": [f"{PROJECT_LABEL}={project}"]}
+        for c in client.containers.list(all=True, filters=project_filter):
+            c.remove(force=True, v=True)
+        for n in client.networks.list(filters=project_filter):
+            n.remove()
+        for v in client.volumes.list(filters=project_filter):
+            v.remove(force=True)
+    return sorted(stale)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def secret_candidates(files: Iterable[Path]) -> set[str]:

@@ -43,6 +43,8 @@ from tests.e2e.stack import (  # noqa: E402
     Response,
     compose_command,
     http,
+    project_name,
+    remove_stale_projects,
     repository_files,
     secret_candidates,
     wait_for,
@@ -93,7 +95,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory,
     if command is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed "
                     "(make setup installs Debian's docker-compose)")
-    project = f"sglb-e2e-{os.getpid()}-{secrets.token_hex(3)}"
+    project = project_name(os.getpid(), secrets.token_hex(3))
     try:
         found = engines.start(tmp_path_factory.mktemp("engine"), project)
     except engines.NoEngine as exc:
@@ -117,6 +119,8 @@ def stack(engine: tuple[engines.Engine, str], tmp_path_factory: pytest.TempPathF
     built: ComposeStack | None = None
     try:
         client.ping()
+        for stale in remove_stale_projects(client):
+            say(f"removed {stale}, left behind by a run that was killed")
         images = stack_images(client, try_registry=found.kind == "docker", log=say)
         say(f"images: {images.how}")
         with_grafana = not images.env and registry_images_present(client, say, [OFFICIAL_GRAFANA])
