@@ -59,10 +59,15 @@ apt_install() {
 
 # What containers.conf must say here; written only when it differs, so reruns touch nothing.
 write_podman_config() {
-  local nofile nproc wanted
+  # A container cannot get more than podman's conmon has, and without CAP_SYS_RESOURCE (as in
+  # a sandbox) nothing can raise a hard limit: our hard limits, and for nproc also
+  # kernel.pid_max, which is what conmon ends up with here (measured: 32768, not `ulimit -Hu`).
+  local nofile nproc pid_max wanted
   nofile=$(ulimit -Hn); nproc=$(ulimit -Hu)
+  pid_max=$(cat /proc/sys/kernel/pid_max 2>/dev/null || echo 32768)
   [ "$nofile" = unlimited ] && nofile=1048576
   [ "$nproc" = unlimited ] && nproc=1048576
+  [ "$nproc" -gt "$pid_max" ] && nproc=$pid_max
   wanted=$(cat <<EOF
 # Written by smart-grid-load-balancer's scripts/ensure-container-engine.sh: what podman needs on a
 # machine without systemd and with hybrid cgroups (crun fails there; runc works).
@@ -73,6 +78,9 @@ default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+# How long an exec session's conmon waits for the API to collect its exit code (default 300 s):
+# long enough for the API, short enough that no conmon outlives the test run by minutes.
+exit_command_delay = 15
 
 [network]
 network_backend = "cni"
