@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,16 +11,28 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from balancer.config import BalancerConfig
+from balancer.forward import HttpSubstations
 from balancer.health import OutlierDetector
+from balancer.inflight import InFlight
 from balancer.ledger import PendingLedger
 from balancer.metrics import BalancerMetrics
-from balancer.pins import SessionPins
 from balancer.policy import load_policy, policy_path
 from balancer.prom import GridQueries, QueryClient, make_client
 from balancer.refresh import PolicyRefresher
-from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, PINS, REFRESHER, RNG
+from balancer.state import (
+    CONFIG,
+    HEALTH,
+    HTTP,
+    INFLIGHT,
+    LEDGER,
+    METRICS,
+    REFRESHER,
+    RNG,
+    SUBSTATIONS,
+)
 from balancer.views import setup_routes
 from gridlb.http import bearer_token_middleware, json_errors_middleware
+from gridlb.tasks import background
 
 # Read-only views stay open: operators open /policy in a browser. Changes need the token.
 _OPEN_PATHS = ("/metrics", "/healthz", "/readyz", "/policy")
@@ -47,13 +57,13 @@ def create_app(config: BalancerConfig, client: QueryClient | None = None,
     app[LEDGER] = ledger
     app[HEALTH] = health
     app[RNG] = random.Random(config.seed)
-    app[PINS] = SessionPins()
+    app[INFLIGHT] = InFlight()
     app[REFRESHER] = PolicyRefresher(
         prometheus, policy, Path(policy_file), ledger, health, metrics,
         queries=GridQueries(config.substation_job),
         max_snapshot_age_s=config.max_snapshot_age_s, extra_params=config.extra_query_params)
     app.cleanup_ctx.append(http_session)
-    app.cleanup_ctx.append(refresh_loop)
+    app.cleanup_ctx.append(background(lambda app: app[REFRESHER].run(), "policy-refresh"))
     setup_routes(app)
     return app
 
@@ -62,13 +72,6 @@ async def http_session(app: web.Application) -> AsyncIterator[None]:
     # One pooled session for every forward: a session per request would pay a TCP handshake each.
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, ttl_dns_cache=300)
     app[HTTP] = aiohttp.ClientSession(connector=connector)
+    app[SUBSTATIONS] = HttpSubstations(app[HTTP], app[CONFIG].internal_token)
     yield
     await app[HTTP].close()
-
-
-async def refresh_loop(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[REFRESHER].run(), name="policy-refresh")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gridlb.charge import ChargeLimits
+
 
 @dataclass(frozen=True)
 class BalancerConfig:
@@ -20,6 +22,10 @@ class BalancerConfig:
     query_timeout_s: float = 2.0
     forward_timeout_s: float = 3.0
     max_attempts: int = 3
+    # The most a dispatch may take when the caller states no deadline of its own (the ingress
+    # always does, a little under its own timeout).
+    dispatch_budget_s: float = 10.0
+    limits: ChargeLimits = field(default_factory=ChargeLimits)
     internal_token: str | None = None
     # Extra query parameters for Prometheus-compatible backends, e.g. VictoriaMetrics'
     # {"latency_offset": "1s"} (it hides the newest 30 s by default).

@@ -5,9 +5,12 @@ loads and goes to the same substation (herding). An assignment is pending from t
 reserved (before forwarding, so concurrent decisions see it) until an observation of that
 substation's load includes it:
 - a scrape that started after the substation confirmed it (`settle`), or
-- the substation's own answer: every answer (accept or refusal) carries its load at that moment,
-  which includes everything it confirmed before (`observe`). This keeps the view fresh between
-  scrapes, and while Prometheus is down (degraded mode) it stops the ledger from only growing.
+- the substation's own answer: every answer (accept or refusal) carries its load at that moment
+  and the sequence number of that reading (`load_seq`), which includes everything the substation
+  admitted up to it (`observe`). Answers to concurrent requests can arrive in any order: only a
+  reading newer than the one kept counts, and an entry is dropped by a reading whose sequence is
+  at least that of the accept that confirmed it. This keeps the view fresh between scrapes, and
+  while Prometheus is down (degraded mode) it stops the ledger from only growing.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 class _Entry:
     kw: float
     confirmed_at: float | None = None   # None while the forward is in flight
+    confirmed_seq: int | None = None    # the load_seq of the accept (it includes this entry)
 
 
 @dataclass
@@ -39,6 +43,7 @@ class PendingLedger:
         self.pending_by_instance: dict[str, float] = {}
         self.observed_by_instance: dict[str, float] = {}   # load_kw the substation reported
         self._observed_at: dict[str, float] = {}
+        self._observed_seq: dict[str, int] = {}
 
     def pending_kw(self, instance: str) -> float:
         return self.pending_by_instance.get(instance, 0.0)
@@ -62,11 +67,12 @@ class PendingLedger:
         book.pending_kw += kw
         self._set_pending(instance, book)
 
-    def confirm(self, instance: str, session_id: str, now: float) -> None:
+    def confirm(self, instance: str, session_id: str, now: float, seq: int | None = None
+                ) -> None:
         book = self._by_instance.get(instance)
         entry = book.entries.get(session_id) if book else None
         if entry is not None:
-            entry.confirmed_at = now
+            entry.confirmed_at, entry.confirmed_seq = now, seq
 
     def release(self, instance: str, session_id: str) -> None:
         """The substation did not take it: it was never load."""
@@ -76,29 +82,44 @@ class PendingLedger:
             book.pending_kw = max(0.0, book.pending_kw - entry.kw)
             self._set_pending(instance, book)
 
-    def observe(self, instance: str, load_kw: float, at: float) -> None:
-        """The substation answered with its load at `at` (our clock): what it had confirmed
-        by then is in that number, so it is no longer pending."""
+    def observe(self, instance: str, load_kw: float, at: float, seq: int | None = None) -> bool:
+        """The substation answered with its load (reading `seq`, received at `at` on our
+        clock): what it had admitted by then is in that number, so it is no longer pending.
+        False, and nothing changes, when a newer reading is already kept."""
+        kept = self._observed_seq.get(instance)
+        if seq is not None and kept is not None and seq <= kept:
+            return False
         self.observed_by_instance[instance] = load_kw
         self._observed_at[instance] = at
+        if seq is None:
+            self._observed_seq.pop(instance, None)
+        else:
+            self._observed_seq[instance] = seq
         book = self._by_instance.get(instance)
         if book is not None:
-            self._drop_confirmed(instance, book, at)
+            self._drop_confirmed(instance, book, at, seq)
+        return True
 
     def settle(self, instance: str, scrape_ts: float) -> None:
         """A scrape at `scrape_ts` is in the snapshot: drop what it already counts."""
         horizon = scrape_ts - self.clock_skew_s
         observed_at = self._observed_at.get(instance)
         if observed_at is not None and observed_at <= horizon:
-            # The scrape is newer: it is the base again.
+            # The scrape is newer: it is the base again. Sequences keep ordering the answers.
             del self.observed_by_instance[instance], self._observed_at[instance]
         book = self._by_instance.get(instance)
         if book is not None:
             self._drop_confirmed(instance, book, horizon)
 
-    def _drop_confirmed(self, instance: str, book: _SubstationLedger, horizon: float) -> None:
-        seen = [sid for sid, e in book.entries.items()
-                if e.confirmed_at is not None and e.confirmed_at <= horizon]
+    def _drop_confirmed(self, instance: str, book: _SubstationLedger, horizon: float,
+                        seq: int | None = None) -> None:
+        def included(e: _Entry) -> bool:
+            if e.confirmed_at is None:
+                return False
+            if seq is not None and e.confirmed_seq is not None:
+                return e.confirmed_seq <= seq
+            return e.confirmed_at <= horizon
+        seen = [sid for sid, e in book.entries.items() if included(e)]
         for sid in seen:
             book.pending_kw -= book.entries.pop(sid).kw
         self._set_pending(instance, book)
@@ -110,6 +131,8 @@ class PendingLedger:
             self.pending_by_instance.pop(gone, None)
         for gone in set(self.observed_by_instance) - instances:
             del self.observed_by_instance[gone], self._observed_at[gone]
+        for gone in set(self._observed_seq) - instances:
+            del self._observed_seq[gone]
 
     def snapshot(self) -> dict[str, float]:
         return dict(self.pending_by_instance)

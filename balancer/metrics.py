@@ -46,6 +46,8 @@ class BalancerMetrics:
                                         ["substation", "reason"], registry=registry)
         self.degraded = Gauge("balancer_degraded",
                               "1 while deciding without a fresh snapshot", registry=registry)
+        self.in_flight = Gauge("balancer_dispatches_in_flight",
+                               "Dispatches being placed now", registry=registry)
         self.ejected = Gauge("balancer_ejected_substations",
                              "Substations ejected after failures", registry=registry)
         for result in ("success", "error"):

@@ -8,10 +8,11 @@ import aiohttp
 from aiohttp import web
 
 from balancer.config import BalancerConfig
+from balancer.forward import HttpSubstations
 from balancer.health import OutlierDetector
+from balancer.inflight import InFlight
 from balancer.ledger import PendingLedger
 from balancer.metrics import BalancerMetrics
-from balancer.pins import SessionPins
 from balancer.refresh import PolicyRefresher
 
 CONFIG = web.AppKey("config", BalancerConfig)
@@ -20,5 +21,6 @@ LEDGER = web.AppKey("ledger", PendingLedger)
 HEALTH = web.AppKey("health", OutlierDetector)
 METRICS = web.AppKey("metrics", BalancerMetrics)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
+SUBSTATIONS = web.AppKey("substations", HttpSubstations)
 RNG = web.AppKey("rng", random.Random)
-PINS = web.AppKey("pins", SessionPins)
+INFLIGHT = web.AppKey("inflight", InFlight)

@@ -5,156 +5,142 @@ from __future__ import annotations
 import math
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from balancer.forward import Outcome, place_session
-from balancer.ledger import PendingLedger
+from balancer.chooser import LedgerChooser
+from balancer.placement import Deadline, Outcome, OutcomeKind, Placement
 from balancer.policy import PolicyError, policy_path
-from balancer.selection import effective_load_kw, select_substation
-from balancer.state import CONFIG, HEALTH, HTTP, LEDGER, METRICS, PINS, REFRESHER, RNG
+from balancer.selection import effective_load_kw
+from balancer.state import (
+    CONFIG,
+    HEALTH,
+    INFLIGHT,
+    LEDGER,
+    METRICS,
+    REFRESHER,
+    RNG,
+    SUBSTATIONS,
+)
+from gridlb.charge import SessionCharge, describe, parse_session_charge
+from gridlb.errors import ErrorCode
 from gridlb.http import healthz, json_error, json_response, metrics_response, read_json_object
 
-_MAX_ID = 128
-# Refusals that say the session is not there and cannot be: the next substation may take it.
-_MOVE_ON = frozenset({"over_capacity", "session_cancelled"})
+_EXTRA_FIELDS = ("resolve", "timeout_s")
 
 
-def parse_dispatch(body: dict[str, Any]) -> dict[str, Any] | str:
-    """The charge to place, or a sentence saying what is wrong with it."""
-    for key in ("session_id", "vehicle_id"):
-        value = body.get(key)
-        if not isinstance(value, str) or not 0 < len(value) <= _MAX_ID or \
-                not value.isprintable():
-            return f"{key}: must be 1-{_MAX_ID} printable characters"
-    for key in ("requested_kw", "energy_kwh"):
-        value = body.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                not math.isfinite(value) or value <= 0:
-            return f"{key}: must be a positive finite number"
-    return {k: body[k] for k in ("session_id", "vehicle_id", "requested_kw", "energy_kwh")}
+def _dispatch_options(body: dict[str, Any], default_budget_s: float
+                      ) -> tuple[bool, float] | str:
+    """(resolve, budget in seconds), or a sentence saying what is wrong."""
+    resolve = body.get("resolve", False)
+    if not isinstance(resolve, bool):
+        return "resolve: must be true or false"
+    budget = body.get("timeout_s", default_budget_s)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or \
+            not math.isfinite(budget) or not 0 < budget <= 300:
+        return "timeout_s: must be a number of seconds above 0 and at most 300"
+    return resolve, min(float(budget), default_budget_s)
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
+    """POST /dispatch: place one session (balancer/placement.py) within the caller's deadline.
+    Every answer says whether the session may exist (`session_may_exist`), so the ingress knows
+    whether a retry must first resolve where it is."""
     app = request.app
     body = await read_json_object(request)
     if isinstance(body, web.Response):
         return body
-    charge = parse_dispatch(body)
-    if isinstance(charge, str):
-        return json_error(422, "invalid_request", charge)
+    charge = parse_session_charge(body, app[CONFIG].limits, _EXTRA_FIELDS)
+    options = _dispatch_options(body, app[CONFIG].dispatch_budget_s)
+    if isinstance(charge, dict):
+        return json_error(422, ErrorCode.INVALID_REQUEST, describe(charge))
+    if isinstance(options, str):
+        return json_error(422, ErrorCode.INVALID_REQUEST, options)
+    resolve, budget_s = options
+    deadline = Deadline(budget_s, time.monotonic)
     started = time.perf_counter()
+    inflight = app[INFLIGHT]
+    if not await inflight.acquire(charge.session_id, max(0.0, deadline.remaining() - 0.1)):
+        return json_error(409, ErrorCode.DISPATCH_IN_PROGRESS,
+                          f"session {charge.session_id} is being placed by an earlier request; "
+                          "retry later with the same Idempotency-Key",
+                          headers={"Retry-After": "1"}, session_may_exist=True)
+    app[METRICS].in_flight.set(len(inflight))
     try:
-        return await _place(app, charge)
+        return await _place(app, charge, resolve, deadline)
     finally:
+        inflight.release(charge.session_id)
+        app[METRICS].in_flight.set(len(inflight))
         app[METRICS].dispatch_seconds.observe(time.perf_counter() - started)
 
 
-async def _place(app: web.Application, charge: dict[str, Any]) -> web.Response:
-    config, refresher, ledger, health, metrics = (app[CONFIG], app[REFRESHER], app[LEDGER],
-                                                  app[HEALTH], app[METRICS])
-    if refresher.snapshot is None:
-        return json_error(503, "no_snapshot", "the balancer has not read Prometheus yet",
-                          headers={"Retry-After": "1"})
-    if not refresher.snapshot.usable:
-        return json_error(503, "no_substations",
+async def _place(app: web.Application, charge: SessionCharge, resolve: bool,
+                 deadline: Deadline) -> web.Response:
+    config, refresher = app[CONFIG], app[REFRESHER]
+    snapshot = refresher.snapshot
+    if snapshot is None:
+        return json_error(503, ErrorCode.NO_SNAPSHOT, "the balancer has not read Prometheus yet",
+                          headers={"Retry-After": "1"}, session_may_exist=resolve)
+    if not snapshot.usable and not resolve:
+        return json_error(503, ErrorCode.NO_SUBSTATIONS,
                           "Prometheus reports no substation that is up with known load and "
-                          "capacity", headers={"Retry-After": "1"})
-    session_id, kw = charge["session_id"], float(charge["requested_kw"])
-    policy = refresher.policy
-    tried: list[str] = []
-    pinned = app[PINS].pinned_to(session_id, time.time())
-    if pinned is not None:
-        settled = await _settle_pinned(app, charge, pinned)
-        if settled is not None:
-            return settled
-        tried.append(pinned)   # it answered that it does not hold the session: go elsewhere
-    for attempt in range(1, config.max_attempts + 1):
-        snapshot = refresher.snapshot
-        decided = time.perf_counter()
-        skip = health.ejected_now(time.time(), snapshot.substations).union(tried)
-        choice = select_substation(snapshot, ledger, policy, kw, app[RNG], exclude=skip,
-                                   degraded=refresher.degraded)
-        metrics.decision_seconds.observe(time.perf_counter() - decided)
-        if choice is None:
-            break
-        ledger.reserve(choice.instance, session_id, kw)
-        result = await place_session(app[HTTP], choice.instance, charge, config.internal_token,
-                                     config.forward_timeout_s)
-        if result.outcome is Outcome.ACCEPTED:
-            return _placed(app, charge, choice.instance, choice.name, result.body, attempt)
-        ledger.release(choice.instance, session_id)
-        tried.append(choice.instance)
-        reason = result.detail if result.outcome is Outcome.REFUSED else result.outcome.value
-        metrics.forward_refusals.labels(choice.name, reason[:40]).inc()
-        if result.outcome is Outcome.REFUSED:
-            if result.body.get("error") not in _MOVE_ON:
-                return json_response(result.body, status=result.status)
-            _observe(ledger, choice.instance, result.body, time.time())
-        else:
-            health.record_failure(choice.instance, time.time(), len(snapshot.substations))
-            if result.outcome is Outcome.AMBIGUOUS:
-                app[PINS].pin(session_id, choice.instance, time.time())
-                metrics.decisions.labels(policy.name, choice.name, "failed").inc()
-                return _outcome_unknown(session_id, choice.name)
-        metrics.forward_retries.labels(choice.name).inc()
+                          "capacity", headers={"Retry-After": "1"}, session_may_exist=False)
+    chooser = LedgerChooser(charge, refresher, app[LEDGER], app[HEALTH], app[METRICS], app[RNG])
+    placement = Placement(charge, app[SUBSTATIONS], chooser, deadline,
+                          forward_timeout_s=config.forward_timeout_s,
+                          max_attempts=config.max_attempts)
+    outcome = await placement.run(resolve_at=list(snapshot.substations) if resolve else ())
+    return _answer(app, charge, outcome, chooser.name)
+
+
+def _answer(app: web.Application, charge: SessionCharge, outcome: Outcome,
+            name: Callable[[str], str]) -> web.Response:
+    """The HTTP answer for a placement's outcome."""
+    policy, metrics = app[REFRESHER].policy, app[METRICS]
+    kind, may_exist = outcome.kind, outcome.session_may_exist
+    if kind in (OutcomeKind.PLACED, OutcomeKind.ENDED):
+        assert outcome.instance is not None and outcome.reply is not None
+        session = outcome.reply.body
+        state = "charging" if kind is OutcomeKind.PLACED else str(session.get("state"))
+        # The substation's own word for its name: Prometheus may not know it right now.
+        substation = str(session.get("substation") or name(outcome.instance))
+        metrics.decisions.labels(policy.name, substation,
+                                 "routed" if kind is OutcomeKind.PLACED else "ended").inc()
+        return json_response({"status": state, "session_id": charge.session_id,
+                              "substation": substation,
+                              "routed_to": outcome.instance, "policy": policy.name,
+                              "attempts": outcome.attempts, "session": session})
+    if kind is OutcomeKind.REJECTED:
+        assert outcome.reply is not None
+        metrics.decisions.labels(policy.name, "none", "rejected").inc()
+        return json_response({**outcome.reply.body, "session_may_exist": may_exist},
+                             status=outcome.reply.status)
+    if kind is OutcomeKind.UNKNOWN:
+        where = [name(i) for i in outcome.may_be_at]
+        metrics.decisions.labels(policy.name, "none", "unknown").inc()
+        return json_error(503, ErrorCode.OUTCOME_UNKNOWN,
+                          f"session {charge.session_id} may exist at {', '.join(where)}, which "
+                          "could not confirm or rule it out; retry the same request (same "
+                          "Idempotency-Key) later", headers={"Retry-After": "2"},
+                          may_be_at=where, session_may_exist=may_exist)
+    if kind is OutcomeKind.SUPERSEDED:
+        return json_error(409, ErrorCode.SUPERSEDED,
+                          f"a newer dispatch of session {charge.session_id} owns it",
+                          session_may_exist=may_exist)
+    if kind is OutcomeKind.DEADLINE:
+        metrics.decisions.labels(policy.name, "none", "deadline").inc()
+        return json_error(503, ErrorCode.DEADLINE_EXCEEDED,
+                          f"the caller's deadline passed after {outcome.attempts} attempt(s); "
+                          "the session was not started", headers={"Retry-After": "1"},
+                          session_may_exist=may_exist)
     metrics.decisions.labels(policy.name, "none", "no_capacity").inc()
     retry_after = str(max(1, math.ceil(policy.refresh_interval_s)))
-    return json_error(503, "no_capacity",
-                      f"no substation can take {kw:g} kW now (tried {len(tried)})",
-                      headers={"Retry-After": retry_after})
-
-
-def _placed(app: web.Application, charge: dict[str, Any], instance: str, name: str,
-            session: dict[str, Any], attempts: int) -> web.Response:
-    """Record a confirmed placement everywhere it matters, and answer "charging"."""
-    ledger, now, policy = app[LEDGER], time.time(), app[REFRESHER].policy
-    session_id = charge["session_id"]
-    ledger.reserve(instance, session_id, float(charge["requested_kw"]))   # no-op if reserved
-    ledger.confirm(instance, session_id, now)
-    _observe(ledger, instance, session, now)
-    app[PINS].pin(session_id, instance, now)
-    app[HEALTH].record_success(instance)
-    app[METRICS].decisions.labels(policy.name, name, "routed").inc()
-    return json_response({"status": "charging", "session_id": session_id, "substation": name,
-                          "routed_to": instance, "policy": policy.name, "attempts": attempts,
-                          "session": session})
-
-
-def _observe(ledger: PendingLedger, instance: str, body: dict[str, Any], now: float) -> None:
-    """A substation's answer carries its load right then: the freshest reading there is."""
-    load = body.get("load_kw")
-    if isinstance(load, (int, float)) and not isinstance(load, bool) and math.isfinite(load):
-        ledger.observe(instance, float(load), now)
-
-
-def _outcome_unknown(session_id: str, substation: str) -> web.Response:
-    return json_error(503, "outcome_unknown",
-                      f"{substation} did not confirm or cancel session {session_id}; retry the "
-                      "same request (same Idempotency-Key) later: it will only be placed there",
-                      headers={"Retry-After": "2"}, substation=substation)
-
-
-async def _settle_pinned(app: web.Application, charge: dict[str, Any], instance: str
-                         ) -> web.Response | None:
-    """Send a repeated session id to the one substation that holds or may hold it.
-    None when that substation says it does not hold it (the request may go elsewhere)."""
-    config, pins = app[CONFIG], app[PINS]
-    session_id = charge["session_id"]
-    result = await place_session(app[HTTP], instance, charge, config.internal_token,
-                                 config.forward_timeout_s)
-    snapshot = app[REFRESHER].snapshot
-    view = snapshot.substations.get(instance) if snapshot else None
-    name = view.name if view else instance
-    if result.outcome is Outcome.ACCEPTED:
-        return _placed(app, charge, instance, name, result.body, attempts=1)
-    if result.outcome in (Outcome.AMBIGUOUS, Outcome.UNREACHABLE):
-        return _outcome_unknown(session_id, name)   # still down: the session may be there
-    pins.settle(session_id)
-    if result.outcome is Outcome.REFUSED and result.body.get("error") not in _MOVE_ON:
-        return json_response(result.body, status=result.status)
-    return None
+    return json_error(503, ErrorCode.NO_CAPACITY,
+                      f"no substation can take {charge.requested_kw:g} kW now (tried "
+                      f"{len(outcome.tried)})", headers={"Retry-After": retry_after},
+                      session_may_exist=may_exist)
 
 
 def graph_url(base: str, promql: str) -> str:
@@ -210,12 +196,13 @@ async def reload_policy(request: web.Request) -> web.Response:
         name = body.get("policy")
         if name is not None:
             if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-                return json_error(422, "invalid_request", "policy: must be a policy name")
+                return json_error(422, ErrorCode.INVALID_REQUEST,
+                                  "policy: must be a policy name")
             target = policy_path(app[CONFIG].policy_dir, name)
     try:
         policy = await refresher.reload(target)
     except PolicyError as exc:
-        return json_error(422, "invalid_policy", str(exc), problems=exc.problems,
+        return json_error(422, ErrorCode.INVALID_POLICY, str(exc), problems=exc.problems,
                           serving=refresher.policy.name)
     await refresher.refresh_once()
     return json_response({"status": "reloaded", "policy": policy.name, "file": policy.source})

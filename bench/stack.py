@@ -43,7 +43,9 @@ class BenchStack:
 
 @contextmanager
 def bench_stack(substations: int = 2, capacity_kw: float = 1e6, speed_factor: float = 3600.0,
-                scrape_interval_s: float = 1.0) -> Iterator[BenchStack]:
+                scrape_interval_s: float = 1.0, durability: str = "full"
+                ) -> Iterator[BenchStack]:
+    """`durability`: "full" (fsync per commit group, the default) or "process"."""
     with tempfile.TemporaryDirectory(prefix="sglb-bench-") as tmp:
         run_dir = Path(tmp)
         subs = tuple(SubstationSpec(f"s{i}", free_port(), capacity_kw)
@@ -55,10 +57,12 @@ def bench_stack(substations: int = 2, capacity_kw: float = 1e6, speed_factor: fl
         group = ProcessGroup(run_dir / "logs")
         env = {"GRID_INTERNAL_TOKEN": TOKEN}
         specs = [prometheus_spec(grid, run_dir)]
-        specs += [substation_spec(grid, s.id, s.port, s.capacity_kw, run_dir, env)
+        durable = ("--durability", durability)
+        specs += [substation_spec(grid, s.id, s.port, s.capacity_kw, run_dir, env, durable)
                   for s in subs]
-        specs += [balancer_spec(grid, env), ingress_spec(grid, run_dir,
-                                                         {**env, "GRID_API_KEYS": API_KEY})]
+        specs += [balancer_spec(grid, env),
+                  ingress_spec(grid, run_dir, {**env, "GRID_API_KEYS": API_KEY},
+                               extra_args=durable)]
         try:
             for spec in specs:
                 wait_ready(spec.ready_url, group.start(spec))

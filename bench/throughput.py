@@ -1,6 +1,9 @@
 """End-to-end throughput and latency, one run, same client (wrk) and payload:
 (a) straight to one substation (the ceiling), (b) ingress -> balancer -> substation,
-(c) nginx least_conn in front of the substations (a user's obvious alternative)."""
+(b+key) the same with an Idempotency-Key on every request (two durable commits more),
+(c) nginx least_conn in front of the substations (a user's obvious alternative).
+Each with the stores' default durability (fsync per commit group) and with `process`
+durability, so the cost of surviving a power loss is measured, not guessed."""
 
 from __future__ import annotations
 
@@ -15,20 +18,23 @@ from pathlib import Path
 from bench.stack import API_KEY, TOKEN, BenchStack, bench_stack
 from gridlb.stack import free_port, wait_ready
 
-# Tiny power and energy: capacity never runs out and sessions finish within a second.
+# The smallest power and a tiny energy: capacity never runs out and sessions finish within a
+# tick of the simulation.
 LUA = """
 math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer %(token)s"
 request = function()
+  local id = string.format("b%%d-%%d", math.random(1, 1000000000), math.random(1, 1000000000))
   local body = string.format(
-    '{"session_id": "b%%d-%%d", "vehicle_id": "ev-1", "requested_kw": 0.001, "energy_kwh": 0.001}',
-    math.random(1, 1000000000), math.random(1, 1000000000))
+    '{"session_id": "%%s", "vehicle_id": "ev-1", "requested_kw": 1.4, "energy_kwh": 0.001}', id)
   %(strip)s
-  return wrk.format(nil, "/charge", nil, body)
+  local headers = {["Content-Type"] = "application/json",
+                   ["Authorization"] = "Bearer %(token)s"}
+  %(key)s
+  return wrk.format("POST", "/charge", headers, body)
 end
 """
+KEY = 'headers["Idempotency-Key"] = id'
+
 # The public API rejects unknown fields: drop session_id for the ingress.
 STRIP = 'body = body:gsub(\'"session_id": "[^"]*", \', "")'
 
@@ -101,30 +107,48 @@ def nginx(stack: BenchStack, work: Path) -> Iterator[str | None]:
 def run_throughput(quick: bool = False) -> list[dict[str, object]]:
     if shutil.which("wrk") is None:
         return [{"skipped": "wrk is not installed (make setup installs it on Debian)"}]
-    seconds = 3 if quick else 10
     rows: list[dict[str, object]] = []
-    with tempfile.TemporaryDirectory(prefix="sglb-wrk-") as tmp, bench_stack() as stack:
+    for durability in ("full", "process"):
+        rows += _run_paths(durability, seconds=3 if quick else 10)
+    return rows + _ratios(rows)
+
+
+def _run_paths(durability: str, seconds: int) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="sglb-wrk-") as tmp, \
+            bench_stack(durability=durability) as stack:
         work = Path(tmp)
-        direct = work / "direct.lua"
-        direct.write_text(LUA % {"token": TOKEN, "strip": ""})
-        public = work / "public.lua"
-        public.write_text(LUA % {"token": API_KEY, "strip": STRIP})
+        scripts = {name: work / f"{name}.lua" for name in ("direct", "public", "keyed")}
+        scripts["direct"].write_text(LUA % {"token": TOKEN, "strip": "", "key": ""})
+        scripts["public"].write_text(LUA % {"token": API_KEY, "strip": STRIP, "key": ""})
+        scripts["keyed"].write_text(LUA % {"token": API_KEY, "strip": STRIP, "key": KEY})
         with nginx(stack, work) as nginx_url:
             targets = [("a: direct to one substation", f"http://{stack.substation_addresses[0]}",
-                        direct),
-                       ("b: ingress -> balancer -> substation", stack.grid.ingress_url, public)]
+                        scripts["direct"]),
+                       ("b: ingress -> balancer -> substation", stack.grid.ingress_url,
+                        scripts["public"]),
+                       ("b+key: the same with an Idempotency-Key", stack.grid.ingress_url,
+                        scripts["keyed"])]
             if nginx_url:
-                targets.append(("c: nginx least_conn -> substations", nginx_url, direct))
+                targets.append(("c: nginx least_conn -> substations", nginx_url,
+                                scripts["direct"]))
             for connections in (16, 64):
                 for name, url, script in targets:
-                    rows.append({"path": name, "connections": connections,
+                    rows.append({"durability": durability, "path": name,
+                                 "connections": connections,
                                  **run_wrk(url, script, connections, seconds)})
-    by = {(r["path"][0], r["connections"]): r for r in rows}   # type: ignore[index]
-    for c in (16, 64):
-        b = by.get(("b", c))
-        for other in ("a", "c"):
-            o = by.get((other, c))
-            if b and o and o["rps"]:
-                rows.append({"ratio": f"b/{other}", "connections": c,
-                             "value": float(b["rps"]) / float(o["rps"])})  # type: ignore[arg-type]
     return rows
+
+
+def _ratios(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    by = {(r["durability"], str(r["path"]).split(":")[0], r["connections"]): r for r in rows}
+    ratios: list[dict[str, object]] = []
+    for durability in ("full", "process"):
+        for c in (16, 64):
+            for num, den in (("b", "a"), ("b+key", "a"), ("b", "c")):
+                b, o = by.get((durability, num, c)), by.get((durability, den, c))
+                if b and o and o["rps"]:
+                    ratios.append({"durability": durability, "ratio": f"{num}/{den}",
+                                   "connections": c,
+                                   "value": float(b["rps"]) / float(o["rps"])})  # type: ignore[arg-type]
+    return ratios

@@ -7,6 +7,7 @@ Errors are always `{"error": code, "detail": text}` JSON: aiohttp's own HTTP exc
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -74,9 +75,21 @@ async def json_errors_middleware(request: web.Request, handler: Handler) -> web.
         return json_error(500, "internal_error", "the service failed to handle this request")
 
 
+_IDENTITY = web.RequestKey("bearer_identity", str)
+ANONYMOUS = "anonymous"
+
+
+def bearer_identity(request: web.Request) -> str:
+    """Who sent the request: a stable digest of the bearer token it presented (the token
+    itself is never stored), or "anonymous" where no tokens are configured."""
+    identity: str = request.get(_IDENTITY, ANONYMOUS)
+    return identity
+
+
 def bearer_token_middleware(tokens: Iterable[str], open_paths: Iterable[str] = ()
                             ) -> Middleware:
-    """Require `Authorization: Bearer <token>` (constant-time compare) unless no token is set."""
+    """Require `Authorization: Bearer <token>` (constant-time compare) unless no token is set;
+    `bearer_identity(request)` then says which token it was."""
     accepted = [t.encode() for t in tokens if t]
     open_set = frozenset(open_paths)
 
@@ -91,12 +104,14 @@ def bearer_token_middleware(tokens: Iterable[str], open_paths: Iterable[str] = (
                               headers={"WWW-Authenticate": "Bearer"})
         candidate = presented.strip().encode()
         # Check every key so the time taken does not reveal which one nearly matched.
-        matched = False
+        matched: bytes | None = None
         for token in accepted:
-            matched |= hmac.compare_digest(candidate, token)
-        if not matched:
+            if hmac.compare_digest(candidate, token):
+                matched = token
+        if matched is None:
             return json_error(401, "unauthorized", "the bearer key is not valid",
                               headers={"WWW-Authenticate": "Bearer"})
+        request[_IDENTITY] = hashlib.sha256(matched).hexdigest()[:24]
         return await handler(request)
 
     return middleware

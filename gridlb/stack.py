@@ -107,32 +107,39 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0)
 
 
 def substation_spec(grid: GridConfig, sub_id: str, port: int, capacity_kw: float,
-                    run_dir: Path, env: Mapping[str, str]) -> ServiceSpec:
+                    run_dir: Path, env: Mapping[str, str], extra_args: Sequence[str] = ()
+                    ) -> ServiceSpec:
     return ServiceSpec(
         name=sub_id,
         argv=[sys.executable, "-m", "substation", "--id", sub_id, "--host", grid.host,
               "--port", str(port), "--capacity-kw", str(capacity_kw),
               "--speed-factor", str(grid.speed_factor),
-              "--state-path", str(run_dir / f"substation-{sub_id}.sqlite3")],
+              "--state-path", str(run_dir / f"substation-{sub_id}.sqlite3"), *extra_args],
         ready_url=f"http://{grid.host}:{port}/healthz", env=env)
 
 
 def balancer_spec(grid: GridConfig, env: Mapping[str, str],
-                  extra_args: Sequence[str] = ()) -> ServiceSpec:
+                  extra_args: Sequence[str] = (), replica: int = 1,
+                  port: int | None = None) -> ServiceSpec:
+    """Replica n > 1 is named `balancer-n` and listens on `port`."""
+    port = grid.balancer_port if port is None else port
     return ServiceSpec(
-        name="balancer",
+        name="balancer" if replica == 1 else f"balancer-{replica}",
         argv=[sys.executable, "-m", "balancer", "--host", grid.host,
-              "--port", str(grid.balancer_port), "--prometheus-url", grid.prometheus_url,
+              "--port", str(port), "--prometheus-url", grid.prometheus_url,
               "--policy-dir", grid.policy_dir, "--policy", grid.policy, *extra_args],
-        ready_url=f"{grid.balancer_url}/healthz", env=env)
+        ready_url=f"http://{grid.host}:{port}/healthz", env=env)
 
 
-def ingress_spec(grid: GridConfig, run_dir: Path, env: Mapping[str, str]) -> ServiceSpec:
+def ingress_spec(grid: GridConfig, run_dir: Path, env: Mapping[str, str],
+                 balancer_urls: Sequence[str] = (), extra_args: Sequence[str] = ()
+                 ) -> ServiceSpec:
     return ServiceSpec(
         name="ingress",
         argv=[sys.executable, "-m", "ingress", "--host", grid.host,
-              "--port", str(grid.ingress_port), "--balancer-url", grid.balancer_url,
-              "--store-path", str(run_dir / "ingress.sqlite3")],
+              "--port", str(grid.ingress_port),
+              "--balancer-url", ",".join(balancer_urls or [grid.balancer_url]),
+              "--store-path", str(run_dir / "ingress.sqlite3"), *extra_args],
         ready_url=f"{grid.ingress_url}/healthz", env=env)
 
 

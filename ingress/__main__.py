@@ -6,8 +6,11 @@ import argparse
 import os
 from pathlib import Path
 
+from gridlb.charge import DEFAULT_MIN_KW, ChargeLimits
+from gridlb.durable import Durability
 from gridlb.http import run_service
-from ingress.app import IngressConfig, create_app
+from ingress.app import create_app
+from ingress.config import IngressConfig
 
 
 def api_keys(keys_file: str | None) -> tuple[str, ...]:
@@ -21,15 +24,39 @@ def parse_args(argv: list[str] | None = None) -> IngressConfig:
     parser = argparse.ArgumentParser(prog="python -m ingress", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--balancer-url", default="http://127.0.0.1:8081")
+    parser.add_argument("--balancer-url", default="http://127.0.0.1:8081",
+                        help="one or more balancer replicas, comma-separated")
     parser.add_argument("--store-path", default=".run/ingress.sqlite3")
     parser.add_argument("--api-keys-file", default=None,
                         help="one API key per line (also GRID_API_KEYS, comma-separated)")
+    parser.add_argument("--request-timeout", type=float, default=10.0,
+                        help="seconds a charge request may take in all")
+    parser.add_argument("--durability", choices=[d.value for d in Durability],
+                        default=Durability.FULL.value,
+                        help="full: an answered outcome survives a power loss; process: only "
+                             "a crash of the process")
+    parser.add_argument("--min-kw", type=float, default=DEFAULT_MIN_KW,
+                        help="the smallest charging power accepted")
+    parser.add_argument("--max-keys", type=int, default=1_000_000,
+                        help="settled idempotency records kept at most (unresolved ones are "
+                             "always kept)")
+    parser.add_argument("--prune-interval", type=float, default=3600.0,
+                        help="seconds between prunings of expired or evicted records")
     args = parser.parse_args(argv)
-    return IngressConfig(balancer_url=args.balancer_url.rstrip("/"), host=args.host,
-                         port=args.port, api_keys=api_keys(args.api_keys_file),
+    urls = tuple(u.strip().rstrip("/") for u in args.balancer_url.split(",") if u.strip())
+    if not urls:
+        parser.error("--balancer-url: name at least one balancer")
+    if not args.request_timeout > 1.0 or not args.min_kw > 0 or args.max_keys < 0 or \
+            not args.prune_interval > 0:
+        parser.error("--request-timeout must be above 1 s, --min-kw and --prune-interval "
+                     "above 0, --max-keys >= 0")
+    return IngressConfig(balancer_urls=urls, host=args.host, port=args.port,
+                         api_keys=api_keys(args.api_keys_file),
                          internal_token=os.environ.get("GRID_INTERNAL_TOKEN") or None,
-                         store_path=args.store_path)
+                         store_path=args.store_path, request_timeout_s=args.request_timeout,
+                         durability=Durability(args.durability),
+                         limits=ChargeLimits(min_kw=args.min_kw), max_keys=args.max_keys,
+                         prune_interval_s=args.prune_interval)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 
+from gridlb.charge import DEFAULT_MIN_KW, ChargeLimits
+from gridlb.durable import Durability
 from gridlb.http import run_service
-from substation.app import SubstationConfig, create_app
+from substation.app import create_app
+from substation.config import SubstationConfig
 
 
 def parse_args(argv: list[str] | None = None) -> SubstationConfig:
@@ -19,12 +22,24 @@ def parse_args(argv: list[str] | None = None) -> SubstationConfig:
                         help="simulated seconds per real second (60: an hour per minute)")
     parser.add_argument("--state-path", default=None,
                         help="SQLite file keeping sessions across restarts")
+    parser.add_argument("--durability", choices=[d.value for d in Durability],
+                        default=Durability.FULL.value,
+                        help="full: a confirmed session survives a power loss (fsync per "
+                             "commit group); process: only a crash of the process")
+    parser.add_argument("--max-sessions", type=int, default=10_000,
+                        help="sessions charging at once, at most")
+    parser.add_argument("--min-kw", type=float, default=DEFAULT_MIN_KW,
+                        help="the smallest charging power accepted")
     args = parser.parse_args(argv)
     if args.capacity_kw <= 0 or args.speed_factor <= 0:
         parser.error("--capacity-kw and --speed-factor must be positive")
+    if args.max_sessions < 1 or not args.min_kw > 0:
+        parser.error("--max-sessions must be at least 1 and --min-kw above 0")
     return SubstationConfig(substation_id=args.id, capacity_kw=args.capacity_kw,
                             host=args.host, port=args.port, speed_factor=args.speed_factor,
-                            state_path=args.state_path,
+                            state_path=args.state_path, durability=Durability(args.durability),
+                            max_sessions=args.max_sessions,
+                            limits=ChargeLimits(min_kw=args.min_kw),
                             internal_token=os.environ.get("GRID_INTERNAL_TOKEN") or None)
 
 

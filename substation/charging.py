@@ -4,6 +4,12 @@ Plain logic with an injected clock (`now`), so it is tested without waiting. A s
 power until its energy is delivered; the speed factor compresses time (60 = one simulated hour
 per real minute). Ended sessions are kept for a while so clients can read how they ended, then
 pruned so memory stays bounded however many sessions come and go.
+
+Fences make placement safe across retries (docs/design.md, "Placement protocol"): each copy of a
+charge carries the `epoch` of the dispatch that sent it; `fence(id, epoch)` answers whether the
+session is here and, if it is not, refuses every later copy with a lower epoch. A dispatch that
+fenced every substation knows that no late copy of an older dispatch can start the session
+anywhere, and may place it itself.
 """
 
 from __future__ import annotations
@@ -12,23 +18,42 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-_FIT_EPSILON_KW = 1e-9
-CHARGING, COMPLETED, STOPPED, CANCELLED = "charging", "completed", "stopped", "cancelled"
+from gridlb.charge import fits
+
+CHARGING, COMPLETED, STOPPED = "charging", "completed", "stopped"
 
 
-class OverCapacity(Exception):
+class Refusal(Exception):
+    """The substation will not start this session; `code` says why (gridlb.errors)."""
+
+    code = "refused"
+
+
+class OverCapacity(Refusal):
+    code = "over_capacity"
+
     def __init__(self, load_kw: float, capacity_kw: float, requested_kw: float) -> None:
         self.load_kw, self.capacity_kw = load_kw, capacity_kw
         super().__init__(f"{requested_kw:g} kW does not fit: load {load_kw:g} kW of "
                          f"{capacity_kw:g} kW capacity")
 
 
-class SessionConflict(Exception):
+class TooManySessions(Refusal):
+    """The session cap bounds memory and per-tick work whatever the requested powers."""
+
+    code = "too_many_sessions"
+
+
+class SessionConflict(Refusal):
     """The session id exists with different values: not a retry of the same request."""
 
+    code = "session_conflict"
 
-class SessionCancelled(Exception):
-    """The session id was cancelled before it started: a late copy must not start it."""
+
+class SessionFenced(Refusal):
+    """A newer dispatch of this session fenced it: this copy is late and must not start it."""
+
+    code = "session_fenced"
 
 
 @dataclass
@@ -67,38 +92,71 @@ class Admission:
 
 class SessionTable:
     def __init__(self, capacity_kw: float, speed_factor: float = 60.0,
-                 retention_s: float = 600.0, max_ended: int = 100_000) -> None:
+                 retention_s: float = 600.0, max_ended: int = 100_000,
+                 max_sessions: int = 10_000, fence_retention_s: float = 24 * 3600.0,
+                 max_fences: int = 100_000, load_seq: int = 0) -> None:
         self.capacity_kw = capacity_kw
         self.speed_factor = speed_factor
         self.retention_s = retention_s
         self.max_ended = max_ended
+        self.max_sessions = max_sessions
+        self.fence_retention_s = fence_retention_s
+        self.max_fences = max_fences
         self.active: dict[str, ChargingSession] = {}
         self.ended: OrderedDict[str, ChargingSession] = OrderedDict()
+        # session id -> (lowest epoch still allowed to start it, when fenced), oldest first
+        self.fences: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self.load_kw = 0.0        # running total of active power, not re-summed per call
         self.delivered_total_kwh = 0.0
+        # Orders this substation's answers: a reading with sequence s includes every change
+        # up to s. The service seeds it from the clock in ns, so it keeps growing across
+        # restarts (fewer than one change per nanosecond).
+        self.load_seq = load_seq
+
+    def _changed(self) -> None:
+        self.load_seq += 1
 
     def get(self, session_id: str) -> ChargingSession | None:
         return self.active.get(session_id) or self.ended.get(session_id)
 
     def admit(self, session_id: str, vehicle_id: str, power_kw: float, energy_kwh: float,
-              now: float) -> Admission:
-        """Start a session, or recognise a repeat of one; never exceed capacity."""
+              now: float, epoch: int = 1) -> Admission:
+        """Start a session, or recognise a repeat of one (in whatever state it is now);
+        never exceed capacity or the session cap; never start a fenced copy."""
         existing = self.get(session_id)
         if existing is not None:
-            if existing.state == CANCELLED:
-                raise SessionCancelled(f"session {session_id} was cancelled")
             if not existing.same_request(vehicle_id, power_kw, energy_kwh):
                 raise SessionConflict(f"session {session_id} exists with other values")
             return Admission(existing, duplicate=True)
-        if self.load_kw + power_kw > self.capacity_kw + _FIT_EPSILON_KW:
+        fence = self.fences.get(session_id)
+        if fence is not None and epoch < fence[0]:
+            raise SessionFenced(f"session {session_id}: epoch {epoch} is older than the fence "
+                                f"at epoch {fence[0]}; a newer dispatch owns it")
+        if len(self.active) >= self.max_sessions:
+            raise TooManySessions(f"{len(self.active)} sessions are charging, the most this "
+                                  "substation takes")
+        if not fits(self.load_kw, power_kw, self.capacity_kw):
             raise OverCapacity(self.load_kw, self.capacity_kw, power_kw)
         # No advance() here: that walks every session, on every request. A new session
         # accrues from its own start (see _deliver).
         session = ChargingSession(session_id, vehicle_id, power_kw, energy_kwh, 0.0, CHARGING,
                                   started_at=now)
         self.active[session_id] = session
+        self.fences.pop(session_id, None)
         self.load_kw += power_kw
+        self._changed()
         return Admission(session, duplicate=False)
+
+    def fence(self, session_id: str, epoch: int, now: float) -> ChargingSession | None:
+        """The session if it is here (in any state); otherwise None, and from now on copies
+        with an epoch below `epoch` are refused (fences only rise)."""
+        existing = self.get(session_id)
+        if existing is not None:
+            return existing
+        current = self.fences.pop(session_id, (0, now))
+        self.fences[session_id] = (max(current[0], epoch), now)
+        self._prune_fences(now)
+        return None
 
     def resume(self, session: ChargingSession, now: float) -> None:
         """Take back a session persisted before a restart (capacity is not re-checked: it was
@@ -107,23 +165,21 @@ class SessionTable:
         if session.state == CHARGING:
             self.active[session.session_id] = session
             self.load_kw += session.power_kw
+            self._changed()
         else:
             self._remember_ended(session)
 
-    def stop(self, session_id: str, now: float) -> ChargingSession:
-        """Stop charging (idempotent). An unknown id leaves a tombstone, so a late copy of a
-        cancelled request cannot start a session under that id."""
+    def resume_fence(self, session_id: str, epoch: int, at: float) -> None:
+        self.fences[session_id] = (epoch, at)
+
+    def stop(self, session_id: str, now: float) -> ChargingSession | None:
+        """Stop charging (idempotent): the session as it is now, or None if it is unknown."""
         session = self.active.get(session_id)
         if session is not None:
             self._deliver(session, now)   # this session alone, up to the moment it stops
             self._end(session, STOPPED, now)
             return session
-        ended = self.ended.get(session_id)
-        if ended is not None:
-            return ended
-        tombstone = ChargingSession(session_id, "", 0.0, 0.0, 0.0, CANCELLED, now, now)
-        self._remember_ended(tombstone)
-        return tombstone
+        return self.ended.get(session_id)
 
     def advance(self, now: float) -> list[ChargingSession]:
         """Deliver energy up to `now`; return the sessions that completed."""
@@ -145,6 +201,7 @@ class SessionTable:
         return session.delivered_kwh >= session.energy_kwh
 
     def prune(self, now: float) -> None:
+        self._prune_fences(now)
         while self.ended:
             oldest = next(iter(self.ended.values()))
             if len(self.ended) <= self.max_ended and \
@@ -157,6 +214,7 @@ class SessionTable:
         self.load_kw -= session.power_kw
         if not self.active:
             self.load_kw = 0.0    # no float drift survives an empty substation
+        self._changed()
         session.state, session.ended_at = state, now
         self._remember_ended(session)
 
@@ -165,3 +223,11 @@ class SessionTable:
         self.ended.move_to_end(session.session_id)
         if len(self.ended) > self.max_ended:
             self.ended.popitem(last=False)
+
+    def _prune_fences(self, now: float) -> None:
+        # A fence only has to outlive the retries of its request (the ingress keeps a key a day).
+        while self.fences:
+            oldest_at = next(iter(self.fences.values()))[1]
+            if len(self.fences) <= self.max_fences and now - oldest_at <= self.fence_retention_s:
+                break
+            self.fences.popitem(last=False)

@@ -7,7 +7,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created
 # `*_created` series double the series count and no dashboard or rule reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-OUTCOMES = ("accepted", "duplicate", "over_capacity", "conflict", "cancelled", "invalid")
+OUTCOMES = ("accepted", "duplicate", "over_capacity", "too_many_sessions", "conflict", "fenced",
+            "invalid")
 
 
 class SubstationMetrics:

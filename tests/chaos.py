@@ -1,12 +1,18 @@
 """`make chaos`: steady traffic through the ingress while parts of the system fail.
 
-Faults, in order: one substation is killed (SIGKILL) and later restarted with its state file;
-Prometheus is stopped for longer than the balancer's maximum snapshot age, then restarted.
-The client behaves as a careful client should: every request carries an Idempotency-Key and is
-retried with the same key on 5xx (other than no_capacity) or a connection error.
+Faults, in order, each started when the system is in the state it breaks (conditions, not
+timers): one substation is killed (SIGKILL) and restarted with its state file; Prometheus is
+stopped for longer than the balancer's maximum snapshot age (degraded mode must be entered) and
+restarted (normal mode must come back); a balancer replica is killed (SIGKILL) with requests in
+flight and restarted. `make chaos` runs it with one balancer and again with two replicas.
 
-The report counts what must be zero: other errors, sessions the ingress reported that the
-substation does not know, several sessions for one idempotency key, overloads in Prometheus.
+The client behaves as a careful client should: every request carries an Idempotency-Key and is
+retried with the same key until a definite answer (200, no_capacity, or a 4xx other than 409).
+
+The report counts what must be zero: double bookings (a session id held by two substations),
+untrue answers (a non-replay "200 charging" naming a substation that does not hold the session,
+or that admitted it after the answer), keys that received two session ids, overloads in
+Prometheus, and 5xx answers beyond their bounds.
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ import json
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -40,36 +47,61 @@ from gridlb.stack import (
 TOKEN = "chaos-internal-token"
 API_KEY = "chaos-api-key"
 CAPACITY_KW = 150.0
+# Answers after which a careful client stops retrying.
+_FINAL_4XX = {400, 401, 413, 415, 422}
+# 5xx answers a client may see while a part is down, each bounded by the share of requests
+# sent while it was (the retries then succeed).
+_TRANSIENT = ("outcome_unknown", "balancer_unavailable", "balancer_timeout", "no_snapshot",
+              "no_substations", "deadline_exceeded", "bad_gateway")
 
 
 @dataclass
 class ChaosReport:
+    replicas: int = 1
     requests_sent: int = 0
     answered_200: int = 0
-    answered_503: dict[str, int] = field(default_factory=dict)
+    no_capacity: int = 0
+    transient_5xx: dict[str, int] = field(default_factory=dict)
     other_errors: dict[str, int] = field(default_factory=dict)
+    double_bookings: int = 0
+    untrue_answers: int = 0
+    keys_with_two_sessions: int = 0
     unknown_sessions: int = 0
-    duplicate_sessions: int = 0
     overloads_seen: int = 0
+    degraded_entered: bool = False
     recovery_s: dict[str, float | None] = field(default_factory=dict)
 
     @property
+    def transient_bound(self) -> int:
+        """At most one transient answer per three requests sent: each fault lasts seconds of
+        a run of a minute; more means the system did not recover."""
+        return max(20, self.requests_sent // 3)
+
+    @property
     def clean(self) -> bool:
-        return not (self.other_errors or self.unknown_sessions or self.duplicate_sessions
-                    or self.overloads_seen)
+        return not (self.other_errors or self.double_bookings or self.untrue_answers
+                    or self.keys_with_two_sessions or self.unknown_sessions
+                    or self.overloads_seen) \
+            and sum(self.transient_5xx.values()) <= self.transient_bound \
+            and self.degraded_entered and all(v is not None for v in self.recovery_s.values())
 
     def render(self) -> str:
         lines = [
-            "chaos run report",
+            f"chaos run report ({self.replicas} balancer replica"
+            f"{'s' if self.replicas > 1 else ''})",
             f"  requests sent                     {self.requests_sent}",
             f"  answered 200                      {self.answered_200}",
-            f"  answered 503 with a reason        {sum(self.answered_503.values())} "
-            f"{dict(self.answered_503) or ''}",
+            f"  answered 503 no_capacity          {self.no_capacity}",
+            f"  transient 5xx seen (retried)      {sum(self.transient_5xx.values())} "
+            f"(bound {self.transient_bound}) {dict(self.transient_5xx) or ''}",
             f"  other errors (must be 0)          {sum(self.other_errors.values())} "
             f"{dict(self.other_errors) or ''}",
-            f"  sessions unknown to substation    {self.unknown_sessions}  (must be 0)",
-            f"  duplicate sessions for one key    {self.duplicate_sessions}  (must be 0)",
+            f"  double bookings (must be 0)       {self.double_bookings}",
+            f"  untrue answers (must be 0)        {self.untrue_answers}",
+            f"  keys with two session ids         {self.keys_with_two_sessions}  (must be 0)",
+            f"  sessions unknown to substations   {self.unknown_sessions}  (must be 0)",
             f"  overloads seen in Prometheus      {self.overloads_seen}  (must be 0)",
+            f"  degraded mode entered and left    {'yes' if self.degraded_entered else 'NO'}",
         ]
         for fault, seconds in self.recovery_s.items():
             shown = "did not recover" if seconds is None else f"{seconds:.1f} s"
@@ -79,17 +111,30 @@ class ChaosReport:
 
 
 @dataclass
+class Answer:
+    status: int
+    error: str
+    body: dict[str, Any]
+    replayed: bool
+    at: float
+
+
+@dataclass
 class Outcome:
     key: str
-    status: int = 0
-    error: str = ""
-    session_ids: set[str] = field(default_factory=set)
-    substation: str = ""
-    answered_at: float = 0.0
+    answers: list[Answer] = field(default_factory=list)
+
+    @property
+    def final(self) -> Answer | None:
+        return self.answers[-1] if self.answers else None
+
+    @property
+    def session_ids(self) -> set[str]:
+        return {a.body["session_id"] for a in self.answers if a.status == 200}
 
 
 class ChaosStack:
-    def __init__(self, run_dir: Path, max_snapshot_age_s: float) -> None:
+    def __init__(self, run_dir: Path, max_snapshot_age_s: float, replicas: int = 1) -> None:
         self.run_dir = run_dir
         subs = (SubstationSpec("sub-a", free_port(), CAPACITY_KW),
                 SubstationSpec("sub-b", free_port(), CAPACITY_KW))
@@ -103,10 +148,16 @@ class ChaosStack:
         for s in subs:
             self.specs[s.id] = substation_spec(self.grid, s.id, s.port, s.capacity_kw, run_dir,
                                                env)
-        self.specs["balancer"] = balancer_spec(
-            self.grid, env, ("--max-snapshot-age", str(max_snapshot_age_s)))
+        ports = [self.grid.balancer_port] + [free_port() for _ in range(replicas - 1)]
+        self.balancer_urls = [f"http://127.0.0.1:{p}" for p in ports]
+        for n, port in enumerate(ports):
+            spec = balancer_spec(self.grid, env, ("--max-snapshot-age", str(max_snapshot_age_s),
+                                                  "--forward-timeout", "1"),
+                                 replica=n + 1, port=port)
+            self.specs[spec.name] = spec
         self.specs["ingress"] = ingress_spec(self.grid, run_dir,
-                                             {**env, "GRID_API_KEYS": API_KEY})
+                                             {**env, "GRID_API_KEYS": API_KEY},
+                                             self.balancer_urls, ("--request-timeout", "5"))
         self.addresses = {s.id: f"127.0.0.1:{s.port}" for s in subs}
 
     def start(self, name: str) -> None:
@@ -117,24 +168,33 @@ class ChaosStack:
         for name in self.specs:
             self.start(name)
         write_targets(self.run_dir / "prometheus", "substation", self.addresses.values())
+        write_targets(self.run_dir / "prometheus", "balancer",
+                      [u.removeprefix("http://") for u in self.balancer_urls])
 
-    async def is_normal(self, http: aiohttp.ClientSession) -> bool:
-        return await self.mode(http) == "normal"
+    async def readyz(self, http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+        try:
+            async with http.get(f"{url}/readyz") as resp:
+                return dict(await resp.json())
+        except (aiohttp.ClientError, ValueError):
+            return {}
 
     async def sees_every_substation(self, http: aiohttp.ClientSession) -> bool:
-        try:
-            async with http.get(f"{self.grid.balancer_url}/readyz") as resp:
-                body = await resp.json()
-        except aiohttp.ClientError:
-            return False
-        return bool(body.get("usable_substations") == len(self.addresses))
+        answers = [await self.readyz(http, u) for u in self.balancer_urls]
+        return all(a.get("usable_substations") == len(self.addresses) for a in answers)
 
     async def mode(self, http: aiohttp.ClientSession) -> str:
+        return str((await self.readyz(http, self.balancer_urls[0])).get("mode", "unreachable"))
+
+    async def in_flight(self, http: aiohttp.ClientSession, url: str) -> float:
         try:
-            async with http.get(f"{self.grid.balancer_url}/readyz") as resp:
-                return str((await resp.json()).get("mode"))
+            async with http.get(f"{url}/metrics") as resp:
+                text = await resp.text()
         except aiohttp.ClientError:
-            return "unreachable"
+            return 0.0
+        for line in text.splitlines():
+            if line.startswith("balancer_dispatches_in_flight "):
+                return float(line.split()[1])
+        return 0.0
 
 
 async def charge_until_final(http: aiohttp.ClientSession, url: str, outcome: Outcome,
@@ -142,35 +202,34 @@ async def charge_until_final(http: aiohttp.ClientSession, url: str, outcome: Out
     """One logical request, retried with its Idempotency-Key as a careful client would."""
     headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": outcome.key}
     body = {"vehicle_id": f"ev-{outcome.key}", "requested_kw": kw, "energy_kwh": kw * 0.05}
-    for _ in range(12):
+    for _ in range(60):
         try:
             async with http.post(url, json=body, headers=headers,
                                  timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 data = await resp.json(content_type=None) or {}
-                outcome.status, outcome.error = resp.status, str(data.get("error", ""))
-                if resp.status == 200:
-                    outcome.session_ids.add(data["session_id"])
-                    outcome.substation = data["substation"]
-                    break
-                if resp.status == 503 and outcome.error == "no_capacity":
-                    break
-                if resp.status < 500:
-                    break
+                answer = Answer(resp.status, str(data.get("error", "")), data,
+                                resp.headers.get("Idempotent-Replayed") == "true", time.time())
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            outcome.status, outcome.error = 0, type(exc).__name__
+            answer = Answer(0, type(exc).__name__, {}, False, time.time())
+        outcome.answers.append(answer)
+        if answer.status == 200 or answer.status in _FINAL_4XX or answer.error == "no_capacity":
+            return
         await asyncio.sleep(0.5)
-    outcome.answered_at = time.time()
 
 
 async def drive_traffic(http: aiohttp.ClientSession, stack: ChaosStack, duration_s: float,
-                        rate_per_s: float, outcomes: list[Outcome]) -> None:
-    """Append one Outcome per logical request to `outcomes` (read live by the fault script)."""
+                        rate_per_s: float, outcomes: list[Outcome], faults_done: asyncio.Event
+                        ) -> None:
+    """Append one Outcome per logical request to `outcomes` (read live by the fault script),
+    for `duration_s` and until every fault has been injected and recovered from (at most
+    three times as long)."""
     url = f"{stack.grid.ingress_url}/charge"
     tasks = []
     started = time.monotonic()
     i = 0
-    while time.monotonic() - started < duration_s:
-        outcome = Outcome(key=f"chaos-{i}")
+    while (time.monotonic() - started < duration_s or not faults_done.is_set()) and \
+            time.monotonic() - started < 3 * duration_s:
+        outcome = Outcome(key=f"chaos-{stack.run_dir.name}-{i}")
         outcomes.append(outcome)
         tasks.append(asyncio.create_task(charge_until_final(http, url, outcome, 7.4)))
         if i % 10 == 0:   # the same key twice at once: must give one session
@@ -180,39 +239,10 @@ async def drive_traffic(http: aiohttp.ClientSession, stack: ChaosStack, duration
     await asyncio.gather(*tasks)
 
 
-async def inject_faults(http: aiohttp.ClientSession, stack: ChaosStack, duration_s: float,
-                        max_age_s: float, outcomes: list[Outcome]) -> dict[str, float | None]:
-    recovery: dict[str, float | None] = {}
-    await asyncio.sleep(duration_s * 0.15)
-    stack.group.kill("sub-a")
-    await asyncio.sleep(duration_s * 0.15)
-    await asyncio.to_thread(stack.start, "sub-a")
-    restarted = time.time()
-    recovery["substation killed"] = await until(
-        lambda: any(o.substation == "sub-a" and o.answered_at > restarted for o in outcomes),
-        duration_s, since=restarted)
-    await asyncio.sleep(max(0.0, duration_s * 0.5 - (time.time() - restarted)) / 2)
-    stack.group.stop("prometheus")
-    await asyncio.sleep(max_age_s + 2.0)
-    await asyncio.to_thread(stack.start, "prometheus")
-    back = time.time()
-    recovery["prometheus stopped"] = await until_async(lambda: stack.is_normal(http),
-                                                       duration_s, since=back)
-    return recovery
-
-
-async def until(condition: Callable[[], bool], timeout_s: float, since: float
-                ) -> float | None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return time.time() - since
-        await asyncio.sleep(0.1)
-    return None
-
-
-async def until_async(condition: Callable[[], Awaitable[bool]], timeout_s: float,
-                      since: float) -> float | None:
+async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float,
+                since: float | None = None) -> float | None:
+    """Seconds from `since` until `condition()` holds, or None if it does not in time."""
+    since = time.time() if since is None else since
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if await condition():
@@ -221,21 +251,73 @@ async def until_async(condition: Callable[[], Awaitable[bool]], timeout_s: float
     return None
 
 
+async def inject_faults(http: aiohttp.ClientSession, stack: ChaosStack, duration_s: float,
+                        outcomes: list[Outcome], report: ChaosReport) -> None:
+    recovery = report.recovery_s
+    served = sum(1 for o in outcomes if o.final is not None and o.final.status == 200)
+
+    async def answered_since(count: int) -> bool:
+        return sum(1 for o in outcomes if o.final is not None and o.final.status == 200) \
+            >= count
+    await until(lambda: answered_since(served + 20), duration_s)      # traffic is flowing
+    stack.group.kill("sub-a")
+    await asyncio.to_thread(stack.start, "sub-a")
+    restarted = time.time()
+
+    async def sub_a_serves() -> bool:
+        return any(o.final is not None and o.final.status == 200
+                   and o.final.body.get("substation") == "sub-a" and o.final.at > restarted
+                   for o in outcomes)
+    recovery["substation killed"] = await until(sub_a_serves, duration_s, restarted)
+
+    stack.group.stop("prometheus")
+
+    async def degraded() -> bool:
+        return await stack.mode(http) == "degraded"
+    report.degraded_entered = await until(degraded, duration_s) is not None
+    await asyncio.to_thread(stack.start, "prometheus")
+    back = time.time()
+
+    async def normal() -> bool:
+        return await stack.mode(http) == "normal"
+    recovery["prometheus stopped"] = await until(normal, duration_s, back)
+    report.degraded_entered = report.degraded_entered and \
+        recovery["prometheus stopped"] is not None
+
+    async def busy() -> bool:
+        return await stack.in_flight(http, stack.balancer_urls[0]) >= 1
+    await until(busy, duration_s)
+    stack.group.kill("balancer")                  # with a request in flight if there was one
+    await asyncio.to_thread(stack.start, "balancer")
+    killed = time.time()
+
+    async def balancer_serves() -> bool:
+        return await answered_since(served + 1) and \
+            any(o.final is not None and o.final.status == 200 and o.final.at > killed
+                for o in outcomes)
+    recovery["balancer killed"] = await until(balancer_serves, duration_s, killed)
+
+
 async def audit(http: aiohttp.ClientSession, stack: ChaosStack, outcomes: list[Outcome],
                 report: ChaosReport, window_s: float) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    holders: dict[str, list[str]] = defaultdict(list)
+    held: dict[str, dict[str, dict[str, Any]]] = {}     # session id -> substation -> session
+    for sub, address in stack.addresses.items():
+        async with http.get(f"http://{address}/sessions", headers=headers) as resp:
+            for session in (await resp.json())["sessions"]:
+                held.setdefault(session["session_id"], {})[sub] = session
+    report.double_bookings = sum(1 for subs in held.values() if len(subs) > 1)
     for outcome in outcomes:
-        report.duplicate_sessions += max(0, len(outcome.session_ids) - 1)
+        report.keys_with_two_sessions += len(outcome.session_ids) > 1
         for session_id in outcome.session_ids:
-            for sub, address in stack.addresses.items():
-                async with http.get(f"http://{address}/sessions/{session_id}",
-                                    headers=headers) as resp:
-                    if resp.status == 200:
-                        holders[session_id].append(sub)
-            if not holders[session_id]:
-                report.unknown_sessions += 1
-            report.duplicate_sessions += max(0, len(holders[session_id]) - 1)
+            report.unknown_sessions += session_id not in held
+        for a in outcome.answers:
+            if a.status != 200 or a.replayed or a.body.get("status") != "charging":
+                continue
+            session = held.get(a.body["session_id"], {}).get(a.body["substation"])
+            # Charging when told: it was admitted there before the answer was received.
+            if session is None or session["started_at"] > a.at:
+                report.untrue_answers += 1
     query = (f"max_over_time(substation_load[{int(window_s) + 30}s]) "
              "> on (instance) substation_capacity_kw")
     async with http.get(f"{stack.grid.prometheus_url}/api/v1/query",
@@ -244,23 +326,25 @@ async def audit(http: aiohttp.ClientSession, stack: ChaosStack, outcomes: list[O
 
 
 async def run_chaos(duration_s: float = 60.0, rate_per_s: float = 15.0,
-                    max_snapshot_age_s: float = 3.0, run_dir: Path | None = None
-                    ) -> ChaosReport:
+                    max_snapshot_age_s: float = 3.0, replicas: int = 1,
+                    run_dir: Path | None = None) -> ChaosReport:
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
-        stack = ChaosStack(run_dir or Path(tmp), max_snapshot_age_s)
-        report = ChaosReport()
+        stack = ChaosStack(run_dir or Path(tmp), max_snapshot_age_s, replicas)
+        report = ChaosReport(replicas=replicas)
         try:
             await asyncio.to_thread(stack.start_all)
             async with aiohttp.ClientSession() as http:
                 # A fresh Prometheus has no samples for a few seconds: start once it has.
-                if await until_async(lambda: stack.sees_every_substation(http), 60.0,
-                                     time.time()) is None:
+                if await until(lambda: stack.sees_every_substation(http), 60.0) is None:
                     raise RuntimeError("the balancer did not see every substation in 60 s")
                 outcomes: list[Outcome] = []
+                faults_done = asyncio.Event()
                 traffic = asyncio.create_task(
-                    drive_traffic(http, stack, duration_s, rate_per_s, outcomes))
-                report.recovery_s = await inject_faults(http, stack, duration_s,
-                                                        max_snapshot_age_s, outcomes)
+                    drive_traffic(http, stack, duration_s, rate_per_s, outcomes, faults_done))
+                try:
+                    await inject_faults(http, stack, duration_s, outcomes, report)
+                finally:
+                    faults_done.set()
                 await traffic
                 summarize(report, outcomes)
                 await audit(http, stack, outcomes, report, duration_s)
@@ -270,17 +354,24 @@ async def run_chaos(duration_s: float = 60.0, rate_per_s: float = 15.0,
 
 
 def summarize(report: ChaosReport, outcomes: list[Outcome]) -> None:
-    refused: Counter[str] = Counter()
+    transient: Counter[str] = Counter()
     other: Counter[str] = Counter()
     report.requests_sent = len(outcomes)
     for o in outcomes:
-        if o.status == 200:
+        for a in o.answers:
+            if (a.status >= 500 and a.error in _TRANSIENT) or (a.status == 409 and a.error in (
+                    "request_in_progress", "dispatch_in_progress", "superseded")):
+                transient[a.error] += 1
+            elif a.status not in (200, 503) or (a.status == 503 and a.error != "no_capacity"):
+                other[f"{a.status} {a.error}".strip()] += 1
+        final = o.final
+        if final is not None and final.status == 200:
             report.answered_200 += 1
-        elif o.status == 503 and o.error:
-            refused[o.error] += 1
+        elif final is not None and final.error == "no_capacity":
+            report.no_capacity += 1
         else:
-            other[f"{o.status} {o.error}".strip()] += 1
-    report.answered_503, report.other_errors = dict(refused), dict(other)
+            other[f"unresolved {final.status if final else 0}"] += 1
+    report.transient_5xx, report.other_errors = dict(transient), dict(other)
 
 
 def main() -> None:
@@ -288,11 +379,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--rate", type=float, default=15.0)
     parser.add_argument("--max-snapshot-age", type=float, default=3.0)
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2],
+                        help="balancer replicas of each run (default: a run with 1, then 2)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    report = asyncio.run(run_chaos(args.duration, args.rate, args.max_snapshot_age))
-    print(json.dumps(asdict(report), indent=2) if args.json else report.render())
-    sys.exit(0 if report.clean else 1)
+    reports = [asyncio.run(run_chaos(args.duration, args.rate, args.max_snapshot_age, n))
+               for n in args.replicas]
+    for report in reports:
+        print(json.dumps(asdict(report), indent=2) if args.json else report.render())
+    sys.exit(0 if all(r.clean for r in reports) else 1)
 
 
 if __name__ == "__main__":

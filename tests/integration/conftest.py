@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +124,39 @@ class Cluster:
     group: ProcessGroup
     policy_dir: Path
     addresses: dict[str, str] = field(default_factory=dict)   # substation id -> host:port
+    specs: dict[str, ServiceSpec] = field(default_factory=dict)
+    balancer_urls: list[str] = field(default_factory=list)
+
+    def signal(self, name: str, sig: signal.Signals) -> None:
+        """SIGSTOP / SIGCONT / SIGKILL one of this cluster's processes."""
+        proc = self.group.procs[name]
+        proc.send_signal(sig)
+        if sig is signal.SIGKILL:
+            proc.wait(5)
+            del self.group.procs[name]
+
+    def restart(self, name: str) -> None:
+        """Start a killed or stopped service again, with the same state files."""
+        self.group.stop(name)
+        spec = self.specs[name]
+        wait_ready(spec.ready_url, self.group.start(spec))
+
+    def sessions(self, sub_id: str) -> list[dict[str, Any]]:
+        status, body = self.substation(sub_id, "GET", "/sessions")
+        assert status == 200, body
+        return list(body["sessions"])
+
+    def in_flight(self, balancer_url: str) -> float:
+        """The balancer's dispatches being placed now (its own gauge); -1 if unreachable."""
+        try:
+            with urllib.request.urlopen(f"{balancer_url}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return -1.0
+        for line in text.splitlines():
+            if line.startswith("balancer_dispatches_in_flight "):
+                return float(line.split()[1])
+        return -1.0
 
     @property
     def auth(self) -> dict[str, str]:
@@ -163,13 +198,21 @@ class Cluster:
 StartCluster = Callable[..., Cluster]
 
 
+def sees_all(balancer_url: str, count: int) -> bool:
+    return bool(http_json("GET", f"{balancer_url}/readyz")[1].get("usable_substations") == count)
+
+
 @pytest.fixture
 def cluster(prometheus: Prometheus, tmp_path: Path) -> Iterator[StartCluster]:
     groups: list[ProcessGroup] = []
 
     def start(substations: list[tuple[str, float]], policy: str = "least-utilization",
               balancer_args: tuple[str, ...] = (),
-              policy_overrides: dict[str, str] | None = None) -> Cluster:
+              policy_overrides: dict[str, str] | None = None, balancers: int = 1,
+              ingress_args: tuple[str, ...] = (),
+              proxies: dict[str, Callable[[int], str]] | None = None) -> Cluster:
+        """`proxies`: substation id -> a function given its port that starts something in
+        front of it and returns the address the grid should use for it instead."""
         policy_dir = tmp_path / "policies"
         shutil.copytree(REPO_ROOT / "policies", policy_dir, dirs_exist_ok=True)
         for name, text in (policy_overrides or {}).items():
@@ -186,18 +229,25 @@ def cluster(prometheus: Prometheus, tmp_path: Path) -> Iterator[StartCluster]:
         run_dir.mkdir(exist_ok=True)
         services = [substation_spec(grid, s.id, s.port, s.capacity_kw, run_dir, env)
                     for s in specs]
-        services += [balancer_spec(grid, env, balancer_args),
-                     ingress_spec(grid, run_dir, {**env, "GRID_API_KEYS": API_KEY})]
+        ports = [grid.balancer_port] + [free_port() for _ in range(balancers - 1)]
+        services += [balancer_spec(grid, env, balancer_args, replica=n + 1, port=port)
+                     for n, port in enumerate(ports)]
+        balancer_urls = [f"http://127.0.0.1:{port}" for port in ports]
+        services.append(ingress_spec(grid, run_dir, {**env, "GRID_API_KEYS": API_KEY},
+                                     balancer_urls, ingress_args))
         for spec in services:
             proc = group.start(spec)
             try:
                 wait_ready(spec.ready_url, proc)
             except RuntimeError as exc:
                 pytest.fail(f"{spec.name} did not start: {exc}\n{group.log_tail(spec.name)}")
-        c = Cluster(grid, prometheus, group, policy_dir,
-                    {s.id: f"127.0.0.1:{s.port}" for s in specs})
+        fronts = proxies or {}
+        addresses = {s.id: (fronts[s.id](s.port) if s.id in fronts
+                            else f"127.0.0.1:{s.port}") for s in specs}
+        c = Cluster(grid, prometheus, group, policy_dir, addresses,
+                    {spec.name: spec for spec in services}, balancer_urls)
         prometheus.set_targets("substation", list(c.addresses.values()))
-        prometheus.set_targets("balancer", [f"127.0.0.1:{grid.balancer_port}"])
+        prometheus.set_targets("balancer", [u.removeprefix("http://") for u in balancer_urls])
         prometheus.set_targets("ingress", [f"127.0.0.1:{grid.ingress_port}"])
         expected = set(c.addresses.values())
         wait_for(lambda: set(prometheus.values('substation_load{job="substation"}')) == expected
@@ -211,6 +261,9 @@ def cluster(prometheus: Prometheus, tmp_path: Path) -> Iterator[StartCluster]:
             c.reload()  # evaluates now: a test policy may have a long refresh interval
             return False
         wait_for(snapshot_holds_all, "the balancer's snapshot to hold every substation")
+        for url in balancer_urls[1:]:
+            wait_for(partial(sees_all, url, len(expected)),
+                     f"replica {url} to see every substation")
         return c
 
     yield start

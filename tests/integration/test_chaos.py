@@ -11,13 +11,20 @@ from tests.chaos import run_chaos
 pytestmark = pytest.mark.integration
 
 
-def test_short_chaos_run_loses_nothing_and_double_books_nothing() -> None:
-    report = asyncio.run(run_chaos(duration_s=20.0, rate_per_s=10.0, max_snapshot_age_s=2.0))
+def test_short_chaos_run_with_two_replicas_double_books_nothing_and_tells_the_truth() -> None:
+    report = asyncio.run(run_chaos(duration_s=20.0, rate_per_s=10.0, max_snapshot_age_s=2.0,
+                                   replicas=2))
     print(report.render())
     assert report.requests_sent >= 150
     assert report.other_errors == {}
-    assert report.unknown_sessions == 0
-    assert report.duplicate_sessions == 0
+    assert (report.double_bookings, report.untrue_answers, report.keys_with_two_sessions,
+            report.unknown_sessions, report.overloads_seen) == (0, 0, 0, 0, 0)
+    assert report.degraded_entered
+    assert set(report.recovery_s) == {"substation killed", "prometheus stopped",
+                                      "balancer killed"}
+    assert all(seconds is not None for seconds in report.recovery_s.values())
+    assert sum(report.transient_5xx.values()) <= report.transient_bound
+    assert report.clean
     assert report.overloads_seen == 0
     assert report.answered_200 > report.requests_sent // 2
     assert report.recovery_s["substation killed"] is not None

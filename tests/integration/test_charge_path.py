@@ -53,7 +53,9 @@ def test_least_utilization_fills_100_200_300_kw_to_the_same_level(cluster: Start
     utilization = c.prometheus.values(
         'substation_load{job="substation"} / on (instance) substation_capacity_kw', "instance")
     assert len(utilization) == 3
-    assert max(utilization.values()) - min(utilization.values()) <= 0.10, utilization
+    # One 10 kW request is a 0.1 step on the 100 kW substation: greedy filling with fresh
+    # numbers ends within one such step (the float sum needs the epsilon).
+    assert max(utilization.values()) - min(utilization.values()) <= 0.10 + 1e-9, utilization
     assert max(utilization.values()) <= 1.0
 
 
@@ -124,7 +126,9 @@ def test_sessions_can_be_read_and_stopped_through_the_ingress(cluster: StartClus
     url = f"{c.grid.ingress_url}/sessions/{body['session_id']}"
     status, session = http_json("GET", url, headers=c.auth)
     assert status == 200 and session["state"] == "charging" and session["substation"] == "a"
-    status, session = http_json("DELETE", url, headers=c.auth)
+    status, session = http_json("POST", f"{url}/stop", headers=c.auth)
+    assert status == 200 and session["state"] == "stopped"
+    status, session = http_json("GET", url, headers=c.auth)
     assert status == 200 and session["state"] == "stopped"
     status, load = c.substation("a", "GET", "/status")
     assert load["load_kw"] == 0.0

@@ -36,18 +36,22 @@ async def over_capacity(request: web.Request) -> web.Response:
                               "capacity_kw": 100.0}, status=409)
 
 
+async def absent(request: web.Request) -> web.Response:
+    return web.json_response({"session_id": request.match_info["id"], "state": "absent"})
+
+
 class FakeSubstation:
-    """A substation whose POST /charge does what the test says; records what it received."""
+    """A substation whose POST /charge and fence do what the test says; records what it got."""
 
     def __init__(self, behaviour: Behaviour = accept) -> None:
         self.behaviour = behaviour
-        self.delete_behaviour: Behaviour | None = None
+        self.fence_behaviour: Behaviour = absent
         self.charges: list[dict[str, Any]] = []
-        self.deletes: list[str] = []
+        self.fences: list[tuple[str, int]] = []
         self.auth: list[str | None] = []
         self.app = web.Application()
         self.app.router.add_post("/charge", self._charge)
-        self.app.router.add_delete("/sessions/{id}", self._delete)
+        self.app.router.add_post("/sessions/{id}/fence", self._fence)
         self.address = ""
 
     async def _charge(self, request: web.Request) -> web.Response:
@@ -55,11 +59,9 @@ class FakeSubstation:
         self.auth.append(request.headers.get("Authorization"))
         return await self.behaviour(request)
 
-    async def _delete(self, request: web.Request) -> web.Response:
-        self.deletes.append(request.match_info["id"])
-        if self.delete_behaviour is not None:
-            return await self.delete_behaviour(request)
-        return web.json_response({"state": "stopped"})
+    async def _fence(self, request: web.Request) -> web.Response:
+        self.fences.append((request.match_info["id"], (await request.json())["epoch"]))
+        return await self.fence_behaviour(request)
 
 
 def grid(subs: dict[str, tuple[float, float]], up: dict[str, int] | None = None
@@ -111,7 +113,8 @@ async def balancer(aiohttp_client: Any, tmp_path: Path) -> MakeHarness:
         answers = grid(subs)
         prometheus = FakeQueryClient(answers, default=lambda q: answers[Q.load])
         cfg = BalancerConfig(policy_dir=str(tmp_path / "policies"), policy=policy,
-                             internal_token=token, forward_timeout_s=0.5, seed=3, **config)
+                             internal_token=token, seed=3,
+                             **{"forward_timeout_s": 0.5, **config})
         client = await aiohttp_client(create_app(cfg, client=prometheus))
         harness = Harness(client, prometheus)
         await harness.app[REFRESHER].refresh_once()
@@ -140,7 +143,7 @@ async def test_dispatch_routes_to_the_least_loaded_and_forwards_the_charge(
     assert status == 200
     assert (body["routed_to"], body["substation"], body["policy"], body["attempts"]) == \
         (low.address, "sub-0", "least-load", 1)
-    assert low.charges == [CHARGE] and high.charges == []
+    assert low.charges == [{**CHARGE, "epoch": 1}] and high.charges == []
 
 
 async def test_refusing_substation_makes_the_balancer_pick_the_next(
@@ -164,18 +167,46 @@ async def test_unreachable_substation_is_skipped_and_counted_against_it(
     assert h.app[HEALTH]._records[dead].failures == 1
 
 
-async def test_ambiguous_timeout_is_settled_on_the_same_substation_before_moving(
+async def test_ambiguous_timeout_is_fenced_on_the_same_substation_before_moving(
         balancer: MakeHarness, substation: MakeSubstation) -> None:
     async def hang(request: web.Request) -> web.Response:
         await asyncio.sleep(2)
         return web.json_response({})
     slow, spare = await substation(hang), await substation()
     h = await balancer({slow.address: (0.0, 100.0), spare.address: (50.0, 100.0)})
-    status, body = await h.dispatch()
-    # Same id sent twice to the slow one, then cancelled there, and only then placed elsewhere.
-    assert [c["session_id"] for c in slow.charges] == ["sess-1", "sess-1"]
-    assert slow.deletes == ["sess-1"]
+    status, body = await h.dispatch(epoch=4)
+    # Fenced above this epoch there (a late copy cannot start it), only then placed elsewhere.
+    assert [c["session_id"] for c in slow.charges] == ["sess-1"]
+    assert slow.fences == [("sess-1", 5)]
     assert status == 200 and body["routed_to"] == spare.address
+
+
+async def test_a_fence_that_finds_the_session_makes_it_placed_there(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.json_response({})
+
+    async def found(request: web.Request) -> web.Response:
+        return web.json_response({"session_id": "sess-1", "state": "charging",
+                                  "load_kw": 11.0, "load_seq": 5})
+    slow, spare = await substation(hang), await substation()
+    slow.fence_behaviour = found
+    h = await balancer({slow.address: (0.0, 100.0), spare.address: (50.0, 100.0)})
+    status, body = await h.dispatch()
+    assert status == 200 and body["routed_to"] == slow.address and body["status"] == "charging"
+    assert spare.charges == []
+
+
+async def test_a_repeat_of_an_ended_session_is_reported_as_ended_not_charging(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    async def stopped(request: web.Request) -> web.Response:
+        return web.json_response({"session_id": "sess-1", "state": "stopped"},
+                                 headers={"X-Duplicate": "true"})
+    sub = await substation(stopped)
+    h = await balancer({sub.address: (0.0, 100.0)})
+    status, body = await h.dispatch()
+    assert status == 200 and body["status"] == "stopped"
 
 
 async def test_no_substation_with_room_gives_503_no_capacity_with_retry_after(
@@ -200,9 +231,12 @@ async def test_a_burst_spreads_over_equal_substations_between_scrapes(
 
 
 @pytest.mark.parametrize(("payload", "status", "error", "detail"), [
-    ({**CHARGE, "requested_kw": -1}, 422, "invalid_request", "requested_kw: must be a positive"),
-    ({**CHARGE, "session_id": ""}, 422, "invalid_request", "session_id: must be 1-128"),
+    ({**CHARGE, "requested_kw": -1}, 422, "invalid_request", "requested_kw: must be above 0"),
+    ({**CHARGE, "session_id": ""}, 422, "invalid_request", "session_id: must not be empty"),
     ({**CHARGE, "energy_kwh": True}, 422, "invalid_request", "energy_kwh"),
+    ({**CHARGE, "resolve": "yes"}, 422, "invalid_request", "resolve: must be true or false"),
+    ({**CHARGE, "timeout_s": 0}, 422, "invalid_request", "timeout_s: must be a number"),
+    ({**CHARGE, "epoch": 1.5}, 422, "invalid_request", "epoch: must be an integer"),
     ([1, 2], 400, "invalid_body", "must be a JSON object"),
 ])
 async def test_bad_dispatch_bodies_get_json_4xx(balancer: MakeHarness, payload: Any,
@@ -327,7 +361,7 @@ async def test_not_ready_before_the_first_snapshot(aiohttp_client: Any) -> None:
     assert resp.status == 503 and (await resp.json())["error"] == "no_snapshot"
 
 
-async def test_unknown_outcome_pins_the_session_to_its_substation_until_it_answers(
+async def test_unknown_outcome_keeps_the_session_off_other_substations_until_resolved(
         balancer: MakeHarness, substation: MakeSubstation) -> None:
     hanging = True
 
@@ -335,19 +369,90 @@ async def test_unknown_outcome_pins_the_session_to_its_substation_until_it_answe
         if hanging:
             await asyncio.sleep(2)
         return await accept(request)
+
+    async def fence_while_told(request: web.Request) -> web.Response:
+        if hanging:
+            await asyncio.sleep(2)
+        return web.json_response({"session_id": "sess-1", "state": "charging"})
     flaky, spare = await substation(hang_while_told), await substation()
-    flaky.delete_behaviour = hang_while_told       # the cancel cannot be delivered either
+    flaky.fence_behaviour = fence_while_told     # the fence gets no answer either
     h = await balancer({flaky.address: (0.0, 100.0), spare.address: (50.0, 100.0)})
     status, body = await h.dispatch()
     assert status == 503 and body["error"] == "outcome_unknown"
-    # A retry of the same session must not be booked on the spare while it may exist on flaky.
-    status, body = await h.dispatch()
+    assert body["may_be_at"] == ["sub-0"] and body["session_may_exist"] is True
+    # The retry (a new epoch, resolving) must not book the spare while flaky may hold it.
+    status, body = await h.dispatch(epoch=2, resolve=True)
     assert status == 503 and body["error"] == "outcome_unknown"
-    assert spare.charges == []
+    assert spare.charges == [] and ("sess-1", 2) in spare.fences
     hanging = False
-    status, body = await h.dispatch()
+    status, body = await h.dispatch(epoch=3, resolve=True)
     assert status == 200 and body["routed_to"] == flaky.address
     assert spare.charges == []
+
+
+async def test_a_retry_that_finds_the_session_nowhere_places_it(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    a, b = await substation(), await substation()
+    h = await balancer({a.address: (0.0, 100.0), b.address: (50.0, 100.0)})
+    status, body = await h.dispatch(epoch=2, resolve=True)
+    assert status == 200 and body["routed_to"] == a.address
+    assert sorted(a.fences + b.fences) == [("sess-1", 2), ("sess-1", 2)]
+
+
+async def test_a_second_dispatch_of_a_running_session_waits_then_resolves(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    placed: dict[str, Any] = {}
+
+    async def slow_accept(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.3)
+        placed["done"] = True
+        return await accept(request)
+
+    async def fence_after(request: web.Request) -> web.Response:
+        state = "charging" if placed else "absent"
+        return web.json_response({"session_id": "sess-1", "state": state})
+    sub = await substation(slow_accept)
+    sub.fence_behaviour = fence_after
+    h = await balancer({sub.address: (0.0, 100.0)}, forward_timeout_s=2.0)
+    first, second = await asyncio.gather(h.dispatch(), h.dispatch(epoch=2, resolve=True))
+    assert first[0] == 200 and second[0] == 200
+    assert len(sub.charges) == 1        # the second never ran beside the first
+
+
+async def test_a_second_dispatch_past_its_deadline_is_refused_in_progress(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    async def slow_accept(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.0)
+        return await accept(request)
+    sub = await substation(slow_accept)
+    h = await balancer({sub.address: (0.0, 100.0)}, forward_timeout_s=2.0)
+    first, second = await asyncio.gather(h.dispatch(),
+                                         h.dispatch(epoch=2, resolve=True, timeout_s=0.3))
+    assert first[0] == 200
+    assert second[0] == 409 and second[1]["error"] == "dispatch_in_progress"
+
+
+async def test_the_deadline_bounds_the_whole_dispatch(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.json_response({})
+    slow = await substation(hang)
+    slow.fence_behaviour = hang
+    h = await balancer({slow.address: (0.0, 100.0)}, forward_timeout_s=3.0)
+    started = asyncio.get_running_loop().time()
+    status, body = await h.dispatch(timeout_s=0.6)
+    assert asyncio.get_running_loop().time() - started < 1.5
+    assert status == 503 and body["error"] == "outcome_unknown"
+
+
+async def test_at_most_max_attempts_substations_are_tried(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    full = [await substation(over_capacity) for _ in range(4)]
+    h = await balancer({s.address: (0.0, 100.0) for s in full}, max_attempts=3)
+    status, body = await h.dispatch()
+    assert status == 503 and body["error"] == "no_capacity" and "tried 3" in body["detail"]
+    assert sum(len(s.charges) for s in full) == 3
 
 
 async def test_an_empty_grid_is_not_ready_and_says_why(balancer: MakeHarness) -> None:

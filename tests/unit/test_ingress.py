@@ -12,13 +12,18 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from ingress.app import KEY_LOCKS, IngressConfig, create_app, session_id_for
+from gridlb.durable import Durability
+from ingress.app import create_app
+from ingress.config import IngressConfig
+from ingress.idempotency import KeyRecord, RecordState
+from ingress.state import IN_PROGRESS
 from ingress.store import IngressStore
-from ingress.validation import parse_charge_request
 
 CHARGE = {"vehicle_id": "ev-1", "requested_kw": 11, "energy_kwh": 30}
 KEY = "api-key-1"
+OTHER_KEY = "api-key-2"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+OTHER_AUTH = {"Authorization": f"Bearer {OTHER_KEY}"}
 
 
 class FakeBackends:
@@ -46,6 +51,11 @@ class FakeBackends:
                                   "substation": "sub-1", "policy": "least-load",
                                   "routed_to": self.substation_address})
 
+    def answer_with(self, status: int, error: str, may_exist: bool,
+                    headers: dict[str, str] | None = None) -> None:
+        self.answer = (status, {"error": error, "detail": error,
+                                "session_may_exist": may_exist}, headers or {})
+
     async def _session(self, request: web.Request) -> web.Response:
         state = "stopped" if request.method == "DELETE" else "charging"
         return web.json_response({"session_id": request.match_info["id"], "state": state,
@@ -70,16 +80,24 @@ def make_client(aiohttp_client: Any, aiohttp_server: Any, backends: FakeBackends
         if balancer_url is None:
             server: TestServer = await aiohttp_server(backends.balancer, host="127.0.0.1")
             balancer_url = f"http://127.0.0.1:{server.port}"
-        cfg = IngressConfig(balancer_url=balancer_url, api_keys=(KEY,),
+        cfg = IngressConfig(balancer_urls=tuple(balancer_url.split(",")),
+                            api_keys=(KEY, OTHER_KEY),
                             store_path=str(tmp_path / "ingress.sqlite3"), **config)
         return await aiohttp_client(create_app(cfg))  # type: ignore[no-any-return]
     return make
 
 
-async def post(client: Client, body: Any = None, **headers: str) -> tuple[int, Any, Any]:
-    resp = await client.post("/charge", json=CHARGE if body is None else body,
-                             headers={**AUTH, **headers})
+async def post(client: Client, body: Any = None, auth: dict[str, str] | None = None,
+               key: str | None = None) -> tuple[int, Any, Any]:
+    headers = {**(auth or AUTH), **({"Idempotency-Key": key} if key is not None else {})}
+    resp = await client.post("/charge", json=CHARGE if body is None else body, headers=headers)
     return resp.status, await resp.json(), resp.headers
+
+
+def free_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 async def test_a_charge_is_routed_and_answered(make_client: Any, backends: FakeBackends
@@ -89,12 +107,18 @@ async def test_a_charge_is_routed_and_answered(make_client: Any, backends: FakeB
     assert status == 200
     assert (body["status"], body["substation"], body["policy"], body["requested_kw"]) == \
         ("charging", "sub-1", "least-load", 11.0)
-    assert backends.dispatches[0]["session_id"] == body["session_id"]
+    sent = backends.dispatches[0]
+    assert sent["session_id"] == body["session_id"]
+    assert (sent["epoch"], sent["resolve"]) == (1, False)
+    # The balancer is told the deadline: a little less than the ingress waits itself.
+    assert 0 < sent["timeout_s"] < IngressConfig().request_timeout_s
 
 
 @pytest.mark.parametrize(("body", "field", "reason"), [
     ({**CHARGE, "requested_kw": -5}, "requested_kw", "must be above 0 kW"),
     ({**CHARGE, "requested_kw": 0}, "requested_kw", "must be above 0 kW"),
+    ({**CHARGE, "requested_kw": 5e-324}, "requested_kw", "must be at least 1.4 kW"),
+    ({**CHARGE, "requested_kw": 1.0}, "requested_kw", "must be at least 1.4 kW"),
     ({**CHARGE, "requested_kw": 5000}, "requested_kw", "must be at most 1000 kW"),
     ({**CHARGE, "requested_kw": "11"}, "requested_kw", "must be a number of kW, got str"),
     ({**CHARGE, "requested_kw": True}, "requested_kw", "got bool"),
@@ -102,7 +126,8 @@ async def test_a_charge_is_routed_and_answered(make_client: Any, backends: FakeB
     ({"vehicle_id": "ev", "requested_kw": 11}, "energy_kwh", "is required"),
     ({**CHARGE, "vehicle_id": ""}, "vehicle_id", "must not be empty"),
     ({**CHARGE, "vehicle_id": "x" * 65}, "vehicle_id", "at most 64 characters"),
-    ({**CHARGE, "vehicle_id": "ev\x00"}, "vehicle_id", "printable characters only"),
+    ({**CHARGE, "vehicle_id": "ev\x00"}, "vehicle_id", "visible ASCII characters"),
+    ({**CHARGE, "vehicle_id": "évé"}, "vehicle_id", "visible ASCII characters"),
     ({**CHARGE, "vehicle_id": 7}, "vehicle_id", "must be a string, got int"),
     ({**CHARGE, "priority": "high"}, "priority", "unknown field"),
 ])
@@ -114,6 +139,16 @@ async def test_each_bad_field_is_named(make_client: Any, body: dict[str, Any], f
     assert reason in answer["fields"][field] and f"{field}: " in answer["detail"]
 
 
+async def test_the_minimum_power_is_configurable(make_client: Any) -> None:
+    from gridlb.charge import ChargeLimits
+    client = await make_client(limits=ChargeLimits(min_kw=3.7))
+    status, answer, _ = await post(client, {**CHARGE, "requested_kw": 3.6})
+    assert status == 422 and "must be at least 3.7 kW" in answer["fields"]["requested_kw"]
+    spec = await (await client.get("/openapi.json")).json()
+    assert spec["components"]["schemas"]["ChargeRequest"]["properties"]["requested_kw"][
+        "minimum"] == 3.7
+
+
 async def test_nan_infinity_and_broken_json_are_400(make_client: Any) -> None:
     client = await make_client()
     for raw in (b'{"vehicle_id": "a", "requested_kw": NaN, "energy_kwh": 1}',
@@ -122,6 +157,8 @@ async def test_nan_infinity_and_broken_json_are_400(make_client: Any) -> None:
                                  headers={**AUTH, "Content-Type": "application/json"})
         assert resp.status == 400, raw
         assert (await resp.json())["error"] == "malformed_json"
+    resp = await client.post("/charge", json=[1, 2], headers=AUTH)
+    assert resp.status == 400 and (await resp.json())["error"] == "invalid_body"
 
 
 async def test_wrong_content_type_and_oversized_body(make_client: Any) -> None:
@@ -134,64 +171,146 @@ async def test_wrong_content_type_and_oversized_body(make_client: Any) -> None:
     assert resp.status == 413 and (await resp.json())["error"] == "payload_too_large"
 
 
+@pytest.mark.parametrize("key", ["a b", "k\tv", "é", "x" * 129])
+async def test_a_bad_idempotency_key_is_400(make_client: Any, backends: FakeBackends,
+                                            key: str) -> None:
+    client = await make_client()
+    resp = await client.post("/charge", json=CHARGE,
+                             headers={**AUTH, "Idempotency-Key": key.encode("utf-8").decode(
+                                 "latin-1")})
+    body = await resp.json()
+    assert resp.status == 400 and body["error"] == "invalid_idempotency_key", body
+    assert "1-128 visible ASCII" in body["detail"]
+    assert backends.dispatches == []
+
+
 async def test_an_idempotent_retry_replays_the_original_outcome(
         make_client: Any, backends: FakeBackends) -> None:
     client = await make_client()
-    _, first, _ = await post(client, **{"Idempotency-Key": "k-1"})
-    status, again, headers = await post(client, **{"Idempotency-Key": "k-1"})
+    _, first, _ = await post(client, key="k-1")
+    status, again, headers = await post(client, key="k-1")
     assert status == 200 and again == first and headers["Idempotent-Replayed"] == "true"
     assert len(backends.dispatches) == 1
-    assert first["session_id"] == session_id_for("k-1")
+    # Random, not computable from the key.
+    assert len(first["session_id"]) == 32 and "k-1" not in first["session_id"]
 
 
-async def test_concurrent_copies_of_one_key_make_one_session(
-        make_client: Any, backends: FakeBackends) -> None:
-    backends.delay_s = 0.1
+async def test_bodies_are_compared_by_value(make_client: Any, backends: FakeBackends) -> None:
     client = await make_client()
-    results = await asyncio.gather(*(post(client, **{"Idempotency-Key": "k-2"})
-                                     for _ in range(5)))
-    assert {body["session_id"] for _, body, _ in results} == {session_id_for("k-2")}
+    await post(client, {"vehicle_id": "ev-1", "requested_kw": 11, "energy_kwh": 30},
+               key="k-v")
+    status, _, headers = await post(
+        client, {"energy_kwh": 30.0, "requested_kw": 11.0, "vehicle_id": "ev-1"},
+        key="k-v")
+    assert status == 200 and headers["Idempotent-Replayed"] == "true"
     assert len(backends.dispatches) == 1
-    assert len(client.server.app[KEY_LOCKS]) == 0   # no lock outlives its key's requests
+
+
+async def test_a_concurrent_copy_of_a_key_is_refused_not_run_twice(
+        make_client: Any, backends: FakeBackends) -> None:
+    backends.delay_s = 0.2
+    client = await make_client()
+    results = await asyncio.gather(*(post(client, key="k-2") for _ in range(5)))
+    statuses = sorted(status for status, _, _ in results)
+    assert statuses == [200, 409, 409, 409, 409]
+    refused = [body for status, body, _ in results if status == 409]
+    assert all(b["error"] == "request_in_progress" for b in refused)
+    assert len(backends.dispatches) == 1
+    assert len(client.server.app[IN_PROGRESS]) == 0   # nothing outlives its request
 
 
 async def test_a_key_reused_with_another_body_is_422(make_client: Any) -> None:
     client = await make_client()
-    await post(client, **{"Idempotency-Key": "k-3"})
-    status, body, _ = await post(client, {**CHARGE, "requested_kw": 22},
-                                 **{"Idempotency-Key": "k-3"})
+    await post(client, key="k-3")
+    status, body, _ = await post(client, {**CHARGE, "requested_kw": 22}, key="k-3")
+    assert status == 422 and body["error"] == "idempotency_key_reused"
+
+
+async def test_a_key_reused_with_another_body_after_an_unknown_outcome_is_422(
+        make_client: Any, backends: FakeBackends) -> None:
+    backends.answer_with(503, "outcome_unknown", may_exist=True)
+    client = await make_client()
+    assert (await post(client, key="k-u"))[0] == 503
+    status, body, _ = await post(client, {**CHARGE, "requested_kw": 22}, key="k-u")
     assert status == 422 and body["error"] == "idempotency_key_reused"
 
 
 async def test_keys_survive_an_ingress_restart(make_client: Any, backends: FakeBackends
                                                ) -> None:
     first = await make_client()
-    _, original, _ = await post(first, **{"Idempotency-Key": "k-4"})
+    _, original, _ = await post(first, key="k-4")
     await first.close()
     second = await make_client()
-    status, replay, _ = await post(second, **{"Idempotency-Key": "k-4"})
+    status, replay, _ = await post(second, key="k-4")
     assert status == 200 and replay == original and len(backends.dispatches) == 1
 
 
-async def test_no_capacity_passes_through_with_retry_after_and_is_not_stored(
+async def test_a_definite_refusal_lets_the_retry_place_directly(
         make_client: Any, backends: FakeBackends) -> None:
-    backends.answer = (503, {"error": "no_capacity", "detail": "full"}, {"Retry-After": "1"})
+    backends.answer_with(503, "no_capacity", may_exist=False, headers={"Retry-After": "1"})
     client = await make_client()
-    status, body, headers = await post(client, **{"Idempotency-Key": "k-5"})
+    status, body, headers = await post(client, key="k-5")
     assert status == 503 and body["error"] == "no_capacity" and headers["Retry-After"] == "1"
+    assert "session_may_exist" not in body      # internal: not shown to clients
     backends.answer = None
-    status, _, _ = await post(client, **{"Idempotency-Key": "k-5"})
-    assert status == 200 and len(backends.dispatches) == 2
+    status, _, _ = await post(client, key="k-5")
+    assert status == 200
+    first, retry = backends.dispatches
+    assert retry["session_id"] == first["session_id"]
+    assert (retry["epoch"], retry["resolve"]) == (2, False)
+
+
+@pytest.mark.parametrize(("status", "error"), [(503, "outcome_unknown"),
+                                               (409, "dispatch_in_progress")])
+async def test_after_an_unknown_outcome_the_retry_resolves_first(
+        make_client: Any, backends: FakeBackends, status: int, error: str) -> None:
+    backends.answer_with(status, error, may_exist=True)
+    client = await make_client()
+    got, body, _ = await post(client, key="k-6")
+    assert (got, body["error"]) == (status, error)
+    backends.answer = None
+    assert (await post(client, key="k-6"))[0] == 200
+    first, retry = backends.dispatches
+    assert retry["session_id"] == first["session_id"]
+    assert (retry["epoch"], retry["resolve"]) == (2, True)
+
+
+async def test_a_balancer_that_does_not_answer_in_time_is_504_and_the_retry_resolves(
+        make_client: Any, backends: FakeBackends) -> None:
+    backends.delay_s = 2.0
+    client = await make_client(request_timeout_s=1.1)
+    status, body, headers = await post(client, key="k-7")
+    assert status == 504 and body["error"] == "balancer_timeout"
+    assert headers["Retry-After"] == "1"
+    backends.delay_s = 0.0
+    assert (await post(client, key="k-7"))[0] == 200
+    assert backends.dispatches[-1]["resolve"] is True
 
 
 async def test_balancer_down_is_a_503_json_error(make_client: Any) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    client = await make_client(balancer_url=f"http://127.0.0.1:{port}")
+    client = await make_client(balancer_url=free_url())
     status, body, headers = await post(client)
     assert status == 503 and body["error"] == "balancer_unavailable"
     assert headers["Retry-After"] == "1"
+
+
+async def test_a_second_balancer_replica_takes_over_when_the_first_is_down(
+        make_client: Any, aiohttp_server: Any, backends: FakeBackends) -> None:
+    server: TestServer = await aiohttp_server(backends.balancer, host="127.0.0.1")
+    live = f"http://127.0.0.1:{server.port}"
+    client = await make_client(balancer_url=f"{free_url()},{live},{free_url()}")
+    for i in range(5):                    # whatever order each session id hashes to
+        status, _, _ = await post(client, {**CHARGE, "vehicle_id": f"ev-{i}"})
+        assert status == 200
+    assert len(backends.dispatches) == 5
+
+
+def test_every_session_keeps_one_replica_order() -> None:
+    from ingress.balancers import replica_order
+    urls = [f"http://b{i}" for i in range(4)]
+    orders = {tuple(replica_order(urls, f"s{i}")) for i in range(200)}
+    assert replica_order(urls, "s1") == replica_order(list(reversed(urls)), "s1")
+    assert len({o[0] for o in orders}) == 4      # sessions spread over every replica
 
 
 async def test_balancer_garbage_is_a_502(make_client: Any, backends: FakeBackends) -> None:
@@ -208,28 +327,53 @@ async def test_sessions_are_read_and_stopped_at_their_substation(make_client: An
     body = await resp.json()
     assert resp.status == 200 and body["state"] == "charging"
     assert body["routed_to"] == started["routed_to"]
-    resp = await client.delete(f"/sessions/{started['session_id']}", headers=AUTH)
+    resp = await client.post(f"/sessions/{started['session_id']}/stop", headers=AUTH)
     assert resp.status == 200 and (await resp.json())["state"] == "stopped"
     resp = await client.get("/sessions/unknown", headers=AUTH)
     assert resp.status == 404 and (await resp.json())["error"] == "unknown_session"
+    resp = await client.delete(f"/sessions/{started['session_id']}", headers=AUTH)
+    assert resp.status == 405     # stopping is POST .../stop: the session stays readable
+
+
+async def test_tenants_do_not_see_each_others_keys_or_sessions(
+        make_client: Any, backends: FakeBackends) -> None:
+    client = await make_client()
+    _, mine, _ = await post(client, key="shared-key")
+    status, theirs, headers = await post(client, auth=OTHER_AUTH, key="shared-key")
+    assert status == 200 and "Idempotent-Replayed" not in headers
+    assert theirs["session_id"] != mine["session_id"]
+    for method, path in (("GET", ""), ("POST", "/stop")):
+        resp = await client.request(method, f"/sessions/{mine['session_id']}{path}",
+                                    headers=OTHER_AUTH)
+        assert resp.status == 404 and (await resp.json())["error"] == "unknown_session"
+    resp = await client.get(f"/sessions/{mine['session_id']}", headers=AUTH)
+    assert resp.status == 200
 
 
 async def test_api_key_is_required_except_on_open_paths(make_client: Any) -> None:
     client = await make_client()
     resp = await client.post("/charge", json=CHARGE)
+    body = await resp.json()
     assert resp.status == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
+    assert body["error"] == "unauthorized"
     resp = await client.post("/charge", json=CHARGE, headers={"Authorization": "Bearer nope"})
-    assert resp.status == 401 and (await resp.json())["detail"] == "the bearer key is not valid"
+    body = await resp.json()
+    assert resp.status == 401 and body == {"error": "unauthorized",
+                                           "detail": "the bearer key is not valid"}
     for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
         assert (await client.get(path)).status == 200, path
 
 
-async def test_openapi_describes_every_route(make_client: Any) -> None:
+async def test_openapi_describes_every_route_and_rule(make_client: Any) -> None:
     client = await make_client()
     spec = await (await client.get("/openapi.json")).json()
     assert spec["openapi"].startswith("3.")
-    assert set(spec["paths"]) >= {"/charge", "/sessions/{id}"}
-    assert "Idempotency-Key" in str(spec["paths"]["/charge"]["post"]["parameters"])
+    assert set(spec["paths"]) == {"/charge", "/sessions/{id}", "/sessions/{id}/stop",
+                                  "/healthz", "/readyz"}
+    header = spec["paths"]["/charge"]["post"]["parameters"][0]
+    assert header["name"] == "Idempotency-Key"
+    assert header["schema"]["pattern"] == "^[\\x21-\\x7E]{1,128}$"
+    assert "idempotency_key_reused" in str(spec["paths"]["/charge"]["post"]["responses"]["422"])
 
 
 async def test_metrics_use_route_templates_not_raw_paths(make_client: Any) -> None:
@@ -242,15 +386,31 @@ async def test_metrics_use_route_templates_not_raw_paths(make_client: Any) -> No
     assert 'route="unmatched",status="404"' in text
 
 
-def test_store_prunes_old_keys(tmp_path: Path) -> None:
-    store = IngressStore(tmp_path / "s.sqlite3", key_ttl_s=-1.0)
-    store.record_outcome("k", "h", 200, {"a": 1})
-    assert store.outcome("k") is None
-    store.prune()
-    store.close()
+def _record(key: str, state: RecordState, at: float) -> KeyRecord:
+    return KeyRecord("t", key, f"s-{key}", "f", 1, state, created_at=at, updated_at=at)
 
 
-def test_validation_accepts_integers_and_floats() -> None:
-    parsed = parse_charge_request({"vehicle_id": "ev", "requested_kw": 7, "energy_kwh": 2.5})
-    assert not isinstance(parsed, dict)
-    assert (parsed.requested_kw, parsed.energy_kwh) == (7.0, 2.5)
+async def test_store_prunes_settled_records_but_never_an_unresolved_one(tmp_path: Path
+                                                                       ) -> None:
+    store = IngressStore(tmp_path / "s.sqlite3", Durability.PROCESS, key_ttl_s=100.0)
+    for key, state in (("done", RecordState.DONE), ("absent", RecordState.ABSENT),
+                       ("pending", RecordState.PENDING)):
+        await store.save(_record(key, state, at=0.0))
+    await store.save(_record("fresh", RecordState.DONE, at=1000.0))
+    assert await store.prune(now=1050.0) == 2
+    assert {k: store.record("t", k) is not None for k in ("done", "absent", "pending",
+                                                           "fresh")} == \
+        {"done": False, "absent": False, "pending": True, "fresh": True}
+    await store.aclose()
+
+
+async def test_the_key_cap_evicts_the_oldest_settled_records_only(tmp_path: Path) -> None:
+    store = IngressStore(tmp_path / "s.sqlite3", Durability.PROCESS, max_keys=2)
+    await store.save(_record("old-pending", RecordState.PENDING, at=1.0))
+    for i in range(4):
+        await store.save(_record(f"done-{i}", RecordState.DONE, at=10.0 + i))
+    assert await store.prune(now=20.0) == 3
+    kept = {k for k in ("old-pending", "done-0", "done-1", "done-2", "done-3")
+            if store.record("t", k) is not None}
+    assert kept == {"old-pending", "done-3"}
+    await store.aclose()

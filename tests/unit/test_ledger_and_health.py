@@ -98,3 +98,26 @@ def test_ejected_now_lists_only_substations_still_ejected() -> None:
     views = {"a": view("a", 0.0, 10.0, scrape_ts=106.0),
              "b": view("b", 0.0, 10.0, scrape_ts=106.0, up=False)}
     assert health.ejected_now(110.0, views) == {"b"}
+
+
+def test_an_older_answer_arriving_last_does_not_replace_a_newer_reading() -> None:
+    ledger = PendingLedger()
+    ledger.reserve("a", "s1", 11.0)
+    ledger.reserve("a", "s2", 11.0)
+    ledger.confirm("a", "s1", now=1.0, seq=101)
+    ledger.confirm("a", "s2", now=1.0, seq=102)
+    # The accept of s2 (seq 102, load 22) arrives before the accept of s1 (seq 101, load 11).
+    assert ledger.observe("a", 22.0, at=1.1, seq=102)
+    assert not ledger.observe("a", 11.0, at=1.2, seq=101)
+    assert ledger.observed_load_kw("a") == 22.0 and ledger.pending_kw("a") == 0.0
+
+
+def test_a_reading_drops_only_the_accepts_it_includes() -> None:
+    ledger = PendingLedger()
+    ledger.reserve("a", "s1", 11.0)
+    ledger.reserve("a", "s2", 7.0)
+    ledger.confirm("a", "s1", now=1.0, seq=101)
+    ledger.confirm("a", "s2", now=1.0, seq=103)
+    # A refusal answered at seq 102: it includes s1, not s2, whatever our clock says.
+    ledger.observe("a", 11.0, at=5.0, seq=102)
+    assert ledger.pending_kw("a") == 7.0 and ledger.observed_load_kw("a") == 11.0

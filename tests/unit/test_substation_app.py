@@ -5,7 +5,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from substation.app import SubstationConfig, create_app, tick
+from substation.app import create_app, tick
+from substation.config import SubstationConfig
 
 CHARGE = {"session_id": "s-1", "vehicle_id": "ev-1", "requested_kw": 7.0, "energy_kwh": 20.0}
 
@@ -45,11 +46,70 @@ async def test_a_retry_is_not_a_second_booking(client: TestClient[Any, Any]) -> 
     assert status["load_kw"] == 7.0 and status["active_sessions"] == 1
 
 
+async def test_a_repeat_of_a_stopped_session_says_stopped(client: TestClient[Any, Any]
+                                                          ) -> None:
+    await client.post("/charge", json=CHARGE)
+    await client.delete("/sessions/s-1")
+    resp = await client.post("/charge", json=CHARGE)
+    body = await resp.json()
+    assert resp.status == 200 and resp.headers["X-Duplicate"] == "true"
+    assert body["state"] == "stopped" and body["load_kw"] == 0.0
+
+
+async def test_answers_carry_a_rising_load_sequence(client: TestClient[Any, Any]) -> None:
+    first = await (await client.post("/charge", json=CHARGE)).json()
+    refused = await (await client.post("/charge", json={**CHARGE, "session_id": "s-2"})).json()
+    stopped = await (await client.delete("/sessions/s-1")).json()
+    assert first["load_seq"] == refused["load_seq"] < stopped["load_seq"]
+    assert (first["load_kw"], refused["load_kw"], stopped["load_kw"]) == (7.0, 7.0, 0.0)
+
+
+async def test_a_fence_answers_absent_then_refuses_older_copies(client: TestClient[Any, Any]
+                                                                 ) -> None:
+    resp = await client.post("/sessions/s-1/fence", json={"epoch": 2})
+    body = await resp.json()
+    assert resp.status == 200 and (body["state"], body["fenced_below"]) == ("absent", 2)
+    resp = await client.post("/charge", json={**CHARGE, "epoch": 1})
+    body = await resp.json()
+    assert resp.status == 409 and body["error"] == "session_fenced"
+    assert "epoch 1 is older than the fence at epoch 2" in body["detail"]
+    resp = await client.post("/charge", json={**CHARGE, "epoch": 2})
+    assert resp.status == 200
+    body = await (await client.post("/sessions/s-1/fence", json={"epoch": 7})).json()
+    assert body["state"] == "charging"
+    resp = await client.post("/sessions/s-1/fence", json={"epoch": "2"})
+    assert resp.status == 422 and (await resp.json())["error"] == "invalid_request"
+
+
+async def test_the_session_cap_refuses_with_its_own_code(aiohttp_client: Any) -> None:
+    app = create_app(SubstationConfig("s1", capacity_kw=100.0, max_sessions=1))
+    client = await aiohttp_client(app)
+    assert (await client.post("/charge", json=CHARGE)).status == 200
+    resp = await client.post("/charge", json={**CHARGE, "session_id": "s-2"})
+    body = await resp.json()
+    assert resp.status == 409 and body["error"] == "too_many_sessions"
+    assert body["load_kw"] == 7.0
+
+
+async def test_the_internal_session_list_shows_every_session(client: TestClient[Any, Any]
+                                                            ) -> None:
+    await client.post("/charge", json=CHARGE)
+    await client.post("/charge", json={**CHARGE, "session_id": "s-2", "requested_kw": 2.0})
+    await client.delete("/sessions/s-2")
+    body = await (await client.get("/sessions")).json()
+    assert {s["session_id"]: s["state"] for s in body["sessions"]} == \
+        {"s-1": "charging", "s-2": "stopped"}
+    body = await (await client.get("/sessions?state=charging")).json()
+    assert [s["session_id"] for s in body["sessions"]] == ["s-1"]
+
+
 @pytest.mark.parametrize(("payload", "status", "error", "detail"), [
-    ({**CHARGE, "requested_kw": 0}, 422, "invalid_request", "requested_kw: must be a number"),
+    ({**CHARGE, "requested_kw": 0}, 422, "invalid_request", "requested_kw: must be above 0"),
+    ({**CHARGE, "requested_kw": 1.0}, 422, "invalid_request", "must be at least 1.4 kW"),
     ({**CHARGE, "energy_kwh": "lots"}, 422, "invalid_request", "energy_kwh"),
-    ({**CHARGE, "requested_kw": 1e9}, 422, "invalid_request", "at most 10000"),
-    ({**CHARGE, "session_id": "a\nb"}, 422, "invalid_request", "session_id: must be 1-128"),
+    ({**CHARGE, "requested_kw": 1e9}, 422, "invalid_request", "at most 1000 kW"),
+    ({**CHARGE, "session_id": "a\nb"}, 422, "invalid_request", "session_id: must be visible"),
+    ({**CHARGE, "epoch": 0}, 422, "invalid_request", "epoch: must be an integer"),
     ({**CHARGE, "colour": "red"}, 422, "invalid_request", "colour: unknown field"),
     ({k: v for k, v in CHARGE.items() if k != "vehicle_id"}, 422, "invalid_request",
      "vehicle_id"),
@@ -70,6 +130,8 @@ async def test_nan_and_malformed_json_are_refused(client: TestClient[Any, Any]) 
 
 async def test_unknown_session_is_404(client: TestClient[Any, Any]) -> None:
     resp = await client.get("/sessions/nope")
+    assert resp.status == 404 and (await resp.json())["error"] == "unknown_session"
+    resp = await client.delete("/sessions/nope")
     assert resp.status == 404 and (await resp.json())["error"] == "unknown_session"
 
 

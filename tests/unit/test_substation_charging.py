@@ -2,14 +2,16 @@ from __future__ import annotations
 
 import pytest
 
+from gridlb.durable import Durability
 from substation.charging import (
-    CANCELLED,
+    CHARGING,
     COMPLETED,
     STOPPED,
     OverCapacity,
-    SessionCancelled,
     SessionConflict,
+    SessionFenced,
     SessionTable,
+    TooManySessions,
 )
 from substation.store import SessionStore
 
@@ -17,6 +19,11 @@ from substation.store import SessionStore
 def table(capacity: float = 100.0, speed: float = 3600.0, **kw: float) -> SessionTable:
     # speed 3600: one simulated hour per real second keeps the arithmetic readable
     return SessionTable(capacity, speed_factor=speed, **kw)  # type: ignore[arg-type]
+
+
+def session_state(t: SessionTable, session_id: str) -> str | None:
+    session = t.get(session_id)
+    return None if session is None else session.state
 
 
 def test_admits_up_to_exactly_the_capacity_and_not_a_watt_more() -> None:
@@ -34,6 +41,36 @@ def test_a_repeated_session_id_is_the_same_session() -> None:
     again = t.admit("a", "ev-a", 11.0, 30.0, now=1.0)
     assert not first.duplicate and again.duplicate
     assert again.session is first.session and t.load_kw == 11.0
+
+
+def test_a_repeat_of_an_ended_session_reports_its_real_state_and_does_not_restart_it() -> None:
+    t = table()
+    t.admit("a", "ev-a", 11.0, 30.0, now=0.0)
+    t.stop("a", now=0.1)
+    again = t.admit("a", "ev-a", 11.0, 30.0, now=0.2)
+    assert again.duplicate and again.session.state == STOPPED and t.load_kw == 0.0
+
+
+def test_the_session_cap_bounds_how_many_charge_at_once() -> None:
+    t = table(capacity=1000.0, max_sessions=2)
+    t.admit("a", "ev", 1.4, 1.0, now=0.0)
+    t.admit("b", "ev", 1.4, 1.0, now=0.0)
+    with pytest.raises(TooManySessions, match="2 sessions are charging, the most"):
+        t.admit("c", "ev", 1.4, 1.0, now=0.0)
+    t.stop("a", now=0.1)
+    t.admit("c", "ev", 1.4, 1.0, now=0.2)
+
+
+def test_every_change_of_load_raises_the_reading_sequence() -> None:
+    t = table(load_seq=1000)
+    seqs = [t.load_seq]
+    t.admit("a", "ev", 10.0, 10.0, now=0.0)
+    seqs.append(t.load_seq)
+    t.admit("a", "ev", 10.0, 10.0, now=0.0)      # a repeat changes nothing
+    seqs.append(t.load_seq)
+    t.stop("a", now=0.1)
+    seqs.append(t.load_seq)
+    assert seqs == [1000, 1001, 1001, 1002]
 
 
 def test_the_same_id_with_other_values_is_a_conflict() -> None:
@@ -59,17 +96,39 @@ def test_stop_frees_capacity_at_once_and_is_idempotent() -> None:
     t = table()
     t.admit("a", "ev-a", 100.0, 500.0, now=0.0)
     stopped = t.stop("a", now=0.5)
-    assert stopped.state == STOPPED and t.load_kw == 0.0
+    assert stopped is not None and stopped.state == STOPPED and t.load_kw == 0.0
     assert t.stop("a", now=0.6) is stopped
     t.admit("b", "ev-b", 100.0, 1.0, now=0.7)
+    assert t.stop("never-started", now=0.8) is None
 
 
-def test_cancelling_an_unknown_id_blocks_a_late_copy() -> None:
+def test_a_fence_refuses_late_copies_of_older_epochs_only() -> None:
     t = table()
-    assert t.stop("late", now=0.0).state == CANCELLED
-    with pytest.raises(SessionCancelled, match="session late was cancelled"):
-        t.admit("late", "ev", 11.0, 30.0, now=0.1)
+    assert t.fence("s", epoch=3, now=0.0) is None
+    with pytest.raises(SessionFenced, match="epoch 2 is older than the fence at epoch 3"):
+        t.admit("s", "ev", 11.0, 30.0, now=0.1, epoch=2)
     assert t.load_kw == 0.0
+    admitted = t.admit("s", "ev", 11.0, 30.0, now=0.2, epoch=3)
+    assert not admitted.duplicate and t.load_kw == 11.0 and "s" not in t.fences
+
+
+def test_fences_only_rise_and_report_a_session_that_is_here() -> None:
+    t = table()
+    t.fence("s", epoch=5, now=0.0)
+    t.fence("s", epoch=2, now=0.1)
+    assert t.fences["s"][0] == 5
+    t.admit("here", "ev", 11.0, 30.0, now=0.0)
+    found = t.fence("here", epoch=9, now=0.2)
+    assert found is not None and found.state == CHARGING and "here" not in t.fences
+
+
+def test_fences_are_pruned_by_age_and_count() -> None:
+    t = table(fence_retention_s=10.0, max_fences=2)
+    for i in range(3):
+        t.fence(f"f{i}", epoch=2, now=float(i))
+    assert list(t.fences) == ["f1", "f2"]
+    t.advance(100.0)
+    assert not t.fences
 
 
 def test_ended_sessions_are_pruned_by_age_and_count() -> None:
@@ -82,21 +141,25 @@ def test_ended_sessions_are_pruned_by_age_and_count() -> None:
     assert not t.ended
 
 
-def test_a_restart_resumes_sessions_with_the_energy_already_delivered(tmp_path: object
-                                                                      ) -> None:
+async def test_a_restart_resumes_sessions_and_fences(tmp_path: object) -> None:
     path = f"{tmp_path}/state.sqlite3"
-    store = SessionStore(path)
+    store = SessionStore(path, Durability.FULL)
     t = table()
     t.admit("a", "ev-a", 10.0, 50.0, now=0.0)
     t.admit("b", "ev-b", 5.0, 1.0, now=0.0)
     t.advance(2.0)                   # a: 20 kWh delivered; b completed
-    store.save([*t.active.values(), *t.ended.values()])
-    store.close()
+    await store.save([*t.active.values(), *t.ended.values()])
+    await store.save_fence("late", 4, 1.0)
+    await store.aclose()
     reopened = SessionStore(path)
     fresh = table()
     for session in reopened.load():
         fresh.resume(session, now=50.0)       # down from 2 to 50: nothing delivered then
-    reopened.close()
+    for session_id, epoch, at in reopened.load_fences():
+        fresh.resume_fence(session_id, epoch, at)
+    await reopened.aclose()
+    with pytest.raises(SessionFenced):
+        fresh.admit("late", "ev", 11.0, 1.0, now=50.0, epoch=3)
     a = fresh.get("a")
     assert a is not None and a.delivered_kwh == pytest.approx(20.0) and a.state == "charging"
     assert fresh.load_kw == 10.0

@@ -1,0 +1,84 @@
+"""The routing decision and its bookkeeping, bound to one charge: the placement's `Chooser`.
+
+Selection (balancer/selection.py) picks from the cached snapshot plus the pending ledger; this
+keeps the ledger, the outlier detector and the metrics in step with what each forward did.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Collection
+
+from balancer.health import OutlierDetector
+from balancer.ledger import PendingLedger
+from balancer.metrics import BalancerMetrics
+from balancer.placement import Reply
+from balancer.refresh import PolicyRefresher
+from balancer.selection import select_substation
+from gridlb.charge import SessionCharge
+
+
+def observe_reply(ledger: PendingLedger, instance: str, reply: Reply | None, now: float) -> None:
+    """A substation's answer carries its load right then: the freshest reading there is."""
+    if reply is None:
+        return
+    load, seq = reply.body.get("load_kw"), reply.body.get("load_seq")
+    if isinstance(load, (int, float)) and not isinstance(load, bool) and math.isfinite(load):
+        ledger.observe(instance, float(load), now,
+                       seq if isinstance(seq, int) and not isinstance(seq, bool) else None)
+
+
+class LedgerChooser:
+    def __init__(self, charge: SessionCharge, refresher: PolicyRefresher, ledger: PendingLedger,
+                 health: OutlierDetector, metrics: BalancerMetrics, rng: random.Random,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.charge = charge
+        self.refresher = refresher
+        self.ledger = ledger
+        self.health = health
+        self.metrics = metrics
+        self.rng = rng
+        self.clock = clock
+
+    def name(self, instance: str) -> str:
+        snapshot = self.refresher.snapshot
+        view = snapshot.substations.get(instance) if snapshot else None
+        return view.name if view else instance
+
+    def choose(self, exclude: Collection[str]) -> str | None:
+        snapshot = self.refresher.snapshot
+        if snapshot is None:
+            return None
+        started = time.perf_counter()
+        skip = self.health.ejected_now(self.clock(), snapshot.substations).union(exclude)
+        choice = select_substation(snapshot, self.ledger, self.refresher.policy,
+                                   self.charge.requested_kw, self.rng, exclude=skip,
+                                   degraded=self.refresher.degraded)
+        self.metrics.decision_seconds.observe(time.perf_counter() - started)
+        return None if choice is None else choice.instance
+
+    def reserve(self, instance: str) -> None:
+        self.ledger.reserve(instance, self.charge.session_id, self.charge.requested_kw)
+
+    def accepted(self, instance: str, reply: Reply) -> None:
+        now, seq = self.clock(), reply.body.get("load_seq")
+        # A session found by a fence was reserved by an earlier dispatch, maybe by another
+        # balancer: reserving it here is what its load is until a reading includes it.
+        self.reserve(instance)
+        self.ledger.confirm(instance, self.charge.session_id, now,
+                            seq if isinstance(seq, int) and not isinstance(seq, bool) else None)
+        observe_reply(self.ledger, instance, reply, now)
+        self.health.record_success(instance)
+
+    def released(self, instance: str, reply: Reply | None, failed: bool) -> None:
+        now = self.clock()
+        self.ledger.release(instance, self.charge.session_id)
+        observe_reply(self.ledger, instance, reply, now)
+        reason = (reply.error or reply.detail) if reply is not None else "no time left"
+        self.metrics.forward_refusals.labels(self.name(instance), reason[:40]).inc()
+        if failed:
+            snapshot = self.refresher.snapshot
+            self.health.record_failure(instance, now,
+                                       len(snapshot.substations) if snapshot else 1)

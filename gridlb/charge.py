@@ -1,0 +1,146 @@
+"""The charge: what a charge request is, defined once for the ingress, balancer and substation.
+
+A client sends `vehicle_id`, `requested_kw`, `energy_kwh`. Inside the system a charge also
+carries the `session_id` the ingress gave it and the `epoch` of the dispatch (see
+docs/design.md, "Placement protocol"). Every service validates with the same rules and limits,
+so a request the ingress accepts is never refused further down for its shape.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# Real AC charging does not go below about 1.4 kW (6 A single phase); far smaller values are
+# typos or abuse, and sessions that small never finish.
+DEFAULT_MIN_KW = 1.4
+MAX_KW = 1000.0      # above any real charger (350 kW): a typo, not a car
+MAX_KWH = 1000.0
+MAX_VEHICLE_ID = 64
+MAX_SESSION_ID = 128
+MAX_EPOCH = 2**31
+# A request fits when load + requested <= capacity + this: the sum of many float kW values must
+# not refuse a request that fits exactly.
+FIT_TOLERANCE_KW = 1e-9
+# Ids are visible ASCII, spaces allowed inside (VINs, eMA ids and UUIDs all are): one rule that
+# the OpenAPI document can state exactly.
+ID_PATTERN = r"[\x20-\x7E]*[\x21-\x7E][\x20-\x7E]*"
+_ID_RE = re.compile(ID_PATTERN)
+PUBLIC_FIELDS = ("vehicle_id", "requested_kw", "energy_kwh")
+INTERNAL_FIELDS = ("session_id", "epoch", *PUBLIC_FIELDS)
+
+
+@dataclass(frozen=True)
+class ChargeLimits:
+    min_kw: float = DEFAULT_MIN_KW
+    max_kw: float = MAX_KW
+    max_kwh: float = MAX_KWH
+
+
+@dataclass(frozen=True)
+class Charge:
+    """A client's request, validated."""
+
+    vehicle_id: str
+    requested_kw: float
+    energy_kwh: float
+
+    def canonical(self) -> tuple[str, float, float]:
+        """Equal for equal requests whatever their JSON spelling (`11` and `11.0`)."""
+        return (self.vehicle_id, self.requested_kw, self.energy_kwh)
+
+
+@dataclass(frozen=True)
+class SessionCharge(Charge):
+    """A charge on its way to a substation: the session it starts and the dispatch's epoch."""
+
+    session_id: str = ""
+    epoch: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "epoch": self.epoch,
+                "vehicle_id": self.vehicle_id, "requested_kw": self.requested_kw,
+                "energy_kwh": self.energy_kwh}
+
+
+def fits(load_kw: float, requested_kw: float, capacity_kw: float) -> bool:
+    return load_kw + requested_kw <= capacity_kw + FIT_TOLERANCE_KW
+
+
+def _number(body: dict[str, Any], key: str, low: float, high: float, unit: str) -> str | None:
+    if key not in body:
+        return "is required"
+    value = body[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number of {unit}, got {type(value).__name__}"
+    if not math.isfinite(value):
+        return "must be finite"
+    if value <= 0:
+        return f"must be above 0 {unit}, got {value:g}"
+    if value < low:
+        return f"must be at least {low:g} {unit}, got {value:g}"
+    if value > high:
+        return f"must be at most {high:g} {unit}, got {value:g}"
+    return None
+
+
+def _text(body: dict[str, Any], key: str, limit: int) -> str | None:
+    if key not in body:
+        return "is required"
+    value = body[key]
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if not value.strip():
+        return "must not be empty"
+    if len(value) > limit:
+        return f"must be at most {limit} characters, got {len(value)}"
+    if not _ID_RE.fullmatch(value):
+        return "must be visible ASCII characters (spaces allowed between them)"
+    return None
+
+
+def _epoch(body: dict[str, Any]) -> str | None:
+    value = body.get("epoch", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_EPOCH:
+        return f"must be an integer from 1 to {MAX_EPOCH}"
+    return None
+
+
+def _problems(body: dict[str, Any], limits: ChargeLimits, fields: tuple[str, ...]
+              ) -> dict[str, str]:
+    problems = {key: "unknown field" for key in sorted(set(body) - set(fields))}
+    checks = {"vehicle_id": _text(body, "vehicle_id", MAX_VEHICLE_ID),
+              "requested_kw": _number(body, "requested_kw", limits.min_kw, limits.max_kw, "kW"),
+              "energy_kwh": _number(body, "energy_kwh", 0.0, limits.max_kwh, "kWh")}
+    if "session_id" in fields:
+        checks["session_id"] = _text(body, "session_id", MAX_SESSION_ID)
+        checks["epoch"] = _epoch(body)
+    problems.update({k: v for k, v in checks.items() if v is not None})
+    return problems
+
+
+def parse_charge(body: dict[str, Any], limits: ChargeLimits = ChargeLimits()
+                 ) -> Charge | dict[str, str]:
+    """A client's charge, or {field: reason} for every bad field."""
+    problems = _problems(body, limits, PUBLIC_FIELDS)
+    if problems:
+        return problems
+    return Charge(body["vehicle_id"], float(body["requested_kw"]), float(body["energy_kwh"]))
+
+
+def parse_session_charge(body: dict[str, Any], limits: ChargeLimits = ChargeLimits(),
+                         extra_fields: tuple[str, ...] = ()) -> SessionCharge | dict[str, str]:
+    """A charge between services (with session_id and epoch), or {field: reason}.
+    `extra_fields` are allowed beside it (the caller reads them)."""
+    problems = _problems(body, limits, INTERNAL_FIELDS + extra_fields)
+    if problems:
+        return problems
+    return SessionCharge(body["vehicle_id"], float(body["requested_kw"]),
+                         float(body["energy_kwh"]), session_id=body["session_id"],
+                         epoch=int(body.get("epoch", 1)))
+
+
+def describe(problems: dict[str, str]) -> str:
+    return "; ".join(f"{key}: {reason}" for key, reason in problems.items())

@@ -1,0 +1,31 @@
+"""Ingress configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gridlb.charge import ChargeLimits
+from gridlb.durable import Durability
+
+
+@dataclass(frozen=True)
+class IngressConfig:
+    # One or more balancer replicas; a session id always goes to the same one while it answers
+    # (rendezvous hashing), the next one when it cannot be reached.
+    balancer_urls: tuple[str, ...] = ("http://127.0.0.1:8081",)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_keys: tuple[str, ...] = ()
+    internal_token: str | None = None
+    store_path: str = ".run/ingress.sqlite3"
+    durability: Durability = Durability.FULL
+    # The whole answer to a client takes at most this; the balancer is given a little less, so
+    # it answers (even "unknown") before the ingress gives up on it.
+    request_timeout_s: float = 10.0
+    max_body_bytes: int = 16 * 1024
+    limits: ChargeLimits = field(default_factory=ChargeLimits)
+    key_ttl_s: float = 24 * 3600.0
+    # Settled idempotency records beyond this many are evicted, oldest first; records of
+    # sessions whose outcome is unknown never are.
+    max_keys: int = 1_000_000
+    prune_interval_s: float = 3600.0

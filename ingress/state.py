@@ -1,0 +1,17 @@
+"""Typed keys for the ingress's application state."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from ingress.config import IngressConfig
+from ingress.metrics import IngressMetrics
+from ingress.store import IngressStore
+
+CONFIG = web.AppKey("config", IngressConfig)
+STORE = web.AppKey("store", IngressStore)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+METRICS = web.AppKey("metrics", IngressMetrics)
+# (tenant, Idempotency-Key) of requests being answered now: a concurrent copy is refused (409).
+IN_PROGRESS = web.AppKey("in_progress", set[tuple[str, str]])

@@ -1,0 +1,226 @@
+"""HTTP views of the public API: thin glue over validation (gridlb/charge.py), the idempotency
+core (ingress/idempotency.py), the store and the balancer client.
+
+What a client is told is true when it is told: `200 charging` (not a replay) means the session
+was charging at the named substation in the balancer's latest answer, and every other answer
+says whether the charge may have started (`outcome_unknown`) or did not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.parse
+import uuid
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gridlb.charge import Charge, describe, parse_charge
+from gridlb.errors import ErrorCode
+from gridlb.http import (
+    bearer_identity,
+    healthz,
+    json_error,
+    json_response,
+    metrics_response,
+    read_json_object,
+)
+from ingress.balancers import BalancerAnswer, dispatch
+from ingress.idempotency import (
+    Dispatch,
+    RecordState,
+    Replay,
+    Reused,
+    after_answer,
+    fingerprint,
+    next_step,
+)
+from ingress.openapi import IDEMPOTENCY_KEY_PATTERN, MAX_IDEMPOTENCY_KEY, openapi_document
+from ingress.state import CONFIG, HTTP, IN_PROGRESS, METRICS, STORE
+from ingress.store import SessionRoute
+
+# The balancer gets this much less than the ingress's own timeout, so that it answers (even
+# "unknown") before the ingress gives up on it.
+_BALANCER_MARGIN_S = 0.5
+_INTERNAL_FIELDS = ("session_may_exist",)
+
+
+def _internal_headers(app: web.Application) -> dict[str, str]:
+    token = app[CONFIG].internal_token
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def charge(request: web.Request) -> web.Response:
+    app = request.app
+    body = await read_json_object(request)
+    if isinstance(body, web.Response):
+        return body
+    parsed = parse_charge(body, app[CONFIG].limits)
+    if isinstance(parsed, dict):
+        return json_error(422, ErrorCode.INVALID_REQUEST, describe(parsed), fields=parsed)
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return await _without_key(app, parsed, bearer_identity(request))
+    if not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
+        return json_error(400, ErrorCode.INVALID_IDEMPOTENCY_KEY,
+                          f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII "
+                          "characters (no spaces or control characters)")
+    tenant = bearer_identity(request)
+    in_progress = app[IN_PROGRESS]
+    if (tenant, key) in in_progress:
+        return json_error(409, ErrorCode.REQUEST_IN_PROGRESS,
+                          "a request with this Idempotency-Key is still being answered; retry "
+                          "after it", headers={"Retry-After": "1"})
+    in_progress.add((tenant, key))
+    try:
+        return await _with_key(app, parsed, tenant, key)
+    finally:
+        in_progress.discard((tenant, key))
+
+
+async def _without_key(app: web.Application, req: Charge, tenant: str) -> web.Response:
+    session_id = uuid.uuid4().hex
+    payload = {"session_id": session_id, "epoch": 1, "resolve": False}
+    answer = await _ask_balancer(app, req, payload)
+    response, status, headers, _ = _client_answer(answer, req, session_id)
+    if status == 200:
+        await app[STORE].save(route=_route(response, req, tenant))
+    return json_response(response, status=status, headers=headers)
+
+
+async def _with_key(app: web.Application, req: Charge, tenant: str, key: str
+                    ) -> web.Response:
+    store = app[STORE]
+    step = next_step(store.record(tenant, key), tenant, key, fingerprint(req), time.time())
+    if isinstance(step, Reused):
+        return json_error(422, ErrorCode.IDEMPOTENCY_KEY_REUSED,
+                          "this Idempotency-Key was used with a different request")
+    if isinstance(step, Replay):
+        record = step.record
+        return json_response(record.response, status=record.status,
+                             headers={"Idempotent-Replayed": "true"})
+    assert isinstance(step, Dispatch)
+    record = step.record
+    await store.save(record)       # on disk before any copy of this epoch can exist
+    payload = {"session_id": record.session_id, "epoch": record.epoch,
+               "resolve": step.resolve}
+    answer = await _ask_balancer(app, req, payload)
+    response, status, headers, may_exist = _client_answer(answer, req, record.session_id)
+    settled = after_answer(record, status, response, may_exist, time.time())
+    route = _route(response, req, tenant) if status == 200 else None
+    if settled != record or route is not None:
+        await store.save(settled, route)
+    return json_response(response, status=status, headers=headers)
+
+
+async def _ask_balancer(app: web.Application, req: Charge, payload: dict[str, Any]
+                        ) -> BalancerAnswer:
+    config = app[CONFIG]
+    budget = max(0.1, config.request_timeout_s - _BALANCER_MARGIN_S)
+    body = {**payload, "vehicle_id": req.vehicle_id, "requested_kw": req.requested_kw,
+            "energy_kwh": req.energy_kwh, "timeout_s": budget}
+    return await dispatch(app[HTTP], config.balancer_urls, body, _internal_headers(app),
+                          config.request_timeout_s)
+
+
+def _client_answer(answer: BalancerAnswer, req: Charge, session_id: str
+                   ) -> tuple[dict[str, Any], int, dict[str, str] | None, bool]:
+    """(body, status, headers, whether the session may exist) for the client."""
+    if answer.failure == "unreachable":
+        return (_error(ErrorCode.BALANCER_UNAVAILABLE, "cannot reach the balancer: "
+                       f"{answer.detail}; retry with the same Idempotency-Key"),
+                503, {"Retry-After": "1"}, False)
+    if answer.failure:
+        # It may have placed the session before it stopped answering.
+        return (_error(ErrorCode.BALANCER_TIMEOUT if answer.failure == "timeout"
+                       else ErrorCode.BALANCER_UNAVAILABLE,
+                       f"the balancer did not answer ({answer.detail}); retry with the same "
+                       "Idempotency-Key"), 504 if answer.failure == "timeout" else 503,
+                {"Retry-After": "1"}, True)
+    body, status = answer.body, answer.status
+    if not isinstance(body, dict) or status in (401, 403) or (status >= 500 and status != 503):
+        return (_error(ErrorCode.BAD_GATEWAY, f"the balancer answered HTTP {status}"), 502,
+                None, True)
+    if status == 200:
+        return ({"status": body.get("status"), "session_id": session_id,
+                 "substation": body.get("substation"), "routed_to": body.get("routed_to"),
+                 "policy": body.get("policy"), "requested_kw": req.requested_kw,
+                 "energy_kwh": req.energy_kwh}, 200, None, True)
+    may_exist = body.get("session_may_exist") is not False
+    public = {k: v for k, v in body.items() if k not in _INTERNAL_FIELDS}
+    return public, status, dict(answer.headers) or None, may_exist
+
+
+def _error(code: ErrorCode, detail: str) -> dict[str, Any]:
+    return {"error": code.value, "detail": detail}
+
+
+def _route(response: dict[str, Any], req: Charge, tenant: str) -> SessionRoute:
+    return SessionRoute(response["session_id"], tenant, str(response["substation"]),
+                        str(response["routed_to"]), req.vehicle_id, str(response["policy"]),
+                        time.time())
+
+
+async def _proxy_session(request: web.Request, method: str, action: str = "") -> web.Response:
+    app, session_id = request.app, request.match_info["id"]
+    route = app[STORE].route(session_id)
+    # Another tenant's session is as unknown as one that never existed.
+    if route is None or route.tenant != bearer_identity(request):
+        return json_error(404, ErrorCode.UNKNOWN_SESSION,
+                          f"no session {session_id!r} was started with this API key")
+    url = f"http://{route.routed_to}/sessions/{urllib.parse.quote(session_id, safe='')}"
+    try:
+        async with app[HTTP].request(method, url, headers=_internal_headers(app),
+                                     timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            status, raw = resp.status, await resp.read()
+    except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        return json_error(503, ErrorCode.SUBSTATION_UNAVAILABLE,
+                          f"{route.substation} cannot be reached now{action}: "
+                          f"{type(exc).__name__}", headers={"Retry-After": "2"})
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    if status != 200 or not isinstance(body, dict):
+        if status == 404:
+            return json_error(404, ErrorCode.UNKNOWN_SESSION,
+                              f"{route.substation} no longer knows session {session_id!r}")
+        return json_error(503, ErrorCode.SUBSTATION_ERROR,
+                          f"{route.substation} answered HTTP {status}")
+    session = {k: v for k, v in body.items() if k not in ("load_kw", "load_seq", "capacity_kw")}
+    return json_response({**session, "substation": route.substation,
+                          "routed_to": route.routed_to})
+
+
+async def get_session(request: web.Request) -> web.Response:
+    return await _proxy_session(request, "GET")
+
+
+async def stop_session(request: web.Request) -> web.Response:
+    """POST /sessions/{id}/stop: stop charging and free the capacity at once. The session stays
+    readable (state `stopped`), which is why this is not a DELETE."""
+    return await _proxy_session(request, "DELETE", action=" to stop the session")
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document(request.app[CONFIG].limits))
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    metrics, counts = request.app[METRICS], request.app[STORE].counts()
+    for state in RecordState:
+        metrics.records.labels(state.value).set(counts.get(state.value, 0))
+    return metrics_response(metrics.registry)
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/charge", charge)
+    app.router.add_get("/sessions/{id}", get_session)
+    app.router.add_post("/sessions/{id}/stop", stop_session)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", healthz)

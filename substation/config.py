@@ -1,0 +1,25 @@
+"""Substation configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gridlb.charge import ChargeLimits
+from gridlb.durable import Durability
+
+
+@dataclass(frozen=True)
+class SubstationConfig:
+    substation_id: str
+    capacity_kw: float
+    host: str = "127.0.0.1"
+    port: int = 9101
+    speed_factor: float = 60.0
+    tick_interval_s: float = 0.2
+    internal_token: str | None = None
+    state_path: str | None = None
+    durability: Durability = Durability.FULL
+    max_body_bytes: int = 16 * 1024
+    retention_s: float = 600.0
+    max_sessions: int = 10_000
+    limits: ChargeLimits = field(default_factory=ChargeLimits)

@@ -1,0 +1,140 @@
+"""HTTP views of the substation: thin glue over the session table (substation/charging.py).
+
+Every answer that speaks for a session carries its real state now (a repeat of a session that has
+ended says so) and the substation's load with its sequence number (`load_kw`, `load_seq`), which
+the balancer keeps as a reading fresher than the last scrape.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from gridlb.charge import describe, parse_session_charge
+from gridlb.errors import ErrorCode
+from gridlb.http import healthz, json_error, json_response, metrics_response, read_json_object
+from substation.charging import ChargingSession, OverCapacity, Refusal
+from substation.state import CONFIG, METRICS, STORE, TABLE
+
+_OUTCOME_BY_CODE = {"over_capacity": "over_capacity", "too_many_sessions": "too_many_sessions",
+                    "session_conflict": "conflict", "session_fenced": "fenced"}
+
+
+def load_fields(app: web.Application) -> dict[str, Any]:
+    table = app[TABLE]
+    return {"substation": app[CONFIG].substation_id, "load_kw": table.load_kw,
+            "load_seq": table.load_seq, "capacity_kw": table.capacity_kw}
+
+
+def session_body(app: web.Application, session: ChargingSession) -> dict[str, Any]:
+    return {**session.to_json(), **load_fields(app)}
+
+
+def refresh_gauges(app: web.Application) -> None:
+    table, metrics = app[TABLE], app[METRICS]
+    metrics.load.set(table.load_kw)
+    metrics.active.set(len(table.active))
+
+
+async def charge(request: web.Request) -> web.Response:
+    app = request.app
+    metrics = app[METRICS]
+    body = await read_json_object(request)
+    if isinstance(body, web.Response):
+        metrics.requests["invalid"].inc()
+        return body
+    parsed = parse_session_charge(body, app[CONFIG].limits)
+    if isinstance(parsed, dict):
+        metrics.requests["invalid"].inc()
+        return json_error(422, ErrorCode.INVALID_REQUEST, describe(parsed), fields=parsed)
+    try:
+        admission = app[TABLE].admit(parsed.session_id, parsed.vehicle_id, parsed.requested_kw,
+                                     parsed.energy_kwh, time.time(), parsed.epoch)
+    except Refusal as exc:
+        metrics.requests[_OUTCOME_BY_CODE[exc.code]].inc()
+        extra = {"load_kw": exc.load_kw} if isinstance(exc, OverCapacity) else {}
+        return json_error(409, exc.code, str(exc), **{**load_fields(app), **extra})
+    if admission.duplicate:
+        metrics.requests["duplicate"].inc()
+        return json_response(session_body(app, admission.session),
+                             headers={"X-Duplicate": "true"})
+    # On disk before the answer: a confirmed session survives a crash right after.
+    if STORE in app:
+        await app[STORE].save([admission.session])
+    metrics.requests["accepted"].inc()
+    refresh_gauges(app)
+    return json_response(session_body(app, admission.session))
+
+
+async def fence(request: web.Request) -> web.Response:
+    """POST /sessions/{id}/fence {"epoch": n}: is the session here? If not, refuse every copy
+    of it with an epoch below n from now on (and after a restart)."""
+    app = request.app
+    body = await read_json_object(request)
+    if isinstance(body, web.Response):
+        return body
+    epoch = body.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= 2**31 \
+            or set(body) - {"epoch"}:
+        return json_error(422, ErrorCode.INVALID_REQUEST,
+                          "the body must be {\"epoch\": <integer from 1 to 2^31>}")
+    session_id, now = request.match_info["id"], time.time()
+    session = app[TABLE].fence(session_id, epoch, now)
+    if session is not None:
+        return json_response(session_body(app, session))
+    if STORE in app:
+        await app[STORE].save_fence(session_id, app[TABLE].fences[session_id][0], now)
+    return json_response({"session_id": session_id, "state": "absent", "fenced_below": epoch,
+                          **load_fields(app)})
+
+
+async def get_session(request: web.Request) -> web.Response:
+    session = request.app[TABLE].get(request.match_info["id"])
+    if session is None:
+        return json_error(404, ErrorCode.UNKNOWN_SESSION, "no session with this id here")
+    return json_response(session_body(request.app, session))
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    """Every session this substation holds (internal: the fault tests read it)."""
+    table, state = request.app[TABLE], request.query.get("state")
+    sessions = [*table.active.values(), *table.ended.values()]
+    return json_response({**load_fields(request.app), "sessions": [
+        s.to_json() for s in sessions if state is None or s.state == state]})
+
+
+async def stop_session(request: web.Request) -> web.Response:
+    app = request.app
+    before = len(app[TABLE].active)
+    session = app[TABLE].stop(request.match_info["id"], time.time())
+    if session is None:
+        return json_error(404, ErrorCode.UNKNOWN_SESSION, "no session with this id here")
+    if len(app[TABLE].active) < before:
+        app[METRICS].ended["stopped"].inc()
+        if STORE in app:
+            await app[STORE].save([session])
+    refresh_gauges(app)
+    return json_response(session_body(app, session))
+
+
+async def status(request: web.Request) -> web.Response:
+    table = request.app[TABLE]
+    return json_response({**load_fields(request.app), "active_sessions": len(table.active)})
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    return metrics_response(request.app[METRICS].registry)
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/charge", charge)
+    app.router.add_get("/sessions", list_sessions)
+    app.router.add_get("/sessions/{id}", get_session)
+    app.router.add_delete("/sessions/{id}", stop_session)
+    app.router.add_post("/sessions/{id}/fence", fence)
+    app.router.add_get("/status", status)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", healthz)

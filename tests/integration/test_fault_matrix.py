@@ -1,0 +1,299 @@
+"""The fault matrix: exactly-once placement under real faults, with real processes.
+
+Each case breaks one thing at the worst moment (SIGKILL, SIGSTOP, restarts, timeouts), then the
+clients retry every key until a definite answer, as the README tells them to, and the test reads
+every substation's sessions (internal API) and asserts the invariants of docs/design.md:
+- each session id is active on at most one substation;
+- every `200 charging` that was not a replay names a substation where that session is charging;
+- no key ever received two different session ids;
+- every session charging anywhere was answered to its client (nothing placed behind its back).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import Cluster, StartCluster, http_json, wait_for
+from tests.integration.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.integration
+
+# Sessions long enough to still be charging when the test reads them (speed factor 1).
+KW, KWH = 11.0, 500.0
+FAST = ("--forward-timeout", "1", "--max-snapshot-age", "600")
+# Answers after which a careful client stops retrying.
+DEFINITE = {200, 400, 401, 413, 415, 422}
+
+
+@dataclass
+class KeyLog:
+    key: str
+    answers: list[tuple[int, dict[str, Any], bool]] = field(default_factory=list)
+
+    @property
+    def final(self) -> tuple[int, dict[str, Any], bool]:
+        return self.answers[-1]
+
+
+def send(c: Cluster, key: str, timeout: float = 15.0) -> tuple[int, dict[str, Any], bool]:
+    request = urllib.request.Request(
+        f"{c.grid.ingress_url}/charge", method="POST",
+        data=json.dumps({"vehicle_id": f"ev-{key}", "requested_kw": KW,
+                         "energy_kwh": KWH}).encode(),
+        headers={"Content-Type": "application/json", "Idempotency-Key": key, **c.auth})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read()), \
+                resp.headers.get("Idempotent-Replayed") == "true"
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}"), False
+    except OSError as exc:                   # the ingress itself is down or cut off
+        return 0, {"error": type(exc).__name__}, False
+
+
+def retry_until_definite(c: Cluster, logs: list[KeyLog], attempts: int = 80) -> None:
+    """Every key until a definite answer (200, a 4xx that is not 409, or no_capacity)."""
+    def one(log: KeyLog) -> None:
+        for _ in range(attempts):
+            log.answers.append(send(c, log.key))
+            status, body, _ = log.final
+            if status in DEFINITE or body.get("error") == "no_capacity":
+                return
+            time.sleep(0.25)
+        pytest.fail(f"{log.key}: no definite answer after {attempts} tries: {log.answers}")
+    with ThreadPoolExecutor(len(logs)) as pool:
+        list(pool.map(one, logs))
+
+
+def audit(c: Cluster, logs: list[KeyLog]) -> dict[str, list[str]]:
+    """Assert the invariants; return session id -> substations where it charges."""
+    charging: dict[str, list[str]] = defaultdict(list)
+    for sub in c.addresses:
+        for session in c.sessions(sub):
+            if session["state"] == "charging" and not session["session_id"].startswith("pre-"):
+                charging[session["session_id"]].append(sub)
+    doubles = {sid: subs for sid, subs in charging.items() if len(subs) > 1}
+    assert not doubles, f"sessions active on two substations: {doubles}"
+    answered: set[str] = set()
+    for log in logs:
+        ids = {body["session_id"] for status, body, _ in log.answers if status == 200}
+        assert len(ids) <= 1, f"{log.key} received two session ids: {log.answers}"
+        answered |= ids
+        for status, body, replayed in log.answers:
+            if status == 200 and body["status"] == "charging" and not replayed:
+                assert charging.get(body["session_id"]) == [body["substation"]], \
+                    f"{log.key}: told charging at {body['substation']}, substations hold " \
+                    f"{charging.get(body['session_id'])}"
+        assert log.final[0] == 200, f"{log.key} ended without a session: {log.answers}"
+    orphans = set(charging) - answered
+    assert not orphans, f"sessions charging that no client was told about: {orphans}"
+    return charging
+
+
+def sender(c: Cluster, log: KeyLog) -> Callable[[], None]:
+    return lambda: log.answers.append(send(c, log.key))
+
+
+def in_background(fn: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=fn, daemon=True)
+    thread.start()
+    return thread
+
+
+def preload(c: Cluster, sub: str, kw: float) -> None:
+    """Load `sub` directly so the policy prefers the others, and wait until the balancer
+    has seen it. (Sessions named pre-* are the test's own: the audit leaves them out.)"""
+    status, _ = c.substation(sub, "POST", "/charge", {"session_id": f"pre-{sub}",
+                                                      "vehicle_id": "x", "requested_kw": kw,
+                                                      "energy_kwh": 1000})
+    assert status == 200
+    c.wait_scraped(since=time.time())
+    assert c.reload()[0] == 200
+
+
+@pytest.fixture
+def keys() -> Iterator[Callable[[int], list[KeyLog]]]:
+    counter = iter(range(10**6))
+    yield lambda n: [KeyLog(f"k{next(counter)}-{time.monotonic_ns()}") for _ in range(n)]
+
+
+def test_balancer_sigkilled_mid_dispatch(cluster: StartCluster, keys: Any) -> None:
+    c = cluster([("a", 500.0), ("b", 500.0)], balancer_args=FAST)
+    logs = keys(3)
+    for sub in ("a", "b"):
+        c.signal(sub, signal.SIGSTOP)        # every forward hangs mid-dispatch
+    threads = [in_background(sender(c, log)) for log in logs]
+    wait_for(lambda: c.in_flight(c.balancer_urls[0]) >= 3, "three dispatches in flight")
+    c.signal("balancer", signal.SIGKILL)
+    for sub in ("a", "b"):
+        c.signal(sub, signal.SIGCONT)        # the queued charges are admitted now
+    for thread in threads:
+        thread.join(20)
+    assert all(log.final[0] in (502, 503, 504) for log in logs), [log.answers for log in logs]
+    c.restart("balancer")
+    retry_until_definite(c, logs)
+    audit(c, logs)
+
+
+def test_balancer_restarted_between_an_ambiguous_forward_and_the_retry(
+        cluster: StartCluster, keys: Any) -> None:
+    c = cluster([("a", 500.0), ("b", 500.0)], balancer_args=FAST)
+    logs = keys(2)
+    for sub in ("a", "b"):
+        c.signal(sub, signal.SIGSTOP)
+    # At once: a moment later Prometheus sees both down and nothing would be forwarded.
+    for thread in [in_background(sender(c, log)) for log in logs]:
+        thread.join(20)
+    assert [log.final[1].get("error") for log in logs] == ["outcome_unknown"] * 2
+    c.restart("balancer")                    # it forgets everything about these sessions
+    for sub in ("a", "b"):
+        c.signal(sub, signal.SIGCONT)
+    retry_until_definite(c, logs)
+    charging = audit(c, logs)
+    assert len(charging) == 2
+
+
+def test_substation_sigstopped_past_the_forward_timeout_then_resumed(
+        cluster: StartCluster, keys: Any) -> None:
+    c = cluster([("a", 500.0), ("b", 500.0)], balancer_args=FAST)
+    preload(c, "b", 200.0)                   # a is preferred
+    logs = keys(1)
+    c.signal("a", signal.SIGSTOP)
+    logs[0].answers.append(send(c, logs[0].key))
+    assert logs[0].final[1].get("error") == "outcome_unknown", logs[0].answers
+    assert logs[0].final[1]["may_be_at"] == ["a"]
+    c.signal("a", signal.SIGCONT)            # it admits the charge that waited in its socket
+    retry_until_definite(c, logs)
+    charging = audit(c, logs)
+    assert list(charging.values()) == [["a"]]
+
+
+def test_substation_sigkilled_after_admitting_and_before_answering(
+        cluster: StartCluster, keys: Any) -> None:
+    proxies: dict[str, FaultProxy] = {}
+
+    def front(port: int) -> str:
+        proxies["a"] = FaultProxy(port)
+        proxies["a"].start()
+        return proxies["a"].address
+    c = cluster([("a", 500.0), ("b", 500.0)], balancer_args=FAST, proxies={"a": front})
+    try:
+        preload(c, "b", 200.0)
+        logs = keys(1)
+        # a admits (and commits) the charge; it dies before its answer leaves.
+        proxies["a"].on_response(b"POST /charge", lambda: c.signal("a", signal.SIGKILL))
+        logs[0].answers.append(send(c, logs[0].key))
+        assert proxies["a"].dropped == 1
+        assert logs[0].final[1].get("error") == "outcome_unknown", logs[0].answers
+        c.restart("a")                       # back with its sessions from its state file
+        retry_until_definite(c, logs)
+        charging = audit(c, logs)
+        assert list(charging.values()) == [["a"]]
+    finally:
+        proxies["a"].stop()
+
+
+def test_ingress_sigkilled_after_the_substation_accepted_before_its_own_write(
+        cluster: StartCluster, keys: Any) -> None:
+    c = cluster([("a", 500.0), ("b", 500.0)], balancer_args=FAST)
+    logs = keys(2)
+    for sub in ("a", "b"):
+        c.signal(sub, signal.SIGSTOP)
+    threads = [in_background(sender(c, log)) for log in logs]
+    wait_for(lambda: c.in_flight(c.balancer_urls[0]) >= 2, "two dispatches in flight")
+    c.signal("ingress", signal.SIGKILL)
+    for sub in ("a", "b"):
+        c.signal(sub, signal.SIGCONT)        # admitted; the balancer answers a dead ingress
+    for thread in threads:
+        thread.join(20)
+    wait_for(lambda: c.in_flight(c.balancer_urls[0]) == 0, "the balancer to finish")
+    c.restart("ingress")
+    retry_until_definite(c, logs)
+    assert len(audit(c, logs)) == 2
+
+
+def test_an_ingress_timeout_shorter_than_the_balancers_work(cluster: StartCluster,
+                                                            keys: Any) -> None:
+    c = cluster([("a", 500.0), ("b", 500.0)],
+                balancer_args=("--forward-timeout", "5", "--max-snapshot-age", "600"),
+                ingress_args=("--request-timeout", "2"))
+    logs = keys(2)
+    c.signal("balancer", signal.SIGSTOP)     # the ingress gives up; the work is still queued
+    for log in logs:
+        log.answers.append(send(c, log.key))
+        log.answers.append(send(c, log.key))    # a retry while the first is still queued
+    assert all(status == 504 for log in logs for status, _, _ in log.answers), \
+        [log.answers for log in logs]
+    c.signal("balancer", signal.SIGCONT)     # both copies of each now run: one after the other
+    retry_until_definite(c, logs)
+    assert len(audit(c, logs)) == 2
+
+
+def ingress_records(c: Cluster) -> dict[str, float]:
+    with urllib.request.urlopen(f"{c.grid.ingress_url}/metrics", timeout=2) as resp:
+        text = resp.read().decode()
+    return {line.split('"')[1]: float(line.split()[-1]) for line in text.splitlines()
+            if line.startswith("ingress_idempotency_records{")}
+
+
+def test_unresolved_records_survive_eviction_of_settled_ones(cluster: StartCluster,
+                                                             keys: Any) -> None:
+    c = cluster([("a", 500.0), ("b", 500.0)], balancer_args=FAST,
+                ingress_args=("--max-keys", "1", "--prune-interval", "0.2"))
+    preload(c, "b", 200.0)
+    unresolved, others = keys(1), keys(6)
+    c.signal("a", signal.SIGSTOP)
+    unresolved[0].answers.append(send(c, unresolved[0].key))
+    assert unresolved[0].final[1].get("error") == "outcome_unknown"
+    c.signal("a", signal.SIGCONT)            # the session may now be charging at a
+    retry_until_definite(c, others)          # six settled records: the cap evicts them
+    wait_for(lambda: ingress_records(c).get("done", 0) <= 1 and
+             ingress_records(c).get("pending") == 1,
+             "settled records evicted down to the cap, the unresolved one kept")
+    retry_until_definite(c, unresolved)
+    audit(c, [*unresolved, *others])
+
+
+def test_two_balancer_replicas_with_one_sigkilled(cluster: StartCluster, keys: Any) -> None:
+    c = cluster([("a", 500.0), ("b", 500.0)], balancer_args=FAST, balancers=2)
+    logs = keys(12)
+    for sub in ("a", "b"):
+        c.signal(sub, signal.SIGSTOP)
+    threads = [in_background(sender(c, log)) for log in logs]
+    wait_for(lambda: sum(c.in_flight(u) for u in c.balancer_urls) >= 12,
+             "every dispatch in flight")
+    victim = "balancer" if c.in_flight(c.balancer_urls[0]) >= 1 else "balancer-2"
+    c.signal(victim, signal.SIGKILL)
+    for sub in ("a", "b"):
+        c.signal(sub, signal.SIGCONT)
+    for thread in threads:
+        thread.join(20)
+    retry_until_definite(c, logs)            # the dead replica's keys go to the other one
+    assert len(audit(c, logs)) == 12
+
+
+def test_the_audit_catches_a_double_booking(cluster: StartCluster, keys: Any) -> None:
+    """The invariant check has teeth: book one session id on two substations behind the
+    system's back, and the audit fails."""
+    c = cluster([("a", 500.0), ("b", 500.0)], balancer_args=FAST)
+    logs = keys(1)
+    retry_until_definite(c, logs)
+    body = logs[0].final[1]
+    other = "b" if body["substation"] == "a" else "a"
+    http_json("POST", f"http://{c.addresses[other]}/charge",
+              {"session_id": body["session_id"], "vehicle_id": f"ev-{logs[0].key}",
+               "requested_kw": KW, "energy_kwh": KWH}, headers=c.internal)
+    with pytest.raises(AssertionError, match="sessions active on two substations"):
+        audit(c, logs)
