@@ -115,9 +115,9 @@ class ComposeStack:
                                  f"{result.stdout[-3000:]}{result.stderr[-3000:]}\n{self.logs()}")
         return result.stdout + result.stderr
 
-    def up(self, substations: int) -> None:
+    def up(self, substations: int, balancers: int = 1) -> None:
         self.compose("up", "--detach", "--no-build", "--scale", f"substation={substations}",
-                     *self.services)
+                     "--scale", f"balancer={balancers}", *self.services)
 
     def down(self, volumes: bool = False) -> None:
         self.compose("down", "--remove-orphans", "--timeout", "10",
@@ -204,11 +204,12 @@ class ComposeStack:
     def by_label(self, promql: str, label: str = "substation") -> dict[str, float]:
         return {s["metric"].get(label, ""): float(s["value"][1]) for s in self.query(promql)}
 
-    def wait_healthy(self, substations: int, timeout_s: float) -> float:
+    def wait_healthy(self, substations: int, timeout_s: float, balancers: int = 1) -> float:
         """Until every container is healthy and, through the published ports, the ingress and
         Prometheus answer and Prometheus scrapes every target; returns the seconds it took."""
         started = time.monotonic()
-        expected = {s: substations if s == "substation" else 1 for s in self.services}
+        scale = {"substation": substations, "balancer": balancers}
+        expected = {s: scale.get(s, 1) for s in self.services}
 
         def containers_healthy() -> bool | None:
             counts: dict[str, int] = {}
@@ -227,8 +228,8 @@ class ComposeStack:
             if http("GET", f"{self.prometheus}/-/ready", timeout_s=3).status != 200:
                 return None
             jobs = [t["metric"]["job"] for t in self.query("up == 1")]
-            ok = (jobs.count("substation") == substations
-                  and all(job in jobs for job in ("balancer", "ingress", "prometheus")))
+            ok = (jobs.count("substation") == substations and jobs.count("balancer") == balancers
+                  and all(job in jobs for job in ("ingress", "prometheus")))
             return True if ok else None
 
         detail = lambda: f"containers: {self.health()}\n{self.logs()}"  # noqa: E731

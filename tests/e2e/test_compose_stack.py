@@ -17,6 +17,7 @@ import os
 import secrets
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -202,9 +203,10 @@ def sessions_in_prometheus(stack: ComposeStack, substations: Iterable[str],
     return stack.by_label("substation_active_sessions")
 
 
-def not_substations(stack: ComposeStack) -> dict[str, str]:
+def containers_but(stack: ComposeStack, *services: str) -> dict[str, str]:
+    """Name -> id of the stack's containers except those of `services`."""
     return {str(c.name): str(c.id) for c in stack.containers()
-            if c.labels[SERVICE_LABEL] != "substation"}
+            if c.labels[SERVICE_LABEL] not in services}
 
 
 def expected_sessions(stack: ComposeStack) -> dict[str, float]:
@@ -239,7 +241,7 @@ def test_rush_hour_splits_evenly_and_prometheus_agrees(stack: ComposeStack) -> N
 
 def test_scaled_substations_are_discovered_and_used_within_30s(
         stack: ComposeStack, say: Callable[[str], None]) -> None:
-    others = not_substations(stack)
+    others = containers_but(stack, "substation")
     scaled_at = time.monotonic()
     stack.up(substations=4)
     new = {"substation-3", "substation-4"}
@@ -259,7 +261,7 @@ def test_scaled_substations_are_discovered_and_used_within_30s(
     stack.timings["scale: discovered"], stack.timings["scale: used"] = discovered_s, used_s
     say(f"--scale substation=4: Prometheus saw 4 after {discovered_s:.0f} s, "
         f"the balancer used both new ones after {used_s:.0f} s")
-    assert not_substations(stack) == others, "scaling recreated other services"
+    assert containers_but(stack, "substation") == others, "scaling recreated other services"
 
 
 def test_killed_substation_comes_back_with_its_sessions(
@@ -397,3 +399,133 @@ print(json.dumps(out))
     out = json.loads(output.strip().splitlines()[-1])
     assert all(code != 401 for code in out["good"]), out["good"]
     assert out["accepted"] == [], f"repository strings accepted as the internal token: {out}"
+
+
+REPLICA_KW = 2.0          # small: these sessions must fit beside the rush's on four substations
+MAX_KILL_KEYS = 300       # 600 kW at most, whatever the speed of the machine
+CLIENT_PAUSE_S = 0.25     # between one client's requests: the traffic spans the kill and restart
+KILL_BURST = 20           # concurrent charges sent just before the kill
+
+
+def charge_until_definite(stack: ComposeStack, vehicle: str, key: str,
+                          deadline_s: float = 30.0) -> tuple[Response, list[str]]:
+    """What a careful client does: the same request with the same Idempotency-Key until it is
+    answered 200 (or the deadline passes); returns the last answer and every answer's status
+    and error code."""
+    seen: list[str] = []
+    until = time.monotonic() + deadline_s
+    while True:
+        answer = stack.charge(vehicle, REPLICA_KW, SESSION_KWH, idempotency_key=key)
+        error = answer.body.get("error") if isinstance(answer.body, dict) else None
+        seen.append(f"{answer.status} {error}" if error else str(answer.status))
+        if answer.status == 200 or time.monotonic() > until:
+            return answer, seen
+        time.sleep(0.2)
+
+
+def dispatches_by_replica(stack: ComposeStack) -> dict[str, float]:
+    return stack.by_label("sum by (instance) (balancer_dispatch_duration_seconds_count)",
+                          "instance")
+
+
+def test_two_balancer_replicas_share_the_charges_and_a_killed_one_loses_no_retried_request(
+        stack: ComposeStack, engine: tuple[engines.Engine, str],
+        say: Callable[[str], None]) -> None:
+    if not engine[0].local:
+        pytest.skip("the engine is remote: its processes cannot be crashed from here")
+    others = containers_but(stack, "balancer")
+    before = dispatches_by_replica(stack)
+    assert len(before) == 1, before
+    scaled_at = time.monotonic()
+    stack.up(substations=4, balancers=2)
+    stack.wait_healthy(4, HEALTHY_TIMEOUT_S, balancers=2)
+    assert containers_but(stack, "balancer") == others, \
+        "scaling the balancer recreated other services"
+
+    # Both replicas serve: the ingress finds the new one by DNS (every 5 s), Prometheus counts.
+    rounds = itertools.count()
+
+    def both_served() -> dict[str, float] | None:
+        charged = [charge_until_definite(stack, f"replicas-{next(rounds)}",
+                                         f"replicas-{secrets.token_hex(8)}", 10)[0]
+                   for _ in range(4)]
+        assert all(r.status == 200 for r in charged), charged
+        for r in charged:
+            stack.sessions[r.body["session_id"]] = r.body["substation"]
+        now = dispatches_by_replica(stack)
+        grown = {i: n for i, n in now.items() if n > before.get(i, 0)}
+        return grown if len(grown) == 2 else None
+    served = wait_for("both balancer replicas serving charges (their dispatch counts in "
+                      "Prometheus)", both_served, SCALE_DEADLINE_S, period_s=0.5)
+    stack.timings["balancer=2: both serving"] = time.monotonic() - scaled_at
+    say(f"--scale balancer=2: both replicas served charges after "
+        f"{stack.timings['balancer=2: both serving']:.0f} s ({served})")
+
+    # Kill one replica (its process, a crash) while clients keep charging and retrying.
+    victim = stack.containers("balancer")[0]
+    restarts = victim.attrs["RestartCount"]
+    keys = itertools.count()
+    stop = threading.Event()
+    # key, vehicle, when the first attempt was sent, the last answer, every answer
+    results: list[tuple[str, str, float, Response, list[str]]] = []
+
+    def one_key() -> bool:
+        n = next(keys)
+        if n >= MAX_KILL_KEYS:
+            return False
+        key, vehicle, sent = f"kill-{secrets.token_hex(8)}", f"kill-{n}", time.monotonic()
+        answer, seen = charge_until_definite(stack, vehicle, key)
+        results.append((key, vehicle, sent, answer, seen))
+        return True
+
+    def client() -> None:
+        while not stop.is_set() and one_key():
+            stop.wait(CLIENT_PAUSE_S)
+
+    with ThreadPoolExecutor(max_workers=6 + KILL_BURST) as pool:
+        clients = [pool.submit(client) for _ in range(6)]
+        wait_for("charges flowing before the kill", lambda: True if len(results) >= 12 else None,
+                 30, period_s=0.1)
+        ip_before = stack.ip_of(victim)
+        # A burst, so that the replica dies with dispatches in flight (not only between them).
+        burst = [pool.submit(one_key) for _ in range(KILL_BURST)]
+        time.sleep(0.05)
+        killed_at = time.monotonic()
+        os.kill(victim.attrs["State"]["Pid"], signal.SIGKILL)
+
+        def restarted() -> bool | None:
+            victim.reload()
+            ok = victim.attrs["RestartCount"] > restarts and victim.status == "running"
+            return True if ok else None
+        wait_for(f"{victim.name} restarted by its restart policy", restarted, 30)
+        stack.wait_healthy(4, HEALTHY_TIMEOUT_S, balancers=2)
+        back_at = time.monotonic()
+        time.sleep(2.0)              # and charging goes on with both replicas back
+        stop.set()
+        for client_done in clients:
+            client_done.result(timeout=60)
+        for burst_done in burst:
+            burst_done.result(timeout=60)
+
+    assert any(sent > back_at for _, _, sent, _, _ in results), \
+        f"the clients stopped ({len(results)} keys) before the killed replica was back"
+    failed = [(key, r, seen) for key, _, _, r, seen in results if r.status != 200]
+    assert not failed, f"{len(failed)} of {len(results)} keys never charged: {failed[:3]}"
+    sessions = {r.body["session_id"] for _, _, _, r, _ in results}
+    assert len(sessions) == len(results), "two keys got the same session"
+    retried = Counter(answer for _, _, _, _, seen in results for answer in seen[:-1])
+    for _, _, _, r, _ in results:
+        stack.sessions[r.body["session_id"]] = r.body["substation"]
+    # Each key replays its one session; every session is charging on exactly one substation.
+    for key, vehicle, _, r, _ in results:
+        replay = stack.charge(vehicle, REPLICA_KW, SESSION_KWH, idempotency_key=key)
+        assert replay.status == 200 and replay.headers.get("Idempotent-Replayed") == "true" \
+            and replay.body["session_id"] == r.body["session_id"], (key, r.body, replay)
+    since = time.time()
+    scraped = wait_for("Prometheus scraping every substation after the kill",
+                       lambda: sessions_in_prometheus(stack, FOUR, since), 30)
+    assert scraped == expected_sessions(stack)
+    stack.timings["balancer kill: back"] = back_at - killed_at
+    say(f"{victim.name} ({ip_before}, then {stack.ip_of(victim)}) SIGKILLed under load: "
+        f"{len(results)} keys, all charged once ({sum(retried.values())} answers retried: "
+        f"{dict(retried)}); healthy again after {back_at - killed_at:.0f} s")

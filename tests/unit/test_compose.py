@@ -137,6 +137,18 @@ def test_substations_scale_and_are_discovered_by_dns() -> None:
     assert job["dns_sd_configs"][0]["names"] == ["substation"]
 
 
+def test_balancers_scale_behind_the_ingress_and_are_discovered_by_dns() -> None:
+    services = compose()["services"]
+    balancer = services["balancer"]
+    assert "container_name" not in balancer and "ports" not in balancer
+    # The ingress names the service: every A record of it is a replica (ingress/balancers.py).
+    assert "--balancer-url=http://balancer:8081" in services["ingress"]["command"]
+    prom = yaml.safe_load((REPO_ROOT / "prometheus" / "prometheus.docker.yml").read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "balancer")
+    assert job["dns_sd_configs"][0]["names"] == ["balancer"]
+    assert job["dns_sd_configs"][0]["port"] == 8081
+
+
 def test_every_service_has_a_healthcheck_and_start_order() -> None:
     services = compose()["services"]
     assert all("healthcheck" in svc for svc in services.values())
