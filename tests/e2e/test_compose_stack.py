@@ -404,7 +404,8 @@ print(json.dumps(out))
 REPLICA_KW = 2.0          # small: these sessions must fit beside the rush's on four substations
 MAX_KILL_KEYS = 300       # 600 kW at most, whatever the speed of the machine
 CLIENT_PAUSE_S = 0.25     # between one client's requests: the traffic spans the kill and restart
-KILL_BURST = 20           # concurrent charges sent just before the kill
+KILL_BURST = 20           # concurrent charges sent to the replicas while one is frozen
+FROZEN_S = 1.0            # how long it stays frozen before it is killed
 
 
 def charge_until_definite(stack: ComposeStack, vehicle: str, key: str,
@@ -486,12 +487,16 @@ def test_two_balancer_replicas_share_the_charges_and_a_killed_one_loses_no_retri
         clients = [pool.submit(client) for _ in range(6)]
         wait_for("charges flowing before the kill", lambda: True if len(results) >= 12 else None,
                  30, period_s=0.1)
-        ip_before = stack.ip_of(victim)
-        # A burst, so that the replica dies with dispatches in flight (not only between them).
-        burst = [pool.submit(one_key) for _ in range(KILL_BURST)]
-        time.sleep(0.05)
-        killed_at = time.monotonic()
-        os.kill(victim.attrs["State"]["Pid"], signal.SIGKILL)
+        ip_before, pid = stack.ip_of(victim), victim.attrs["State"]["Pid"]
+        # Frozen first, so that it dies with dispatches in flight: of a burst of charges, the
+        # ones whose sessions hash to it are sent to it and stay unanswered until the kill.
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            burst = [pool.submit(one_key) for _ in range(KILL_BURST)]
+            time.sleep(FROZEN_S)
+        finally:
+            killed_at = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
 
         def restarted() -> bool | None:
             victim.reload()
@@ -509,6 +514,9 @@ def test_two_balancer_replicas_share_the_charges_and_a_killed_one_loses_no_retri
 
     assert any(sent > back_at for _, _, sent, _, _ in results), \
         f"the clients stopped ({len(results)} keys) before the killed replica was back"
+    in_flight = [seen for key, _, sent, _, seen in results
+                 if killed_at - FROZEN_S <= sent < killed_at and seen[0] != "200"]
+    assert in_flight, "no charge was in flight at the killed replica: the kill proved nothing"
     failed = [(key, r, seen) for key, _, _, r, seen in results if r.status != 200]
     assert not failed, f"{len(failed)} of {len(results)} keys never charged: {failed[:3]}"
     sessions = {r.body["session_id"] for _, _, _, r, _ in results}
@@ -527,5 +535,6 @@ def test_two_balancer_replicas_share_the_charges_and_a_killed_one_loses_no_retri
     assert scraped == expected_sessions(stack)
     stack.timings["balancer kill: back"] = back_at - killed_at
     say(f"{victim.name} ({ip_before}, then {stack.ip_of(victim)}) SIGKILLed under load: "
-        f"{len(results)} keys, all charged once ({sum(retried.values())} answers retried: "
-        f"{dict(retried)}); healthy again after {back_at - killed_at:.0f} s")
+        f"{len(results)} keys, all charged once, {len(in_flight)} of them in flight at the "
+        f"kill ({sum(retried.values())} answers retried: {dict(retried)}); healthy again after "
+        f"{back_at - killed_at:.0f} s")
