@@ -39,7 +39,7 @@ from ingress.idempotency import (
     next_step,
 )
 from ingress.openapi import IDEMPOTENCY_KEY_PATTERN, MAX_IDEMPOTENCY_KEY, openapi_document
-from ingress.state import CONFIG, HTTP, IN_PROGRESS, METRICS, STORE
+from ingress.state import BALANCERS, CONFIG, HTTP, IN_PROGRESS, METRICS, STORE
 from ingress.store import SessionRoute
 
 # The balancer gets this much less than the ingress's own timeout, so that it answers (even
@@ -122,7 +122,7 @@ async def _ask_balancer(app: web.Application, req: Charge, payload: dict[str, An
     budget = max(0.1, config.request_timeout_s - _BALANCER_MARGIN_S)
     body = {**payload, "vehicle_id": req.vehicle_id, "requested_kw": req.requested_kw,
             "energy_kwh": req.energy_kwh, "timeout_s": budget}
-    return await dispatch(app[HTTP], config.balancer_urls, body, _internal_headers(app),
+    return await dispatch(app[HTTP], app[BALANCERS].urls(), body, _internal_headers(app),
                           config.request_timeout_s)
 
 
