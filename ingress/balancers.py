@@ -157,3 +157,26 @@ async def dispatch(session: aiohttp.ClientSession, urls: Sequence[str],
             body = None
         return BalancerAnswer(status, body, answer_headers)
     return BalancerAnswer(failure="unreachable", detail="; ".join(errors) or "no balancer")
+
+
+async def locate_substation(session: aiohttp.ClientSession, urls: Sequence[str], name: str,
+                            timeout_s: float = 2.0) -> str | None:
+    """The address substation `name` has now, as the first balancer that answers knows it from
+    Prometheus (its `/policy` view); None when none knows it. Substations can move: Compose gives
+    recreated containers new addresses, an operator replaces a machine."""
+    for url in urls:
+        try:
+            async with session.get(f"{url}/policy",
+                                   timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                if resp.status != 200:
+                    continue
+                view = orjson.loads(await resp.read())
+        except (asyncio.TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
+            continue
+        rows = view.get("substations") if isinstance(view, dict) else None
+        for row in rows if isinstance(rows, list) else ():
+            if isinstance(row, dict) and row.get("substation") == name and row.get("up"):
+                instance = row.get("instance")
+                return instance if isinstance(instance, str) else None
+        return None
+    return None

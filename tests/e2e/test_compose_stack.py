@@ -327,10 +327,6 @@ def test_down_and_up_keep_sessions_and_idempotency_replays(
     assert reused.status == 422 and reused.body["error"] == "idempotency_key_reused", reused
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the ingress reads a session from the address it was placed at (routed_to, the "
-    "substation's address then); after down + up Compose gives the substations new addresses, "
-    "so the ingress cannot find sessions the substations still hold (see the report of issue 11)"))
 def test_sessions_are_readable_through_the_ingress_after_down_and_up(
         stack: ComposeStack) -> None:
     for sid, substation in stack.sessions.items():
