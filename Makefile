@@ -31,6 +31,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test: setup lint
+	@scripts/ensure-container-engine.sh install || test $$? -eq 3   # podman for tests/e2e/ when no Docker engine answers
 	$(PY) -m pytest
 
 loadtest: setup

@@ -15,7 +15,7 @@ from balancer.health import OutlierDetector
 from balancer.ledger import PendingLedger
 from balancer.metrics import BalancerMetrics
 from balancer.placement import Reply
-from balancer.selection import select_substation
+from balancer.selection import select_despite_doubt, select_substation
 from balancer.serving import ServingState
 from gridlb.charge import SessionCharge
 
@@ -55,7 +55,9 @@ class LedgerChooser:
         skip = self.health.ejected_now(self.clock(), snapshot.substations).union(exclude)
         choice = select_substation(snapshot, self.ledger, self.serving.policy,
                                    self.charge.requested_kw, self.rng, exclude=skip,
-                                   degraded=self.serving.degraded)
+                                   degraded=self.serving.degraded) \
+            or select_despite_doubt(snapshot, self.ledger, self.charge.requested_kw,
+                                    exclude=skip)
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         return None if choice is None else choice.instance
 
