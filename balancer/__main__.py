@@ -9,6 +9,7 @@ import sys
 
 from balancer.app import create_app
 from balancer.config import BalancerConfig
+from gridlb.charge import DEFAULT_MIN_KW, ChargeLimits
 from gridlb.grid import ConfigError
 from gridlb.http import run_service
 
@@ -28,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> BalancerConfig:
     parser.add_argument("--query-timeout", type=float, default=2.0)
     parser.add_argument("--forward-timeout", type=float, default=3.0)
     parser.add_argument("--max-attempts", type=int, default=3)
+    parser.add_argument("--min-kw", type=float, default=DEFAULT_MIN_KW,
+                        help="the smallest charging power accepted (set it like the ingress's "
+                             "and the substations')")
     parser.add_argument("--extra-query-params", default="{}",
                         help='JSON object added to every Prometheus query, e.g. '
                              '\'{"latency_offset": "1s"}\' for VictoriaMetrics')
@@ -38,12 +42,15 @@ def parse_args(argv: list[str] | None = None) -> BalancerConfig:
         parser.error(f"--extra-query-params: not JSON: {exc}")
     if not isinstance(extra, dict):
         parser.error("--extra-query-params: must be a JSON object")
+    if not args.min_kw > 0:
+        parser.error("--min-kw must be above 0")
     return BalancerConfig(
         prometheus_url=args.prometheus_url, prometheus_public_url=args.prometheus_public_url,
         policy_dir=args.policy_dir, policy=args.policy, host=args.host, port=args.port,
         substation_job=args.substation_job, max_snapshot_age_s=args.max_snapshot_age,
         query_timeout_s=args.query_timeout, forward_timeout_s=args.forward_timeout,
         max_attempts=args.max_attempts, extra_query_params=extra,
+        limits=ChargeLimits(min_kw=args.min_kw),
         internal_token=os.environ.get("GRID_INTERNAL_TOKEN") or None)
 
 

@@ -63,6 +63,9 @@ class PolicyRefreshLoop:
         self.extra_params = dict(extra_params or {})
         self._policy_mtime = self._mtime(state.policy_file)
         self._task: asyncio.Task[None] | None = None
+        # Set when another policy is installed: ends a wait sized for the previous one's
+        # interval (switching from a 5m policy to a 1s one must not wait up to 5 minutes).
+        self._policy_changed = asyncio.Event()
 
     # -- evaluation -------------------------------------------------------------------------
     async def refresh_once(self) -> bool:
@@ -129,6 +132,7 @@ class PolicyRefreshLoop:
             log.error("policy reload refused, the previous policy keeps serving: %s", exc)
             raise
         state.use_policy(candidate, target)
+        self._policy_changed.set()
         self.metrics.reloads.labels(result="success").inc()
         log.info("policy %s loaded from %s", candidate.name, target)
         return candidate
@@ -152,7 +156,8 @@ class PolicyRefreshLoop:
         return await self.refresh_once()
 
     async def run(self) -> None:
-        """Forever: tick, then wait the refresh interval (backing off while failing)."""
+        """Forever: tick, then wait the refresh interval (backing off while failing), or until
+        another policy is installed."""
         while True:
             try:
                 await self.tick()
@@ -160,8 +165,14 @@ class PolicyRefreshLoop:
                 log.exception("policy refresh failed unexpectedly; retrying")
                 self.state.record_failure("internal", f"{type(exc).__name__}: {exc}"[:300],
                                           self.state.clock())
-            await asyncio.sleep(backoff_s(self.state.policy.refresh_interval_s,
-                                          self.state.evaluations.consecutive_failures))
+            # Cleared after the tick: the wait below is already sized for a policy the tick
+            # installed; only one installed during the wait (POST /-/reload) ends it early.
+            self._policy_changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    self._policy_changed.wait(),
+                    backoff_s(self.state.policy.refresh_interval_s,
+                              self.state.evaluations.consecutive_failures))
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self.run(), name="policy-refresh")

@@ -16,6 +16,9 @@ import yaml
 
 DEFAULT_GRID_FILE = "grid.yaml"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# Balancer replicas of the local stack: each is a process with its own port; more than a few
+# only compete for the same cores.
+MAX_BALANCER_REPLICAS = 16
 
 
 class ConfigError(ValueError):
@@ -42,6 +45,7 @@ class GridConfig:
     ingress_port: int = 8080
     balancer_port: int = 8081
     prometheus_port: int = 9090
+    balancer_replicas: int = 1
     scrape_interval_s: float = 1.0
     speed_factor: float = 60.0
     policy_dir: str = "policies"
@@ -58,7 +62,17 @@ class GridConfig:
 
     @property
     def balancer_url(self) -> str:
+        """The first balancer replica's URL."""
         return f"http://{self.host}:{self.balancer_port}"
+
+    @property
+    def balancer_ports(self) -> tuple[int, ...]:
+        """One port per replica, consecutive from `ports.balancer`."""
+        return tuple(range(self.balancer_port, self.balancer_port + self.balancer_replicas))
+
+    @property
+    def balancer_urls(self) -> tuple[str, ...]:
+        return tuple(f"http://{self.host}:{port}" for port in self.balancer_ports)
 
 
 def grid_path_from_env() -> Path:
@@ -141,6 +155,12 @@ def parse_grid(raw: object, source: str = DEFAULT_GRID_FILE) -> GridConfig:
     if not isinstance(host, str) or not host:
         problems.append(f"host: must be a host name or address, got {host!r}")
         host = "127.0.0.1"
+    replicas = raw.get("balancer_replicas", 1)
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or \
+            not 1 <= replicas <= MAX_BALANCER_REPLICAS:
+        problems.append(f"balancer_replicas: must be an integer 1-{MAX_BALANCER_REPLICAS}, "
+                        f"got {replicas!r}")
+        replicas = 1
     grid = GridConfig(
         substations=tuple(substations),
         policy=policy,
@@ -148,19 +168,32 @@ def parse_grid(raw: object, source: str = DEFAULT_GRID_FILE) -> GridConfig:
         ingress_port=_port(ports, "ingress", 8080, problems, "ports."),
         balancer_port=_port(ports, "balancer", 8081, problems, "ports."),
         prometheus_port=_port(ports, "prometheus", 9090, problems, "ports."),
+        balancer_replicas=replicas,
         scrape_interval_s=_positive(raw, "scrape_interval_s", 1.0, problems, ""),
         speed_factor=_positive(raw, "speed_factor", 60.0, problems, ""),
         policy_dir=str(raw.get("policy_dir", "policies")),
         source=source,
         extra={k: v for k, v in raw.items() if k not in _KNOWN_KEYS},
     )
-    service_ports = {grid.ingress_port, grid.balancer_port, grid.prometheus_port}
+    service_ports = {grid.ingress_port, grid.prometheus_port, *grid.balancer_ports}
     for clash in sorted(seen_ports & service_ports):
         problems.append(f"substations: port {clash} clashes with a service port")
+    if grid.balancer_ports[-1] > 65535:
+        problems.append(f"balancer_replicas: {replicas} replicas on consecutive ports from "
+                        f"ports.balancer ({grid.balancer_port}) go past port 65535")
+    if grid.ingress_port == grid.prometheus_port:
+        problems.append(f"ports: ingress and prometheus both use port {grid.ingress_port}")
+    for name, port in (("ingress", grid.ingress_port), ("prometheus", grid.prometheus_port)):
+        if port in grid.balancer_ports:
+            replica = grid.balancer_ports.index(port) + 1
+            where = ("ports.balancer" if replica == 1 else
+                     f"balancer_replicas: replica {replica}'s port (consecutive from "
+                     "ports.balancer)")
+            problems.append(f"{where}: port {port} clashes with ports.{name}")
     if problems:
         raise ConfigError(source, problems)
     return grid
 
 
 _KNOWN_KEYS = {"substations", "policy", "host", "ports", "scrape_interval_s", "speed_factor",
-               "policy_dir"}
+               "policy_dir", "balancer_replicas"}

@@ -159,13 +159,18 @@ def substation_spec(grid: GridConfig, sub_id: str, port: int, capacity_kw: float
         ready_url=f"http://{grid.host}:{port}/healthz", env=env)
 
 
+def balancer_name(replica: int) -> str:
+    """`balancer` for the first replica, `balancer-n` for the n-th."""
+    return "balancer" if replica == 1 else f"balancer-{replica}"
+
+
 def balancer_spec(grid: GridConfig, env: Mapping[str, str],
                   extra_args: Sequence[str] = (), replica: int = 1,
                   port: int | None = None) -> ServiceSpec:
     """Replica n > 1 is named `balancer-n` and listens on `port`."""
     port = grid.balancer_port if port is None else port
     return ServiceSpec(
-        name="balancer" if replica == 1 else f"balancer-{replica}",
+        name=balancer_name(replica),
         argv=[sys.executable, "-m", "balancer", "--host", grid.host,
               "--port", str(port), "--prometheus-url", grid.prometheus_url,
               "--policy-dir", grid.policy_dir, "--policy", grid.policy, *extra_args],
@@ -188,7 +193,7 @@ def prometheus_spec(grid: GridConfig, run_dir: Path) -> ServiceSpec:
     host = grid.host
     targets = {
         "substation": [f"{host}:{s.port}" for s in grid.substations],
-        "balancer": [f"{host}:{grid.balancer_port}"],
+        "balancer": [f"{host}:{port}" for port in grid.balancer_ports],
         "ingress": [f"{host}:{grid.ingress_port}"],
         "prometheus": [f"{host}:{grid.prometheus_port}"],
     }
@@ -216,17 +221,22 @@ def stack_specs(grid: GridConfig, run_dir: Path) -> list[ServiceSpec]:
     ingress_env = {**internal, "GRID_API_KEYS": dev_secret(run_dir / "dev-api-key")}
     subs = [substation_spec(grid, s.id, s.port, s.capacity_kw, run_dir, internal)
             for s in grid.substations]
-    return [prometheus_spec(grid, run_dir), *subs, balancer_spec(grid, internal),
-            ingress_spec(grid, run_dir, ingress_env)]
+    balancers = [balancer_spec(grid, internal, replica=n, port=port)
+                 for n, port in enumerate(grid.balancer_ports, start=1)]
+    # Start order; the supervisor stops in the reverse order (the ingress first).
+    return [prometheus_spec(grid, run_dir), *subs, *balancers,
+            ingress_spec(grid, run_dir, ingress_env, grid.balancer_urls)]
 
 
 def banner(grid: GridConfig, api_key: str) -> str:
     subs = "\n".join(f"  {s.id:<14} http://{grid.host}:{s.port}  ({s.capacity_kw:g} kW)"
                      for s in grid.substations)
+    balancers = "\n".join(f"  {balancer_name(n):<14} {url}/policy"
+                          for n, url in enumerate(grid.balancer_urls, start=1))
     return f"""
 Smart Grid Load Balancer is up ({grid.source}, policy {grid.policy}).
   ingress        {grid.ingress_url}/charge      (API key: {api_key})
-  balancer       {grid.balancer_url}/policy
+{balancers}
   prometheus     {grid.prometheus_url}/graph
 {subs}
 Try:   curl -s -H 'Authorization: Bearer {api_key}' \\
@@ -237,12 +247,14 @@ Then:  make loadtest        Logs: .run/logs/        Stop: Ctrl-C
 """
 
 
-def seen_by_balancer(grid: GridConfig) -> set[str]:
-    """The grid's substations the balancer can route to now: up, with load and capacity known,
-    under the id the grid file gives them (right after a restart Prometheus still shows the
-    previous run's series, possibly under other ids, until it scrapes the new processes)."""
+def seen_by_balancer(grid: GridConfig, balancer_url: str | None = None) -> set[str]:
+    """The grid's substations a balancer (the first replica unless named) can route to now: up,
+    with load and capacity known, under the id the grid file gives them (right after a restart
+    Prometheus still shows the previous run's series, possibly under other ids, until it scrapes
+    the new processes)."""
+    url = balancer_url or grid.balancer_url
     try:
-        with urllib.request.urlopen(f"{grid.balancer_url}/policy", timeout=1.0) as resp:
+        with urllib.request.urlopen(f"{url}/policy", timeout=1.0) as resp:
             rows = json.loads(resp.read()).get("substations", [])
     except (OSError, http.client.HTTPException, ValueError, AttributeError):
         return set()
@@ -253,24 +265,31 @@ def seen_by_balancer(grid: GridConfig) -> set[str]:
 
 
 def wait_for_grid(grid: GridConfig, timeout_s: float = 30.0) -> None:
-    """Until the balancer sees every substation of this grid file through Prometheus (a fresh
-    Prometheus has no samples for a few seconds); says so and goes on if that takes too long."""
+    """Until every balancer replica sees every substation of this grid file through Prometheus
+    (a fresh Prometheus has no samples for a few seconds); says so and goes on if that takes
+    too long."""
     deadline = time.monotonic() + timeout_s
+    wanted = {s.id for s in grid.substations}
+    pending = list(grid.balancer_urls)
     seen: set[str] = set()
-    while time.monotonic() < deadline:
-        seen = seen_by_balancer(grid)
-        if len(seen) == len(grid.substations):
-            return
-        time.sleep(0.2)
-    missing = sorted({s.id for s in grid.substations} - seen)
-    print(f"make up: after {timeout_s:.0f} s the balancer does not see {', '.join(missing)}; "
-          f"see {grid.balancer_url}/policy and {grid.prometheus_url}/targets", file=sys.stderr)
+    while pending and time.monotonic() < deadline:
+        seen = seen_by_balancer(grid, pending[0])
+        if seen == wanted:
+            pending.pop(0)
+        else:
+            time.sleep(0.2)
+    if pending:
+        missing = sorted(wanted - seen)
+        print(f"make up: after {timeout_s:.0f} s the balancer at {pending[0]} does not see "
+              f"{', '.join(missing)}; see {pending[0]}/policy and {grid.prometheus_url}/targets",
+              file=sys.stderr)
 
 
 def ports_in_use(grid: GridConfig) -> list[str]:
     """The grid's ports that something else already listens on."""
-    wanted = {"ingress": grid.ingress_port, "balancer": grid.balancer_port,
-              "prometheus": grid.prometheus_port,
+    wanted = {"ingress": grid.ingress_port, "prometheus": grid.prometheus_port,
+              **{balancer_name(n): port
+                 for n, port in enumerate(grid.balancer_ports, start=1)},
               **{s.id: s.port for s in grid.substations}}
     busy = []
     for name, port in wanted.items():

@@ -1,6 +1,15 @@
 """`make chaos`: steady traffic through the ingress while parts of the system fail.
 
-Faults, in order, each started when the system is in the state it breaks (conditions, not
+It begins with a renamed-substation restart: a grid whose substations carry other ids (the
+shipped grid's `substation1`, `substation2`, with load) runs until Prometheus has scraped it,
+and is replaced by the run's grid (`sub-a`, `sub-b`) on the same ports and the same Prometheus
+database, which still shows the previous ids' series for its 5-minute lookback (a restarted
+Prometheus writes no staleness markers for them). Every balancer replica must score the new
+ids and a charge must be routed to one within two scrape intervals of the stack being ready
+(every process ready and every replica seeing the new ids, what `make up` waits for before its
+banner).
+
+Then faults, in order, each started when the system is in the state it breaks (conditions, not
 timers): one substation is killed (SIGKILL) and restarted with its state file; Prometheus is
 stopped for longer than the balancer's maximum snapshot age (degraded mode must be entered) and
 restarted (normal mode must come back); a balancer replica is killed (SIGKILL) with requests in
@@ -23,6 +32,8 @@ import json
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -47,6 +58,12 @@ from gridlb.stack import (
 TOKEN = "chaos-internal-token"
 API_KEY = "chaos-api-key"
 CAPACITY_KW = 150.0
+SCRAPE_INTERVAL_S = 0.5
+# The grid before the renamed restart: the same ports under other ids, with another capacity
+# and some load, so that a left-over series could not pass for the new substations' own.
+PREVIOUS_IDS = ("substation1", "substation2")
+PREVIOUS_CAPACITY_KW = 100.0
+PREVIOUS_LOAD_KW = 22.0
 # Answers after which a careful client stops retrying.
 _FINAL_4XX = {400, 401, 413, 415, 422}
 # 5xx answers a client may see while a part is down, each bounded by the share of requests
@@ -70,6 +87,23 @@ class ChaosReport:
     overloads_seen: int = 0
     degraded_entered: bool = False
     recovery_s: dict[str, float | None] = field(default_factory=dict)
+    scrape_interval_s: float = SCRAPE_INTERVAL_S
+    # The renamed restart: series of the previous ids Prometheus still showed when the stack
+    # was ready (the case under test: must be > 0); seconds from every process being ready to
+    # every replica seeing the new ids (Prometheus's first scrapes after its restart); seconds
+    # from then until every replica scored the new ids and a charge was routed to one.
+    renamed_leftover_series: int = 0
+    renamed_seen_s: float | None = None
+    renamed_routed_s: float | None = None
+
+    @property
+    def renamed_bound_s(self) -> float:
+        return 2 * self.scrape_interval_s
+
+    @property
+    def renamed_ok(self) -> bool:
+        return self.renamed_leftover_series > 0 and self.renamed_routed_s is not None \
+            and self.renamed_routed_s <= self.renamed_bound_s
 
     @property
     def transient_bound(self) -> int:
@@ -83,7 +117,8 @@ class ChaosReport:
                     or self.keys_with_two_sessions or self.unknown_sessions
                     or self.overloads_seen) \
             and sum(self.transient_5xx.values()) <= self.transient_bound \
-            and self.degraded_entered and all(v is not None for v in self.recovery_s.values())
+            and self.degraded_entered and all(v is not None for v in self.recovery_s.values()) \
+            and self.renamed_ok
 
     def render(self) -> str:
         lines = [
@@ -106,6 +141,20 @@ class ChaosReport:
         for fault, seconds in self.recovery_s.items():
             shown = "did not recover" if seconds is None else f"{seconds:.1f} s"
             lines.append(f"  recovery: {fault:<24}{shown}")
+        seen, routed = self.renamed_seen_s, self.renamed_routed_s
+        lines += [
+            f"  renamed restart: {', '.join(PREVIOUS_IDS)} -> sub-a, sub-b on the same ports "
+            "and the same Prometheus data",
+            f"    previous ids' series visible    {self.renamed_leftover_series}  "
+            "(must be > 0: the case under test)",
+            "    stack ready                     " + (
+                "never (the run stopped here)" if seen is None else
+                f"{seen:.1f} s after every process was (every replica sees the new ids)"),
+            "    scored and routed               " + (
+                "never" if routed is None else f"{routed:.2f} s after the stack was ready") +
+            f" (bound {self.renamed_bound_s:g} s: two scrape intervals) "
+            + ("ok" if self.renamed_ok else "FAIL"),
+        ]
         lines.append("  result: " + ("PASS" if self.clean else "FAIL"))
         return "\n".join(lines)
 
@@ -140,11 +189,13 @@ class ChaosStack:
                 SubstationSpec("sub-b", free_port(), CAPACITY_KW))
         self.grid = GridConfig(substations=subs, policy="least-utilization",
                                ingress_port=free_port(), balancer_port=free_port(),
-                               prometheus_port=free_port(), scrape_interval_s=0.5,
+                               prometheus_port=free_port(), scrape_interval_s=SCRAPE_INTERVAL_S,
                                speed_factor=3600.0)
         self.group = ProcessGroup(run_dir / "logs")
         env = {"GRID_INTERNAL_TOKEN": TOKEN}
         self.specs: dict[str, ServiceSpec] = {"prometheus": prometheus_spec(self.grid, run_dir)}
+        self.previous = [substation_spec(self.grid, old, s.port, PREVIOUS_CAPACITY_KW, run_dir,
+                                         env) for old, s in zip(PREVIOUS_IDS, subs, strict=True)]
         for s in subs:
             self.specs[s.id] = substation_spec(self.grid, s.id, s.port, s.capacity_kw, run_dir,
                                                env)
@@ -164,6 +215,31 @@ class ChaosStack:
         spec = self.specs[name]
         wait_ready(spec.ready_url, self.group.start(spec))
 
+    def run_previous_grid(self, timeout_s: float = 60.0) -> None:
+        """The grid before the renamed restart, until Prometheus has scraped its load.
+        Prometheus stops before the substations, so it writes no staleness markers for them
+        (as when `make up` stops it before it scrapes them again): their series stay visible."""
+        self.start("prometheus")
+        for spec in self.previous:
+            wait_ready(spec.ready_url, self.group.start(spec))
+            base = spec.ready_url.removesuffix("/healthz")
+            body = {"session_id": f"previous-{spec.name}", "epoch": 1, "vehicle_id": "ev-old",
+                    "requested_kw": PREVIOUS_LOAD_KW, "energy_kwh": 1000}
+            request = urllib.request.Request(
+                f"{base}/charge", data=json.dumps(body).encode(), method="POST",
+                headers={"Content-Type": "application/json",
+                         "Authorization": f"Bearer {TOKEN}"})
+            urllib.request.urlopen(request, timeout=10).close()   # raises unless 2xx
+        query = f'substation_load{{substation=~"{"|".join(PREVIOUS_IDS)}"}} > 0'
+        deadline = time.monotonic() + timeout_s
+        while len(prometheus_query(self.grid.prometheus_url, query)) < len(self.previous):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Prometheus did not scrape {PREVIOUS_IDS} in {timeout_s} s")
+            time.sleep(0.2)
+        self.group.stop("prometheus")
+        for spec in self.previous:
+            self.group.stop(spec.name)
+
     def start_all(self) -> None:
         for name in self.specs:
             self.start(name)
@@ -178,9 +254,28 @@ class ChaosStack:
         except (aiohttp.ClientError, ValueError):
             return {}
 
+    async def policy_views(self, http: aiohttp.ClientSession) -> list[dict[str, Any]]:
+        """Each replica's GET /policy ({} for one that does not answer)."""
+        views = []
+        for url in self.balancer_urls:
+            try:
+                async with http.get(f"{url}/policy") as resp:
+                    views.append(dict(await resp.json()))
+            except (aiohttp.ClientError, ValueError):
+                views.append({})
+        return views
+
     async def sees_every_substation(self, http: aiohttp.ClientSession) -> bool:
-        answers = [await self.readyz(http, u) for u in self.balancer_urls]
-        return all(a.get("usable_substations") == len(self.addresses) for a in answers)
+        """Every replica can route to every substation under its id in this grid (what
+        `make up` waits for before its banner)."""
+        wanted = set(self.addresses)
+        for view in await self.policy_views(http):
+            seen = {row["substation"] for row in view.get("substations", [])
+                    if row.get("up") and row.get("load_kw") is not None
+                    and row.get("capacity_kw")}
+            if not wanted <= seen:
+                return False
+        return True
 
     async def mode(self, http: aiohttp.ClientSession) -> str:
         return str((await self.readyz(http, self.balancer_urls[0])).get("mode", "unreachable"))
@@ -197,21 +292,36 @@ class ChaosStack:
         return 0.0
 
 
+def prometheus_query(prometheus_url: str, promql: str) -> list[dict[str, Any]]:
+    query = urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(f"{prometheus_url}/api/v1/query?{query}", timeout=5) as resp:
+            return list(json.loads(resp.read())["data"]["result"])
+    except OSError:   # not up yet
+        return []
+
+
+async def charge_once(http: aiohttp.ClientSession, url: str, outcome: Outcome,
+                      kw: float) -> Answer:
+    headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": outcome.key}
+    body = {"vehicle_id": f"ev-{outcome.key}", "requested_kw": kw, "energy_kwh": kw * 0.05}
+    try:
+        async with http.post(url, json=body, headers=headers,
+                             timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            data = await resp.json(content_type=None) or {}
+            answer = Answer(resp.status, str(data.get("error", "")), data,
+                            resp.headers.get("Idempotent-Replayed") == "true", time.time())
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        answer = Answer(0, type(exc).__name__, {}, False, time.time())
+    outcome.answers.append(answer)
+    return answer
+
+
 async def charge_until_final(http: aiohttp.ClientSession, url: str, outcome: Outcome,
                              kw: float) -> None:
     """One logical request, retried with its Idempotency-Key as a careful client would."""
-    headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": outcome.key}
-    body = {"vehicle_id": f"ev-{outcome.key}", "requested_kw": kw, "energy_kwh": kw * 0.05}
     for _ in range(60):
-        try:
-            async with http.post(url, json=body, headers=headers,
-                                 timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                data = await resp.json(content_type=None) or {}
-                answer = Answer(resp.status, str(data.get("error", "")), data,
-                                resp.headers.get("Idempotent-Replayed") == "true", time.time())
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            answer = Answer(0, type(exc).__name__, {}, False, time.time())
-        outcome.answers.append(answer)
+        answer = await charge_once(http, url, outcome, kw)
         if answer.status == 200 or answer.status in _FINAL_4XX or answer.error == "no_capacity":
             return
         await asyncio.sleep(0.5)
@@ -249,6 +359,39 @@ async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float,
             return time.time() - since
         await asyncio.sleep(0.1)
     return None
+
+
+async def check_renamed_grid(http: aiohttp.ClientSession, stack: ChaosStack,
+                             report: ChaosReport, outcomes: list[Outcome],
+                             processes_ready: float) -> bool:
+    """The stack restarted with renamed substations: ready once every replica sees the new ids
+    (a restarted Prometheus first scrapes after a few seconds); then every replica must score
+    them, with no left-over value, and a charge must be routed to one. False if the stack never
+    got ready: there is no grid to run the faults on."""
+    report.renamed_seen_s = await until(lambda: stack.sees_every_substation(http), 60.0,
+                                        processes_ready)
+    if report.renamed_seen_s is None:
+        return False
+    ready = time.time()
+    leftovers = await asyncio.to_thread(
+        prometheus_query, stack.grid.prometheus_url,
+        f'substation_capacity_kw{{substation=~"{"|".join(PREVIOUS_IDS)}"}}')
+    report.renamed_leftover_series = len(leftovers)
+    new_ids = set(stack.addresses)
+    probe = Outcome(key=f"renamed-{stack.run_dir.name}")
+    outcomes.append(probe)      # audited with the rest
+
+    async def scored_and_routed() -> bool:
+        for view in await stack.policy_views(http):
+            rows = {row["substation"]: row for row in view.get("substations", [])}
+            if set(rows) != new_ids or view.get("mode") != "normal" or any(
+                    row["score"] != 0.0 or row["load_kw"] != 0.0
+                    or row["capacity_kw"] != CAPACITY_KW for row in rows.values()):
+                return False
+        answer = await charge_once(http, f"{stack.grid.ingress_url}/charge", probe, 7.4)
+        return answer.status == 200 and answer.body.get("substation") in new_ids
+    report.renamed_routed_s = await until(scored_and_routed, 30.0, ready)
+    return True
 
 
 async def inject_faults(http: aiohttp.ClientSession, stack: ChaosStack, duration_s: float,
@@ -318,8 +461,8 @@ async def audit(http: aiohttp.ClientSession, stack: ChaosStack, outcomes: list[O
             # Charging when told: it was admitted there before the answer was received.
             if session is None or session["started_at"] > a.at:
                 report.untrue_answers += 1
-    query = (f"max_over_time(substation_load[{int(window_s) + 30}s]) "
-             "> on (instance) substation_capacity_kw")
+    # Matched on every label: the previous ids' series share the substations' instances.
+    query = f"max_over_time(substation_load[{int(window_s) + 30}s]) > substation_capacity_kw"
     async with http.get(f"{stack.grid.prometheus_url}/api/v1/query",
                         params={"query": query}) as resp:
         report.overloads_seen = len((await resp.json())["data"]["result"])
@@ -332,12 +475,14 @@ async def run_chaos(duration_s: float = 60.0, rate_per_s: float = 15.0,
         stack = ChaosStack(run_dir or Path(tmp), max_snapshot_age_s, replicas)
         report = ChaosReport(replicas=replicas)
         try:
+            await asyncio.to_thread(stack.run_previous_grid)
             await asyncio.to_thread(stack.start_all)
+            processes_ready = time.time()
             async with aiohttp.ClientSession() as http:
-                # A fresh Prometheus has no samples for a few seconds: start once it has.
-                if await until(lambda: stack.sees_every_substation(http), 60.0) is None:
-                    raise RuntimeError("the balancer did not see every substation in 60 s")
                 outcomes: list[Outcome] = []
+                if not await check_renamed_grid(http, stack, report, outcomes,
+                                                processes_ready):
+                    return report       # FAIL: the balancers never saw the renamed grid
                 faults_done = asyncio.Event()
                 traffic = asyncio.create_task(
                     drive_traffic(http, stack, duration_s, rate_per_s, outcomes, faults_done))

@@ -210,7 +210,8 @@ def cluster(prometheus: Prometheus, tmp_path: Path) -> Iterator[StartCluster]:
               balancer_args: tuple[str, ...] = (),
               policy_overrides: dict[str, str] | None = None, balancers: int = 1,
               ingress_args: tuple[str, ...] = (),
-              proxies: dict[str, Callable[[int], str]] | None = None) -> Cluster:
+              proxies: dict[str, Callable[[int], str]] | None = None,
+              substation_args: tuple[str, ...] = ()) -> Cluster:
         """`proxies`: substation id -> a function given its port that starts something in
         front of it and returns the address the grid should use for it instead."""
         policy_dir = tmp_path / "policies"
@@ -227,8 +228,8 @@ def cluster(prometheus: Prometheus, tmp_path: Path) -> Iterator[StartCluster]:
         env = {"GRID_INTERNAL_TOKEN": TOKEN}
         run_dir = tmp_path / "run"
         run_dir.mkdir(exist_ok=True)
-        services = [substation_spec(grid, s.id, s.port, s.capacity_kw, run_dir, env)
-                    for s in specs]
+        services = [substation_spec(grid, s.id, s.port, s.capacity_kw, run_dir, env,
+                                    substation_args) for s in specs]
         ports = [grid.balancer_port] + [free_port() for _ in range(balancers - 1)]
         services += [balancer_spec(grid, env, balancer_args, replica=n + 1, port=port)
                      for n, port in enumerate(ports)]

@@ -1,15 +1,19 @@
 """`make up` itself (gridlb/stack.py run as a process, with a grid file on free ports and its
-own Prometheus): supervision of a killed substation, ordered shutdown, and a restart with a
-renamed grid on the same Prometheus database."""
+own Prometheus): supervision of a killed substation, ordered shutdown, a restart with a
+renamed grid on the same Prometheus database, and `balancer_replicas: 2` with one replica
+killed."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,9 @@ from tests.integration.conftest import http_json, wait_for
 pytestmark = pytest.mark.integration
 
 SCRAPE_INTERVAL_S = 0.5
+# Answers that leave open whether a charge started: a careful client retries the same key.
+_OPEN_OUTCOMES = {"balancer_unavailable", "balancer_timeout", "outcome_unknown",
+                  "dispatch_in_progress", "request_in_progress"}
 BANNER = "Smart Grid Load Balancer is up"
 
 
@@ -219,3 +226,109 @@ def test_a_renamed_grid_on_the_same_prometheus_data_is_scored_and_routed_at_once
                              headers=api)
     assert status == 200 and body["substation"] in {"north", "harbor"}, body
     assert time.monotonic() - ready < 10
+
+
+def consecutive_free_ports(count: int, attempts: int = 50) -> int:
+    """The first of `count` consecutive ports free right now (replicas take consecutive ports)."""
+    for _ in range(attempts):
+        first = free_port()
+        if first + count - 1 > 65535:
+            continue
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    pytest.fail(f"no {count} consecutive free ports in {attempts} attempts")
+
+
+def test_balancer_replicas_are_supervised_and_charges_keep_succeeding_when_one_is_killed(
+        runner: StackRunner) -> None:
+    services = {"ingress": free_port(), "balancer": consecutive_free_ports(2),
+                "prometheus": free_port()}
+    grid = {**grid_file([("sub-a", free_port()), ("sub-b", free_port())], services),
+            "balancer_replicas": 2}
+    for sub in grid["substations"]:
+        sub["capacity_kw"] = 1000       # room for every charge below
+    runner.start(grid)
+    runner.wait_output(BANNER)
+    pids = runner.pids()
+    assert set(pids) == {"prometheus", "sub-a", "sub-b", "balancer", "balancer-2", "ingress"}
+    replica_urls = [f"http://127.0.0.1:{services['balancer'] + n}" for n in range(2)]
+    assert all(f"{url}/policy" in runner.output for url in replica_urls), runner.output
+    prometheus = runner.url("prometheus")
+
+    def balancer_targets_up() -> dict[str, float]:
+        status, body = http_json("GET", f"{prometheus}/api/v1/query?query="
+                                 + urllib.parse.quote('up{job="balancer"}'))
+        assert status == 200, body
+        return {s["metric"]["instance"]: float(s["value"][1]) for s in body["data"]["result"]}
+    instances = {url.removeprefix("http://") for url in replica_urls}
+    wait_for(lambda: balancer_targets_up() == dict.fromkeys(instances, 1.0),
+             "Prometheus to scrape both replicas under the balancer job")
+
+    api = {"Authorization": f"Bearer {runner.token('dev-api-key')}"}
+    finals: dict[str, tuple[int, Any]] = {}
+    retried: list[str] = []
+
+    def charge(key: str) -> int:
+        """As a careful client: retried with the same key while the outcome is open (a
+        request sent on a connection to the replica as it died cannot be moved to another)."""
+        for _ in range(10):
+            status, body = http_json("POST", f"{runner.url('ingress')}/charge",
+                                     {"vehicle_id": f"ev-{key}", "requested_kw": 7.4,
+                                      "energy_kwh": 1}, headers={**api, "Idempotency-Key": key})
+            if status == 200 or body.get("error") not in _OPEN_OUTCOMES:
+                break
+            retried.append(body["error"])
+            time.sleep(0.2)
+        finals[key] = (status, body)
+        return status
+
+    for i in range(4):
+        charge(f"before-{i}")
+    os.kill(pids["balancer"], signal.SIGKILL)
+    # Sequential charges while it is down or restarting (none was in flight when it died):
+    # the ingress sends the dead replica's keys to the other one at once.
+    deadline = time.monotonic() + 20
+    during = 0
+    while not re.search(r"make up: balancer is back", runner.output) and \
+            time.monotonic() < deadline:
+        charge(f"during-{during}")
+        during += 1
+        time.sleep(0.05)
+    back = runner.wait_output(r"make up: balancer is back \(pid (\d+)", timeout_s=1)
+    assert re.search(rf"make up: balancer \(pid {pids['balancer']}\) was killed by SIGKILL; "
+                     r"restarting it in 0\.5 s", runner.output), runner.output
+    assert during >= 1
+    assert {key: body for key, (status, body) in finals.items() if status != 200} == {}
+    assert len(retried) <= 2, retried    # only requests on connections opened before it died
+    new_pid = int(back.group(1))
+    assert new_pid != pids["balancer"] and alive(new_pid)
+    for name in ("prometheus", "sub-a", "sub-b", "balancer-2", "ingress"):
+        assert alive(pids[name]), f"{name} (pid {pids[name]}) stopped"
+    assert runner.pids() == pids                     # nothing else was (re)started
+
+    # Back in service: it sees the grid again and gets its share of the keys.
+    def restarted_decisions() -> float:
+        with urllib.request.urlopen(f"{replica_urls[0]}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("balancer_decisions_total{")
+                   and 'outcome="routed"' in line)
+    wait_for(lambda: http_json("GET", f"{replica_urls[0]}/readyz")[0] == 200,
+             "the restarted replica to be ready")
+    after = 0
+    while restarted_decisions() == 0 and after < 40:
+        assert charge(f"after-{after}") == 200, finals[f"after-{after}"]
+        after += 1
+    assert restarted_decisions() > 0, f"no charge reached the restarted replica in {after}"
+    wait_for(lambda: balancer_targets_up() == dict.fromkeys(instances, 1.0),
+             "Prometheus to scrape the restarted replica")
+
+    assert runner.stop() == 0
+    stops = re.findall(r"make up: stopping (\S+) \(pid", runner.output)
+    assert stops == ["ingress", "balancer-2", "balancer", "sub-b", "sub-a", "prometheus"]
+    assert not any(alive(pid) for pid in [*pids.values(), new_pid])

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from balancer.__main__ import parse_args
 from balancer.app import create_app
 from balancer.config import BalancerConfig
 from balancer.prom import GridQueries, QueryFailure
@@ -245,6 +246,15 @@ async def test_bad_dispatch_bodies_get_json_4xx(balancer: MakeHarness, payload: 
     resp = await h.client.post("/dispatch", json=payload)
     body = await resp.json()
     assert resp.status == status and body["error"] == error and detail in body["detail"]
+
+
+def test_the_minimum_power_is_configurable_like_the_ingress_and_substations(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_args([]).limits.min_kw == 1.4
+    assert parse_args(["--min-kw", "1"]).limits.min_kw == 1.0
+    with pytest.raises(SystemExit):
+        parse_args(["--min-kw", "0"])
+    assert "--min-kw must be above 0" in capsys.readouterr().err
 
 
 async def test_malformed_json_and_wrong_content_type(balancer: MakeHarness) -> None:

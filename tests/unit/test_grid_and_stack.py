@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from gridlb.stack import (
     reset,
     resume_report,
     running_stack_pid,
+    stack_specs,
 )
 
 GOOD: dict[str, Any] = {"policy": "least-load",
@@ -28,6 +30,7 @@ def test_the_shipped_grid_file_has_two_equal_substations_and_default_ports() -> 
     assert [s.capacity_kw for s in grid.substations] == [500.0, 500.0]
     assert (grid.ingress_port, grid.balancer_port, grid.prometheus_port) == (8080, 8081, 9090)
     assert [s.port for s in grid.substations] == [9101, 9102]
+    assert grid.balancer_replicas == 1 and grid.balancer_urls == ("http://127.0.0.1:8081",)
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -46,10 +49,58 @@ def test_the_shipped_grid_file_has_two_equal_substations_and_default_ports() -> 
     ({"substations": [{"id": "a", "port": 8080, "capacity_kw": 1}]},
      r"port 8080 clashes with a service port"),
     ({"ports": {"ingress": "eighty"}}, r"ports\.ingress: must be an integer port"),
+    ({"balancer_replicas": 0}, r"balancer_replicas: must be an integer 1-16, got 0"),
+    ({"balancer_replicas": 17}, r"balancer_replicas: must be an integer 1-16, got 17"),
+    ({"balancer_replicas": 2.0}, r"balancer_replicas: must be an integer 1-16, got 2\.0"),
+    ({"balancer_replicas": True}, r"balancer_replicas: must be an integer 1-16, got True"),
+    ({"balancer_replicas": "2"}, r"balancer_replicas: must be an integer 1-16, got '2'"),
+    ({"balancer_replicas": 3, "ports": {"balancer": 65534}},
+     r"balancer_replicas: 3 replicas on consecutive ports from ports\.balancer \(65534\) go "
+     r"past port 65535"),
+    ({"balancer_replicas": 2, "ports": {"balancer": 9100}},
+     r"substations: port 9101 clashes with a service port"),
+    ({"balancer_replicas": 3, "ports": {"balancer": 8078}},
+     r"balancer_replicas: replica 3's port \(consecutive from ports\.balancer\): port 8080 "
+     r"clashes with ports\.ingress"),
+    ({"ports": {"balancer": 9090}}, r"ports\.balancer: port 9090 clashes with ports\.prometheus"),
+    ({"ports": {"ingress": 9090}}, r"ports: ingress and prometheus both use port 9090"),
 ])
 def test_each_bad_grid_field_is_named(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_grid({**GOOD, **change}, source="grid.yaml")
+
+
+def test_balancer_replicas_run_on_consecutive_ports_are_scraped_and_all_given_to_the_ingress(
+        tmp_path: Path) -> None:
+    grid = parse_grid({**GOOD, "balancer_replicas": 3,
+                       "ports": {"ingress": 8000, "balancer": 8001, "prometheus": 8100}})
+    specs = stack_specs(grid, tmp_path)
+    assert [s.name for s in specs] == ["prometheus", "a", "balancer", "balancer-2", "balancer-3",
+                                       "ingress"]
+    by_name = {s.name: s for s in specs}
+    for name, port in (("balancer", 8001), ("balancer-2", 8002), ("balancer-3", 8003)):
+        argv = by_name[name].argv
+        assert argv[argv.index("--port") + 1] == str(port)
+        assert by_name[name].ready_url == f"http://127.0.0.1:{port}/healthz"
+        assert by_name[name].env["GRID_INTERNAL_TOKEN"] == by_name["a"].env["GRID_INTERNAL_TOKEN"]
+    ingress = by_name["ingress"].argv
+    assert ingress[ingress.index("--balancer-url") + 1] == \
+        "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003"
+    targets = json.loads((tmp_path / "prometheus" / "targets" / "balancer.json").read_text())
+    assert targets == [{"targets": ["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"],
+                        "labels": {}}]
+
+
+def test_a_replica_port_already_taken_is_reported_by_name() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        grid = GridConfig(substations=(SubstationSpec("s1", 4, 1.0),), policy="x",
+                          ingress_port=1, balancer_port=taken - 1, prometheus_port=3,
+                          balancer_replicas=2)
+        busy = ports_in_use(grid)
+    assert f"balancer-2 port {taken}" in busy
 
 
 def test_a_broken_grid_file_names_the_file(tmp_path: Path) -> None:

@@ -113,6 +113,24 @@ def test_backoff_doubles_per_failure_up_to_a_cap(interval: float, failures: int,
     assert backoff_s(interval, failures) == pytest.approx(wait)
 
 
+async def test_switching_from_a_slow_policy_to_a_fast_one_does_not_wait_out_the_slow_interval(
+        balancer: MakeBalancer, policy_dir: Path) -> None:
+    (policy_dir / "slow.yaml").write_text(FAST.replace("name: fast", "name: slow")
+                                          .replace("100ms", "5m"))
+    client = await balancer(fake({A: (10.0, 100.0)}), policy="slow")
+    serving = app_of(client)[SERVING]
+    await eventually(lambda: _scored(client, A), "the first evaluation")
+    await asyncio.sleep(0.2)               # the loop is now asleep for 5 minutes
+    resp = await client.post("/-/reload", json={"policy": "fast"})
+    assert resp.status == 200, await resp.text()
+    reloaded = serving.evaluations.attempted_at or 0.0
+
+    async def loop_evaluated_again() -> bool:   # beyond the reload's own evaluation
+        return (serving.evaluations.attempted_at or 0.0) > reloaded
+    await eventually(loop_evaluated_again, "the loop to evaluate on the fast policy's interval",
+                     timeout_s=2.0)
+
+
 # -- failures inside one evaluation ---------------------------------------------------------------
 async def test_an_unexpected_exception_is_counted_and_the_loop_keeps_evaluating(
         balancer: MakeBalancer) -> None:
