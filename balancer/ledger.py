@@ -119,17 +119,24 @@ class PendingLedger:
             self._drop_confirmed(instance, book, at, seq)
         return True
 
-    def settle(self, instance: str, scrape_ts: float) -> None:
-        """A scrape at `scrape_ts` is in the snapshot: drop what it already counts."""
+    def settle(self, instance: str, scrape_ts: float, seq: int | None = None) -> None:
+        """A scrape at `scrape_ts` (of reading `seq`, when the substation exports it) is in the
+        snapshot: drop what it already counts. With `seq` that is exact: accepts and answers
+        numbered up to it; without, by time, with slack for clock skew."""
         horizon = scrape_ts - self.clock_skew_s
         observed_at = self._observed_at.get(instance)
-        if observed_at is not None and observed_at <= horizon:
+        kept_seq = self._observed_seq.get(instance)
+        if seq is not None and kept_seq is not None:
+            scrape_is_newer = kept_seq <= seq
+        else:
+            scrape_is_newer = observed_at is not None and observed_at <= horizon
+        if observed_at is not None and scrape_is_newer:
             # The scrape is newer: it is the base again. Sequences keep ordering the answers.
             del self.observed_by_instance[instance], self._observed_at[instance]
             self._observed_tick.pop(instance, None)
         book = self._by_instance.get(instance)
         if book is not None:
-            self._drop_confirmed(instance, book, horizon)
+            self._drop_confirmed(instance, book, horizon, seq)
 
     def _drop_confirmed(self, instance: str, book: _SubstationLedger, horizon: float,
                         seq: int | None = None) -> None:

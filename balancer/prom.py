@@ -169,6 +169,10 @@ class GridQueries:
         return self.latest_scrape("substation_load")
 
     @property
+    def load_seq(self) -> str:
+        return self.latest_scrape("substation_load_seq")
+
+    @property
     def capacity(self) -> str:
         return self.latest_scrape("substation_capacity_kw")
 
@@ -211,6 +215,8 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
                                    min, "scrape time")
     load, load_labels, p_load = read_vector(run_query(client, queries.load, params), "instance",
                                             max, "load")
+    seqs, _, p_seq = read_vector(run_query(client, queries.load_seq, params), "instance", min,
+                                 "load sequence")
     capacity, cap_labels, p_cap = read_vector(run_query(client, queries.capacity, params),
                                               "instance", min, "capacity")
     names = {inst: (cap_labels.get(inst) or load_labels.get(inst) or {}).get("substation", inst)
@@ -226,7 +232,7 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
     scores, _, p_score = read_vector(result, policy.substation_label, worst, what)
     by_name = {name: inst for inst, name in names.items()}
     scores_by_instance = {by_name.get(key, key): value for key, value in scores.items()}
-    problems = p_up + p_ts + p_load + p_cap + p_left + p_score
+    problems = p_up + p_ts + p_load + p_seq + p_cap + p_left + p_score
     problems += [f"{what}: {key!r} is not a substation Prometheus scrapes now; ignored"
                  for key in scores if by_name.get(key, key) not in up]
     if failed is not None:
@@ -239,6 +245,7 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
             instance=inst, name=names[inst], up=up[inst] == 1.0, scrape_ts=scraped.get(inst, 0.0),
             load_kw=load.get(inst), capacity_kw=capacity.get(inst),
             score=scores_by_instance.get(inst),
+            load_seq=int(seqs[inst]) if inst in seqs else None,
         )
         for inst in up
     }

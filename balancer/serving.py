@@ -124,7 +124,7 @@ class ServingState:
         """kW assigned before a substation's new scrape are in its scraped load now: no longer
         pending."""
         for view in snapshot.substations.values():
-            self.ledger.settle(view.instance, view.scrape_ts)
+            self.ledger.settle(view.instance, view.scrape_ts, view.load_seq)
 
     def _forget_departed(self, snapshot: Snapshot) -> None:
         """Substations Prometheus no longer reports leave the ledger and the health records,

@@ -19,6 +19,7 @@ class SubstationView:
     load_kw: float | None
     capacity_kw: float | None
     score: float | None           # the policy's value for it, before the ledger correction
+    load_seq: int | None = None   # the number of the scraped load reading, when exported
 
 
 @dataclass(frozen=True)

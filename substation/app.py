@@ -73,6 +73,13 @@ async def session_store(app: web.Application) -> AsyncIterator[None]:
     await store.aclose()
 
 
+def first_load_seq(now: float) -> int:
+    """Readings are numbered from the start time in microseconds: a restarted substation's
+    numbers stay above its previous run's (unless it admitted a million sessions a second), and
+    stay below 2**53, so they survive as a Prometheus float exactly (`substation_load_seq`)."""
+    return int(now * 1_000_000)
+
+
 def create_app(config: SubstationConfig, registry: CollectorRegistry | None = None
                ) -> web.Application:
     app = web.Application(
@@ -82,7 +89,8 @@ def create_app(config: SubstationConfig, registry: CollectorRegistry | None = No
                                              ("/metrics", "/healthz", "/readyz"))])
     app[CONFIG] = config
     app[TABLE] = SessionTable(config.capacity_kw, config.speed_factor, config.retention_s,
-                              max_sessions=config.max_sessions, load_seq=time.time_ns())
+                              max_sessions=config.max_sessions,
+                              load_seq=first_load_seq(time.time()))
     app[METRICS] = SubstationMetrics(registry or CollectorRegistry(), config.substation_id,
                                      config.capacity_kw)
     # The store loads before the simulation starts and closes after it stops.

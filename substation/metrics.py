@@ -19,6 +19,10 @@ class SubstationMetrics:
         # `substation_load` keeps the original system's name exactly: dashboards depend on it.
         self.load = Gauge("substation_load", "Power drawn now, in kW", ["substation"],
                           registry=registry).labels(**label)
+        # The number of the load reading above: the balancer knows which of its placements a
+        # scrape already counts, exactly, whatever the clocks say.
+        self.load_seq = Gauge("substation_load_seq", "Sequence number of the load reading",
+                              ["substation"], registry=registry).labels(**label)
         self.capacity = Gauge("substation_capacity_kw", "Capacity in kW", ["substation"],
                               registry=registry).labels(**label)
         self.active = Gauge("substation_active_sessions", "Sessions charging now",

@@ -35,6 +35,7 @@ def session_body(app: web.Application, session: ChargingSession) -> dict[str, An
 def refresh_gauges(app: web.Application) -> None:
     table, metrics = app[TABLE], app[METRICS]
     metrics.load.set(table.load_kw)
+    metrics.load_seq.set(table.load_seq)
     metrics.active.set(len(table.active))
 
 

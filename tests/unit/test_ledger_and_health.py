@@ -135,3 +135,24 @@ def test_doubtful_kw_is_what_a_reading_may_count_twice() -> None:
     assert ledger.doubtful_kw("s") == 0.0              # its accept says where it stands
     ledger.settle("s", scrape_ts=1010.0)               # the scrape replaces the reading
     assert ledger.doubtful_kw("s") == 0.0
+
+
+def test_a_scrape_with_a_reading_number_settles_exactly_the_accepts_it_counts() -> None:
+    ledger = PendingLedger(clock_skew_s=0.5)
+    for sid, seq in (("counted", 10), ("after-the-scrape", 12)):
+        ledger.reserve("s", sid, 11.0)
+        # Both confirmed just before the scrape's time: by time alone the slack keeps both.
+        ledger.confirm("s", sid, now=999.9, seq=seq)
+    ledger.settle("s", scrape_ts=1000.0, seq=11)
+    assert ledger.pending_kw("s") == 11.0            # only the accept numbered above 11 is left
+    ledger.settle("s", scrape_ts=1001.0, seq=12)
+    assert ledger.pending_kw("s") == 0.0
+
+
+def test_an_answer_newer_than_the_scrape_stays_the_observed_load() -> None:
+    ledger = PendingLedger()
+    ledger.observe("s", 44.0, at=999.0, seq=20)
+    ledger.settle("s", scrape_ts=1005.0, seq=19)      # scraped before that answer was read
+    assert ledger.observed_load_kw("s") == 44.0
+    ledger.settle("s", scrape_ts=1006.0, seq=20)
+    assert ledger.observed_load_kw("s") is None       # the scrape is the base again

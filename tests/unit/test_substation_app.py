@@ -4,9 +4,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from substation.app import create_app, tick
 from substation.config import SubstationConfig
+from substation.state import TABLE
 
 CHARGE = {"session_id": "s-1", "vehicle_id": "ev-1", "requested_kw": 7.0, "energy_kwh": 20.0}
 
@@ -143,6 +145,10 @@ async def test_metrics_carry_the_seed_gauge_name_and_the_substation_label(
     tick(client.app, 10**10)   # far in the future: the session completes
     text = await (await client.get("/metrics")).text()
     assert 'substation_load{substation="s1"} 0.0' in text
+    exported = {sample.name: sample.value for family in text_string_to_metric_families(text)
+                for sample in family.samples}
+    # Exact as a float: the balancer compares it with the numbers in the answers.
+    assert exported["substation_load_seq"] == client.app[TABLE].load_seq
     assert 'substation_capacity_kw{substation="s1"} 10.0' in text
     assert 'substation_charge_requests_total{outcome="over_capacity",substation="s1"} 1.0' in text
     assert 'substation_energy_delivered_kwh_total{substation="s1"} 20.0' in text
