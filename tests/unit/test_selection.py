@@ -8,9 +8,10 @@ import pytest
 
 from balancer.ledger import PendingLedger
 from balancer.policy import Policy
+from balancer.prom import GridQueries, read_snapshot
 from balancer.selection import adjusted_score, select_substation
 from balancer.snapshot import Snapshot, SubstationView
-from tests.conftest import make_policy, make_snapshot, view
+from tests.conftest import FakeQueryClient, make_policy, make_snapshot, series, view
 
 LEAST_LOAD = make_policy()
 LEAST_UTIL = make_policy(result={"pending_adjustment": "utilization"})
@@ -170,3 +171,45 @@ def test_reported_drop_in_load_makes_a_substation_attractive_again() -> None:
     choice = select_substation(snap, ledger, LEAST_LOAD, 5.0, random.Random(0))
     assert choice is not None and choice.instance == "a"
     assert choice.score == 10.0 and choice.effective_load_kw == 10.0
+
+
+def unscored(v: SubstationView) -> SubstationView:
+    """As read_snapshot leaves a substation whose policy value was NaN or Inf (or missing)."""
+    return dataclasses.replace(v, score=None)
+
+
+@pytest.mark.parametrize("policy", [LEAST_LOAD, make_policy(tie_tolerance=5.0), WEIGHTED],
+                         ids=["best", "tie-tolerance", "weighted"])
+def test_an_unscored_substation_is_no_fallback_while_the_policy_scores_others(
+        policy: Policy) -> None:
+    # Only the unscored one has room: it must still not be chosen (README: NaN/Inf -> not
+    # eligible); the utilization fallback is for a policy that scored nothing at all.
+    snap = make_snapshot(view("scored", 95.0, 100.0, score=1.0),
+                         unscored(view("nan", 0.0, 100.0)))
+    for seed in range(20):
+        assert select_substation(snap, PendingLedger(), policy, 11.0,
+                                 random.Random(seed)) is None
+    fits = select_substation(snap, PendingLedger(), policy, 5.0, random.Random(0))
+    assert fits is not None and fits.instance == "scored"
+
+
+def test_a_nan_policy_value_makes_that_substation_ineligible_end_to_end() -> None:
+    # The canned Prometheus answer as the API gives it ("NaN" is a string in JSON), read by
+    # the real snapshot reader, then the real decision.
+    queries, policy = GridQueries(), LEAST_LOAD
+    answers = {
+        queries.up: [series(1, instance="a"), series(1, instance="b")],
+        queries.scrape_time: [series(999.0, instance="a"), series(999.0, instance="b")],
+        queries.load: [series(95, instance="a", substation="a"),
+                       series(0, instance="b", substation="b")],
+        queries.capacity: [series(100, instance="a", substation="a"),
+                           series(100, instance="b", substation="b")],
+        policy.query: [series(95, instance="a"), series("NaN", instance="b")],
+    }
+    snap = read_snapshot(FakeQueryClient(answers), policy, queries, 1000.0)
+    assert any("b is nan; not eligible" in p for p in snap.problems)
+    assert select_substation(snap, PendingLedger(), policy, 11.0, random.Random(0)) is None
+    # In degraded mode the policy's scores are ignored altogether: b ranks by utilization.
+    degraded = select_substation(snap, PendingLedger(), policy, 11.0, random.Random(0),
+                                 degraded=True)
+    assert degraded is not None and degraded.instance == "b"
