@@ -121,3 +121,26 @@ def test_a_reading_drops_only_the_accepts_it_includes() -> None:
     # A refusal answered at seq 102: it includes s1, not s2, whatever our clock says.
     ledger.observe("a", 11.0, at=5.0, seq=102)
     assert ledger.pending_kw("a") == 7.0 and ledger.observed_load_kw("a") == 11.0
+
+
+def test_each_newer_report_replaces_the_last_one_kept() -> None:
+    ledger = PendingLedger()
+    ledger.observe("a", 42.0, at=100.0)
+    ledger.observe("a", 30.0, at=101.0)             # sessions ended: the load went down
+    assert ledger.observed_load_kw("a") == 30.0
+    ledger.observe("a", 35.0, at=102.0, seq=7)
+    ledger.observe("a", 36.0, at=103.0, seq=8)
+    assert ledger.observed_load_kw("a") == 36.0
+
+
+def test_a_report_is_kept_until_a_scrape_newer_than_its_own_time() -> None:
+    # The report's time decides: a scrape from before the report must not replace it.
+    ledger = PendingLedger(clock_skew_s=0.0)
+    ledger.observe("a", 42.0, at=100.0)
+    ledger.settle("a", scrape_ts=90.0)
+    assert ledger.observed_load_kw("a") == 42.0
+    ledger.observe("a", 43.0, at=200.0)
+    ledger.settle("a", scrape_ts=150.0)             # newer than the first report, not the second
+    assert ledger.observed_load_kw("a") == 43.0
+    ledger.settle("a", scrape_ts=200.0)
+    assert ledger.observed_load_kw("a") is None

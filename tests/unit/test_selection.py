@@ -213,3 +213,20 @@ def test_a_nan_policy_value_makes_that_substation_ineligible_end_to_end() -> Non
     degraded = select_substation(snap, PendingLedger(), policy, 11.0, random.Random(0),
                                  degraded=True)
     assert degraded is not None and degraded.instance == "b"
+
+
+def test_a_score_exactly_at_the_tie_tolerance_counts_as_a_tie() -> None:
+    tolerant = make_policy(tie_tolerance=5.0)
+    snap = make_snapshot(view("a", 10.0, 100.0), view("b", 15.0, 100.0), view("c", 15.5, 100.0))
+    assert set(first_choices(snap, tolerant, 200)) == {"a", "b"}
+
+
+def test_the_utilization_fallback_ranks_by_load_over_capacity_not_by_kw() -> None:
+    # 60 kW of 400 (15 %) is emptier than 50 kW of 100 (50 %), though more kW.
+    snap = make_snapshot(unscored(view("small", 50.0, 100.0)),
+                         unscored(view("big", 60.0, 400.0)))
+    for degraded in (False, True):
+        choice = select_substation(snap, PendingLedger(), LEAST_LOAD, 1.0, random.Random(0),
+                                   degraded=degraded)
+        assert choice is not None and choice.instance == "big"
+        assert choice.utilization == pytest.approx(60.0 / 400.0)
