@@ -17,6 +17,7 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 
 from balancer.app import create_app
 from balancer.config import BalancerConfig
+from balancer.placement import MIN_CALL_S
 from balancer.prom import GridQueries, QueryFailure
 from balancer.state import HEALTH, REFRESHER
 from tests.conftest import FakeQueryClient, series
@@ -569,3 +570,27 @@ async def test_each_failed_evaluation_is_counted_by_its_reason_and_shown(
         in metrics
     body = await (await h.client.get("/policy")).json()
     assert body["last_error"]["reason"] == reason
+
+
+async def test_a_copy_fenced_by_a_newer_dispatch_is_superseded(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    async def fenced(request: web.Request) -> web.Response:
+        return web.json_response({"error": "session_fenced", "detail": "newer epoch"},
+                                 status=409)
+    sub, spare = await substation(fenced), await substation()
+    h = await balancer({sub.address: (0.0, 100.0), spare.address: (50.0, 100.0)})
+    status, body = await h.dispatch()
+    # A newer dispatch owns the session: this one must not place it anywhere else.
+    assert status == 409 and body["error"] == "superseded"
+    assert body["session_may_exist"] is True and spare.charges == []
+
+
+async def test_a_dispatch_without_time_for_a_forward_is_deadline_exceeded(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    sub = await substation()
+    h = await balancer({sub.address: (0.0, 100.0)})
+    resp = await h.client.post("/dispatch", json={**CHARGE, "timeout_s": MIN_CALL_S / 2})
+    body = await resp.json()
+    assert resp.status == 503 and body["error"] == "deadline_exceeded"
+    assert resp.headers["Retry-After"] == "1"
+    assert body["session_may_exist"] is False and sub.charges == []

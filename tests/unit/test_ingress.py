@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from gridlb.durable import Durability
 from ingress.app import create_app
 from ingress.config import IngressConfig
 from ingress.idempotency import KeyRecord, RecordState
-from ingress.state import IN_PROGRESS
+from ingress.state import IN_PROGRESS, STORE
 from ingress.store import IngressStore
 
 CHARGE = {"vehicle_id": "ev-1", "requested_kw": 11, "energy_kwh": 30}
@@ -266,7 +267,8 @@ async def test_a_definite_refusal_lets_the_retry_place_directly(
 
 
 @pytest.mark.parametrize(("status", "error"), [(503, "outcome_unknown"),
-                                               (409, "dispatch_in_progress")])
+                                               (409, "dispatch_in_progress"),
+                                               (409, "superseded")])
 async def test_after_an_unknown_outcome_the_retry_resolves_first(
         make_client: Any, backends: FakeBackends, status: int, error: str) -> None:
     backends.answer_with(status, error, may_exist=True)
@@ -452,3 +454,36 @@ async def test_the_key_record_is_on_disk_before_the_balancer_is_asked(
     status, body, _ = await post(client, key="k-disk")
     assert status == 200
     assert seen == [(body["session_id"], 1, "pending")]
+
+
+async def test_a_session_whose_substation_cannot_answer_is_a_503_that_says_so(
+        make_client: Any, backends: FakeBackends, aiohttp_server: Any) -> None:
+    async def broken(request: web.Request) -> web.Response:
+        return web.Response(status=500, text="oops")
+    client = await make_client()
+    _, started, _ = await post(client)
+    url = f"/sessions/{started['session_id']}"
+    # Its substation answers oddly...
+    odd = web.Application()
+    odd.router.add_get("/sessions/{id}", broken)
+    odd_server: TestServer = await aiohttp_server(odd, host="127.0.0.1")
+    await move_route(client, started["session_id"], f"127.0.0.1:{odd_server.port}")
+    resp = await client.get(url, headers=AUTH)
+    body = await resp.json()
+    assert resp.status == 503 and body["error"] == "substation_error"
+    assert "HTTP 500" in body["detail"]
+    # ... or cannot be reached at all.
+    await move_route(client, started["session_id"], free_url().removeprefix("http://"))
+    resp = await client.post(f"{url}/stop", headers=AUTH)
+    body = await resp.json()
+    assert resp.status == 503 and body["error"] == "substation_unavailable"
+    assert resp.headers["Retry-After"] == "2" and "to stop the session" in body["detail"]
+
+
+async def move_route(client: Client, session_id: str, routed_to: str) -> None:
+    """Point the session index at another address, as if the session had been placed there."""
+    assert client.app is not None
+    store = client.app[STORE]
+    route = store.route(session_id)
+    assert route is not None
+    await store.save(route=dataclasses.replace(route, routed_to=routed_to))

@@ -181,3 +181,12 @@ async def test_a_restarted_substation_resumes_its_sessions_and_fences(aiohttp_cl
     resp = await again.post("/charge", json={**CHARGE, "session_id": "late", "epoch": 2,
                                              "requested_kw": 2.0})
     assert resp.status == 409 and (await resp.json())["error"] == "session_fenced"
+
+
+async def test_the_same_session_id_with_other_values_is_a_conflict(client: TestClient[Any, Any]
+                                                                  ) -> None:
+    await client.post("/charge", json=CHARGE)
+    resp = await client.post("/charge", json={**CHARGE, "requested_kw": 2.0})
+    body = await resp.json()
+    assert resp.status == 409 and body["error"] == "session_conflict"
+    assert "exists with other values" in body["detail"]
