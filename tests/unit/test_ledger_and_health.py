@@ -144,3 +144,77 @@ def test_a_report_is_kept_until_a_scrape_newer_than_its_own_time() -> None:
     assert ledger.observed_load_kw("a") == 43.0
     ledger.settle("a", scrape_ts=200.0)
     assert ledger.observed_load_kw("a") is None
+
+
+def test_releasing_one_of_several_keeps_the_others_exactly() -> None:
+    ledger = PendingLedger()
+    ledger.reserve("a", "s1", 11.0)
+    ledger.reserve("a", "s2", 0.5)
+    ledger.release("a", "s1")
+    assert ledger.pending_kw("a") == 0.5
+    ledger.release("a", "s2")
+    ledger.reserve("a", "s3", 7.0)              # an emptied book starts again from zero
+    assert ledger.pending_kw("a") == 7.0
+
+
+def test_unknown_instances_and_sessions_are_ignored() -> None:
+    ledger = PendingLedger()
+    ledger.confirm("nowhere", "s1", now=1.0)
+    ledger.release("nowhere", "s1")
+    ledger.reserve("a", "s1", 5.0)
+    ledger.release("a", "not-reserved")
+    ledger.confirm("a", "not-reserved", now=1.0)
+    assert ledger.pending_kw("a") == 5.0 and ledger.pending_kw("nowhere") == 0.0
+    ledger.release("a", "s1")
+    ledger.forget_except(set())                 # a book with nothing pending is dropped too
+    assert ledger.snapshot() == {}
+
+
+def test_a_repeat_of_the_kept_reading_changes_nothing() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0)
+    assert ledger.observe("a", 22.0, at=10.0, seq=5)
+    assert not ledger.observe("a", 22.0, at=20.0, seq=5)
+    ledger.settle("a", scrape_ts=15.0)          # newer than the reading's first arrival
+    assert ledger.observed_load_kw("a") is None
+
+
+def test_a_reading_without_a_sequence_resets_the_order() -> None:
+    # A substation that does not number its readings (or restarted without): the next
+    # numbered one counts whatever its number.
+    ledger = PendingLedger()
+    ledger.observe("a", 10.0, at=1.0, seq=100)
+    ledger.observe("a", 20.0, at=2.0)
+    assert ledger.observe("a", 30.0, at=3.0, seq=7)
+    assert ledger.observed_load_kw("a") == 30.0
+
+
+def test_an_entry_confirmed_exactly_at_the_horizon_is_counted_by_the_scrape() -> None:
+    ledger = PendingLedger(clock_skew_s=0.5)
+    ledger.reserve("a", "s1", 10.0)
+    ledger.confirm("a", "s1", now=100.0)
+    ledger.settle("a", scrape_ts=100.5)
+    assert ledger.pending_kw("a") == 0.0
+
+
+def test_the_default_skew_margin_is_half_a_second() -> None:
+    ledger = PendingLedger()
+    ledger.reserve("a", "s1", 10.0)
+    ledger.confirm("a", "s1", now=100.0)
+    ledger.settle("a", scrape_ts=100.4)
+    assert ledger.pending_kw("a") == 10.0
+    ledger.settle("a", scrape_ts=100.5)
+    assert ledger.pending_kw("a") == 0.0
+
+
+def test_numbered_and_unnumbered_confirmations_mix() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0)
+    ledger.reserve("a", "numbered", 10.0)
+    ledger.reserve("a", "unnumbered", 5.0)
+    ledger.confirm("a", "numbered", now=1.0, seq=50)
+    ledger.confirm("a", "unnumbered", now=1.0)
+    ledger.observe("a", 15.0, at=0.5, seq=60)  # numbered: it includes seq 50, not the other
+    assert ledger.pending_kw("a") == 5.0
+    ledger.reserve("a", "numbered-2", 3.0)
+    ledger.confirm("a", "numbered-2", now=2.0, seq=61)
+    ledger.settle("a", scrape_ts=3.0)           # a scrape counts both kinds by time
+    assert ledger.pending_kw("a") == 0.0

@@ -9,8 +9,9 @@ import pytest
 from balancer.ledger import PendingLedger
 from balancer.policy import Policy
 from balancer.prom import GridQueries, read_snapshot
-from balancer.selection import adjusted_score, select_substation
+from balancer.selection import Candidate, adjusted_score, effective_load_kw, select_substation
 from balancer.snapshot import Snapshot, SubstationView
+from gridlb.charge import FIT_TOLERANCE_KW
 from tests.conftest import FakeQueryClient, make_policy, make_snapshot, series, view
 
 LEAST_LOAD = make_policy()
@@ -230,3 +231,141 @@ def test_the_utilization_fallback_ranks_by_load_over_capacity_not_by_kw() -> Non
                                    degraded=degraded)
         assert choice is not None and choice.instance == "big"
         assert choice.utilization == pytest.approx(60.0 / 400.0)
+
+
+BETTER_HIGHER = make_policy(result={"better": "higher"})
+
+
+def test_effective_load_is_the_newest_observation_plus_what_is_pending() -> None:
+    v, ledger = view("a", 40.0, 100.0), PendingLedger()
+    assert effective_load_kw(v, ledger) == 40.0
+    ledger.reserve("a", "s1", 11.0)
+    ledger.reserve("b", "s2", 7.0)                      # another substation's: not this one's
+    assert effective_load_kw(v, ledger) == 51.0
+    ledger.observe("a", 30.0, at=1001.0)
+    ledger.observe("b", 99.0, at=1001.0)
+    assert effective_load_kw(v, ledger) == 41.0
+    assert effective_load_kw(view("a", None, 100.0), ledger) is None
+
+
+@pytest.mark.parametrize("v", [view("a", 40.0, None), view("a", None, 100.0),
+                               dataclasses.replace(view("a", 40.0, 100.0), score=None)],
+                         ids=["no-capacity", "no-load", "no-score"])
+@pytest.mark.parametrize("policy", [LEAST_LOAD, LEAST_UTIL, WEIGHTED],
+                         ids=["kw", "utilization", "headroom"])
+def test_a_score_is_not_adjusted_without_what_the_adjustment_needs(
+        v: SubstationView, policy: Policy) -> None:
+    assert adjusted_score(v, policy, delta_kw=10.0) == v.score
+    assert adjusted_score(view("a", 40.0, 100.0), policy, delta_kw=0.0) == 40.0
+
+
+def test_headroom_weight_is_zero_when_the_scrape_saw_no_headroom() -> None:
+    full = view("a", 100.0, 100.0, score=5.0)
+    assert adjusted_score(full, WEIGHTED, delta_kw=-50.0) == 0.0
+    almost = view("a", 99.5, 100.0, score=1.0)          # 0.5 kW of headroom, half of it pending
+    assert adjusted_score(almost, WEIGHTED, delta_kw=0.25) == pytest.approx(0.5)
+
+
+def test_higher_is_better_picks_the_highest_score_and_moves_it_down_with_pending() -> None:
+    snap = make_snapshot(view("a", 0.0, 100.0, score=50.0), view("b", 0.0, 100.0, score=40.0))
+    ledger = PendingLedger()
+    choice = select_substation(snap, ledger, BETTER_HIGHER, 5.0, random.Random(0))
+    assert choice is not None and (choice.instance, choice.score) == ("a", 50.0)
+    ledger.reserve("a", "s1", 11.0)                    # a's headroom score falls by 11 kW
+    choice = select_substation(snap, ledger, BETTER_HIGHER, 5.0, random.Random(0))
+    assert choice is not None and (choice.instance, choice.score) == ("b", 40.0)
+    ledger.reserve("b", "s2", 2.0)                     # b falls below a again
+    choice = select_substation(snap, ledger, BETTER_HIGHER, 5.0, random.Random(0))
+    assert choice is not None and (choice.instance, choice.score) == ("a", 39.0)
+
+
+def test_tie_tolerance_applies_to_higher_is_better_scores_in_their_own_unit() -> None:
+    tolerant = make_policy(result={"better": "higher"}, tie_tolerance=5.0)
+    snap = make_snapshot(view("a", 0.0, 100.0, score=50.0), view("b", 0.0, 100.0, score=46.0),
+                         view("c", 0.0, 100.0, score=44.0))
+    assert set(first_choices(snap, tolerant, 200)) == {"a", "b"}
+
+
+def expected(choice: Candidate | None, *fields: object) -> None:
+    assert choice is not None
+    assert (choice.instance, choice.name, choice.effective_load_kw, choice.capacity_kw,
+            choice.score) == fields
+
+
+def test_every_way_of_choosing_reports_the_candidate_as_it_is_now() -> None:
+    ledger = PendingLedger()
+    ledger.reserve("a", "s1", 10.0)
+    a = view("a", 20.0, 100.0, score=30.0, name="sub-a")
+    # best: the score moved by the pending kW
+    expected(select_substation(make_snapshot(a), ledger, LEAST_LOAD, 1.0, random.Random(0)),
+             "a", "sub-a", 30.0, 100.0, 40.0)
+    # within a tie tolerance
+    expected(select_substation(make_snapshot(a), ledger, make_policy(tie_tolerance=1.0), 1.0,
+                               random.Random(0)), "a", "sub-a", 30.0, 100.0, 40.0)
+    # weighted: the weight shrinks with the share of headroom pending (80 kW, 10 pending)
+    expected(select_substation(make_snapshot(a), ledger, WEIGHTED, 1.0, random.Random(0)),
+             "a", "sub-a", 30.0, 100.0, pytest.approx(30.0 * 70.0 / 80.0))
+    # fallback by utilization: no score
+    expected(select_substation(make_snapshot(unscored(a)), ledger, LEAST_LOAD, 1.0,
+                               random.Random(0)), "a", "sub-a", 30.0, 100.0, None)
+
+
+def test_an_empty_substation_chosen_by_weight_has_zero_load() -> None:
+    empty = view("a", 0.0, 100.0, score=8.0)
+    choice = select_substation(make_snapshot(empty), PendingLedger(), WEIGHTED, 1.0,
+                               random.Random(0))
+    expected(choice, "a", "a", 0.0, 100.0, 8.0)
+    ledger = PendingLedger()
+    ledger.reserve("a", "s1", 25.0)
+    choice = select_substation(make_snapshot(empty), ledger, WEIGHTED, 1.0, random.Random(0))
+    expected(choice, "a", "a", 25.0, 100.0, 6.0)
+
+
+def test_a_substation_whose_weight_is_not_positive_is_never_drawn_while_one_is() -> None:
+    snap = make_snapshot(view("zero", 0.0, 100.0, score=0.0),
+                         view("negative", 0.0, 100.0, score=-3.0),
+                         view("small", 0.0, 100.0, score=0.1))
+    assert first_choices(snap, WEIGHTED, 300) == Counter({"small": 300})
+
+
+def test_when_every_weight_is_zero_the_draw_is_uniform() -> None:
+    snap = make_snapshot(view("a", 0.0, 100.0, score=0.0), view("b", 0.0, 100.0, score=0.0))
+    picks = first_choices(snap, WEIGHTED, 400)
+    assert 160 < picks["a"] < 240
+
+
+def test_weights_below_one_are_still_proportional() -> None:
+    snap = make_snapshot(view("a", 0.0, 100.0, score=0.1), view("b", 0.0, 100.0, score=0.3))
+    picks = first_choices(snap, WEIGHTED, 2000, seed=11)
+    assert 0.2 < picks["a"] / 2000 < 0.3
+
+
+def test_exact_ties_are_broken_uniformly() -> None:
+    for snap in (make_snapshot(view("a", 0.0, 100.0), view("b", 0.0, 100.0)),
+                 make_snapshot(*(unscored(view(i, 10.0, 100.0)) for i in "ab"))):
+        firsts = first_choices(snap, LEAST_LOAD, 2000)
+        assert 900 < firsts["a"] < 1100, firsts
+    three = make_snapshot(*(view(i, 0.0, 100.0) for i in "abc"))
+    firsts = first_choices(three, LEAST_LOAD, 3000)
+    assert all(900 < n < 1100 for n in firsts.values()), firsts
+
+
+def test_a_request_fits_up_to_capacity_plus_the_float_tolerance() -> None:
+    snap = make_snapshot(view("a", 0.0, 100.0))
+    exactly = 100.0 + FIT_TOLERANCE_KW
+    assert select_substation(snap, PendingLedger(), LEAST_LOAD, exactly,
+                             random.Random(0)) is not None
+    assert select_substation(snap, PendingLedger(), LEAST_LOAD, 100.0 + 1e-6,
+                             random.Random(0)) is None
+
+
+def test_a_weighted_policy_corrects_every_candidates_weight_for_pending_kw() -> None:
+    snap = make_snapshot(view("a", 0.0, 100.0, score=1.0), view("b", 0.0, 100.0, score=1.0))
+    ledger = PendingLedger()
+    ledger.reserve("a", "s1", 100.0 - 1e-6)            # a's headroom is all but taken
+    picks: Counter[str] = Counter()
+    for seed in range(200):
+        choice = select_substation(snap, ledger, WEIGHTED, 1e-7, random.Random(seed))
+        assert choice is not None
+        picks[choice.instance] += 1
+    assert picks["b"] >= 199
