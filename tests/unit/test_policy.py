@@ -7,10 +7,13 @@ import pytest
 from balancer.policy import (
     Better,
     PendingAdjustment,
+    Policy,
     PolicyError,
     SelectMode,
     load_policy,
     parse_duration,
+    parse_policy,
+    policy_path,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,3 +105,73 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
                           (True, None), ("", None)])
 def test_parse_duration(raw: object, seconds: float | None) -> None:
     assert parse_duration(raw) == seconds
+
+
+def parse(raw: object) -> Policy:
+    return parse_policy(raw, source="policies/mine.yaml")
+
+
+MINIMAL = {"name": "mine", "query": "substation_load"}
+
+
+@pytest.mark.parametrize(("raw", "problems"), [
+    ([1], ["top level: must be a mapping with name, query and result"]),
+    ({"name": "mine"}, ["query: is required and must be a PromQL string"]),
+    ({**MINIMAL, "result": [1]}, ["result: must be a mapping"]),
+    ({**MINIMAL, "colour": "blue"},
+     ["colour: unknown field (known: description, name, query, refresh_interval, result, "
+      "tie_tolerance)"]),
+    ({**MINIMAL, "result": {"order": "asc"}},
+     ["result.order: unknown field (known: better, pending_adjustment, select, "
+      "substation_label)"]),
+    ({**MINIMAL, "result": {"select": "weighted"}},
+     ["result.better: a weighted policy needs better: higher (the score is a weight)"]),
+    ({**MINIMAL, "refresh_interval": "soon"},
+     ["refresh_interval: must be a duration between 100ms and 5m (e.g. '1s'), got 'soon'"]),
+    ({**MINIMAL, "refresh_interval": "99ms"},
+     ["refresh_interval: must be a duration between 100ms and 5m (e.g. '1s'), got '99ms'"]),
+    ({**MINIMAL, "refresh_interval": 300.5},
+     ["refresh_interval: must be a duration between 100ms and 5m (e.g. '1s'), got 300.5"]),
+    ({**MINIMAL, "tie_tolerance": "wide"}, ["tie_tolerance: must be a number >= 0, got 'wide'"]),
+    ({**MINIMAL, "tie_tolerance": True}, ["tie_tolerance: must be a number >= 0, got True"]),
+    ({**MINIMAL, "description": 5}, ["description: must be text"]),
+], ids=["not-a-mapping", "no-query", "result-not-a-mapping", "unknown-field",
+        "unknown-result-field", "weighted-lower", "interval-unreadable", "interval-too-short",
+        "interval-too-long", "tolerance-text", "tolerance-bool", "description-not-text"])
+def test_each_problem_is_reported_exactly(raw: object, problems: list[str]) -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse(raw)
+    assert caught.value.problems == problems
+    assert caught.value.path == "policies/mine.yaml"
+
+
+def test_a_minimal_policy_gets_every_default() -> None:
+    policy = parse(MINIMAL)
+    assert (policy.substation_label, policy.better, policy.select, policy.pending_adjustment,
+            policy.refresh_interval_s, policy.tie_tolerance, policy.description) == \
+        ("instance", Better.LOWER, SelectMode.BEST, PendingAdjustment.KW, 1.0, 0.0, "")
+    assert (policy.name, policy.query, policy.source) == \
+        ("mine", "substation_load", "policies/mine.yaml")
+
+
+def test_every_field_is_read_as_written() -> None:
+    policy = parse({"name": "mine", "description": "  Spread by headroom.\n",
+                    "query": "  clamp_min(substation_capacity_kw - substation_load, 0)\n",
+                    "result": {"substation_label": "substation", "better": "higher",
+                               "select": "weighted", "pending_adjustment": "headroom"},
+                    "refresh_interval": "500ms", "tie_tolerance": 2})
+    assert (policy.description, policy.query, policy.substation_label, policy.better,
+            policy.select, policy.pending_adjustment, policy.refresh_interval_s,
+            policy.tie_tolerance) == \
+        ("Spread by headroom.", "clamp_min(substation_capacity_kw - substation_load, 0)",
+         "substation", Better.HIGHER, SelectMode.WEIGHTED, PendingAdjustment.HEADROOM, 0.5, 2.0)
+
+
+@pytest.mark.parametrize("interval", ["100ms", 0.1, "5m", 300])
+def test_the_refresh_interval_bounds_are_inclusive(interval: object) -> None:
+    assert parse({**MINIMAL, "refresh_interval": interval}).refresh_interval_s in (0.1, 300.0)
+
+
+def test_a_policy_file_is_found_by_name() -> None:
+    assert policy_path("policies", "least-load") == Path("policies/least-load.yaml")
+    assert policy_path(Path("/etc/grid"), "x") == Path("/etc/grid/x.yaml")
