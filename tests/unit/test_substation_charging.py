@@ -5,9 +5,9 @@ import pytest
 from gridlb.durable import Durability
 from substation.charging import (
     CHARGING,
-    ChargingSession,
     COMPLETED,
     STOPPED,
+    ChargingSession,
     OverCapacity,
     SessionConflict,
     SessionFenced,
