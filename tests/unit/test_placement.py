@@ -139,6 +139,7 @@ class Chooser:
         self.order = list(order)
         self.excluded: list[list[str]] = []
         self.log: list[tuple[str, str, Any]] = []
+        self.released_replies: list[Reply | None] = []
 
     def choose(self, exclude: Collection[str]) -> str | None:
         self.excluded.append(sorted(exclude))
@@ -152,6 +153,7 @@ class Chooser:
 
     def released(self, instance: str, reply: Reply | None, failed: bool) -> None:
         self.log.append(("released", instance, failed))
+        self.released_replies.append(reply)
 
 
 async def place(substations: Substations, order: Sequence[str] = ("a", "b", "c"), *,
@@ -181,6 +183,8 @@ async def test_a_refusal_moves_on_and_is_not_counted_as_a_failure() -> None:
     assert (outcome.kind, outcome.instance, outcome.attempts, outcome.tried) == \
         (OutcomeKind.PLACED, "b", 2, ("a", "b"))
     assert ("released", "a", False) in chooser.log
+    # The refusal (with the load it reports) reaches the bookkeeping.
+    assert chooser.released_replies == [error(409, ErrorCode.OVER_CAPACITY)]
     assert chooser.excluded == [[], ["a"]]      # what was tried is not chosen again
 
 
@@ -294,7 +298,7 @@ async def test_a_retry_fences_every_substation_at_its_own_epoch_first() -> None:
     subs = Substations({"a": [ok()]}, {i: [ABSENT] for i in "abc"})
     chooser = Chooser("abc")
     outcome = await place(subs, resolve_at="abc", chooser=chooser)
-    assert sorted(c[:3] for c in subs.calls[:3]) == [("fence", i, 4) for i in "abc"]
+    assert sorted(subs.calls[:3]) == [("fence", i, 4, 3.0) for i in "abc"]
     assert subs.calls[3][:2] == ("charge", "a")
     assert outcome.kind is OutcomeKind.PLACED and outcome.attempts == 1
 
@@ -304,6 +308,7 @@ async def test_a_retry_that_finds_the_session_reports_where_without_charging() -
     chooser = Chooser("abc")
     outcome = await place(subs, resolve_at="abc", chooser=chooser)
     assert (outcome.kind, outcome.instance, outcome.attempts) == (OutcomeKind.PLACED, "b", 0)
+    assert outcome.reply == ok()
     assert chooser.log == [("accepted", "b", "charging")]
     assert all(c[0] == "fence" for c in subs.calls)
 
@@ -311,7 +316,8 @@ async def test_a_retry_that_finds_the_session_reports_where_without_charging() -
 async def test_a_retry_that_finds_the_session_ended_reports_it_ended() -> None:
     subs = Substations(fences={"a": [ok("stopped")], "b": [ABSENT]})
     outcome = await place(subs, resolve_at="ab")
-    assert (outcome.kind, outcome.instance) == (OutcomeKind.ENDED, "a")
+    assert (outcome.kind, outcome.instance, outcome.reply) == \
+        (OutcomeKind.ENDED, "a", ok("stopped"))
 
 
 async def test_a_retry_with_a_substation_that_cannot_answer_stays_unknown() -> None:
@@ -348,3 +354,5 @@ def test_a_deadline_gives_each_call_the_lesser_of_its_cap_and_what_is_left() -> 
     clock.now = 2.0 - MIN_CALL_S / 2
     assert deadline.timeout(3.0) is None
     assert deadline.remaining() == pytest.approx(MIN_CALL_S / 2)
+    clock.now = 0.0
+    assert Deadline(MIN_CALL_S, clock).timeout(3.0) == MIN_CALL_S   # just enough is enough
