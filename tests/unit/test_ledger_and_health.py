@@ -166,6 +166,8 @@ def test_unknown_instances_and_sessions_are_ignored() -> None:
     ledger.confirm("a", "not-reserved", now=1.0)
     assert ledger.pending_kw("a") == 5.0 and ledger.pending_kw("nowhere") == 0.0
     ledger.release("a", "s1")
+    ledger.settle("a", scrape_ts=10.0)          # an emptied book is settled and observed
+    ledger.observe("a", 1.0, at=11.0)
     ledger.forget_except(set())                 # a book with nothing pending is dropped too
     assert ledger.snapshot() == {}
 
