@@ -1,6 +1,10 @@
 # One image for the three services; docker-compose.yml picks the command.
-FROM python:3.11-slim
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# BASE_IMAGE: any image with Python 3.10+ and its venv module. The default is the official Python
+# image; machines that cannot pull it build one from Debian's packages (container/python-base.Dockerfile).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gridlb ./gridlb
@@ -10,7 +14,12 @@ COPY ingress ./ingress
 COPY loadtest ./loadtest
 COPY policies ./policies
 COPY prometheus ./prometheus
-RUN pip install . \
+COPY container/substation-entrypoint.sh /usr/local/bin/substation-entrypoint
+COPY container/http_ok.py /usr/local/bin/http-ok
+# A virtualenv: works the same on the official image and on Debian's python3, which refuses
+# installs into the system Python (PEP 668).
+RUN python3 -m venv /opt/venv \
+    && pip install . \
     && useradd --system --uid 10001 --home /data grid \
     && mkdir -p /data && chown grid /data
 USER grid

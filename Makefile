@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup up test lint unit integration loadtest bench chaos mutate clean
+.PHONY: setup up reset test lint unit integration loadtest bench chaos mutate clean
 
 setup: $(STAMP)
 	@scripts/ensure-prometheus.sh
@@ -21,11 +21,17 @@ $(STAMP): pyproject.toml
 up: setup
 	@$(PY) -m gridlb.stack
 
+# Start the next `make up` empty: drops .run/'s sessions, Prometheus data and logs (keeps the
+# API key, the internal token and the virtualenv).
+reset: setup
+	@$(PY) -m gridlb.stack --reset
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 test: setup lint
+	@scripts/ensure-container-engine.sh install || test $$? -eq 3   # podman for tests/e2e/ when no Docker engine answers
 	$(PY) -m pytest
 
 loadtest: setup

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +20,8 @@ from balancer.ledger import PendingLedger
 from balancer.metrics import BalancerMetrics
 from balancer.policy import load_policy, policy_path
 from balancer.prom import GridQueries, QueryClient, make_client
-from balancer.refresh import PolicyRefresher
+from balancer.refresh import PolicyRefreshLoop
+from balancer.serving import ServingState
 from balancer.state import (
     CONFIG,
     HEALTH,
@@ -26,13 +29,13 @@ from balancer.state import (
     INFLIGHT,
     LEDGER,
     METRICS,
-    REFRESHER,
+    REFRESH_LOOP,
     RNG,
+    SERVING,
     SUBSTATIONS,
 )
 from balancer.views import setup_routes
 from gridlb.http import bearer_token_middleware, json_errors_middleware
-from gridlb.tasks import background
 
 # Read-only views stay open: operators open /policy in a browser. Changes need the token.
 _OPEN_PATHS = ("/metrics", "/healthz", "/readyz", "/policy")
@@ -58,12 +61,14 @@ def create_app(config: BalancerConfig, client: QueryClient | None = None,
     app[HEALTH] = health
     app[RNG] = random.Random(config.seed)
     app[INFLIGHT] = InFlight()
-    app[REFRESHER] = PolicyRefresher(
-        prometheus, policy, Path(policy_file), ledger, health, metrics,
-        queries=GridQueries(config.substation_job),
-        max_snapshot_age_s=config.max_snapshot_age_s, extra_params=config.extra_query_params)
+    serving = ServingState(policy, Path(policy_file), ledger, health, metrics,
+                           max_snapshot_age_s=config.max_snapshot_age_s)
+    app[SERVING] = serving
+    app[REFRESH_LOOP] = PolicyRefreshLoop(prometheus, serving,
+                                          queries=GridQueries(config.substation_job),
+                                          extra_params=config.extra_query_params)
     app.cleanup_ctx.append(http_session)
-    app.cleanup_ctx.append(background(lambda app: app[REFRESHER].run(), "policy-refresh"))
+    app.cleanup_ctx.append(refresh_loop)
     setup_routes(app)
     return app
 
@@ -75,3 +80,12 @@ async def http_session(app: web.Application) -> AsyncIterator[None]:
     app[SUBSTATIONS] = HttpSubstations(app[HTTP], app[CONFIG].internal_token)
     yield
     await app[HTTP].close()
+
+
+async def refresh_loop(app: web.Application) -> AsyncIterator[None]:
+    # Not gridlb.tasks.background: /readyz asks the loop itself whether its task still runs.
+    task = app[REFRESH_LOOP].start()
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

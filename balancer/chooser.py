@@ -15,8 +15,8 @@ from balancer.health import OutlierDetector
 from balancer.ledger import PendingLedger
 from balancer.metrics import BalancerMetrics
 from balancer.placement import Reply
-from balancer.refresh import PolicyRefresher
-from balancer.selection import select_substation
+from balancer.selection import select_despite_doubt, select_substation
+from balancer.serving import ServingState
 from gridlb.charge import SessionCharge
 
 
@@ -31,11 +31,11 @@ def observe_reply(ledger: PendingLedger, instance: str, reply: Reply | None, now
 
 
 class LedgerChooser:
-    def __init__(self, charge: SessionCharge, refresher: PolicyRefresher, ledger: PendingLedger,
+    def __init__(self, charge: SessionCharge, serving: ServingState, ledger: PendingLedger,
                  health: OutlierDetector, metrics: BalancerMetrics, rng: random.Random,
                  clock: Callable[[], float] = time.time) -> None:
         self.charge = charge
-        self.refresher = refresher
+        self.serving = serving
         self.ledger = ledger
         self.health = health
         self.metrics = metrics
@@ -43,19 +43,21 @@ class LedgerChooser:
         self.clock = clock
 
     def name(self, instance: str) -> str:
-        snapshot = self.refresher.snapshot
+        snapshot = self.serving.snapshot
         view = snapshot.substations.get(instance) if snapshot else None
         return view.name if view else instance
 
     def choose(self, exclude: Collection[str]) -> str | None:
-        snapshot = self.refresher.snapshot
+        snapshot = self.serving.snapshot
         if snapshot is None:
             return None
         started = time.perf_counter()
         skip = self.health.ejected_now(self.clock(), snapshot.substations).union(exclude)
-        choice = select_substation(snapshot, self.ledger, self.refresher.policy,
+        choice = select_substation(snapshot, self.ledger, self.serving.policy,
                                    self.charge.requested_kw, self.rng, exclude=skip,
-                                   degraded=self.refresher.degraded)
+                                   degraded=self.serving.degraded) \
+            or select_despite_doubt(snapshot, self.ledger, self.charge.requested_kw,
+                                    exclude=skip)
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         return None if choice is None else choice.instance
 
@@ -79,6 +81,6 @@ class LedgerChooser:
         reason = (reply.error or reply.detail) if reply is not None else "no time left"
         self.metrics.forward_refusals.labels(self.name(instance), reason[:40]).inc()
         if failed:
-            snapshot = self.refresher.snapshot
+            snapshot = self.serving.snapshot
             self.health.record_failure(instance, now,
                                        len(snapshot.substations) if snapshot else 1)

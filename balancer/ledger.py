@@ -23,6 +23,7 @@ class _Entry:
     kw: float
     confirmed_at: float | None = None   # None while the forward is in flight
     confirmed_seq: int | None = None    # the load_seq of the accept (it includes this entry)
+    reserved_tick: int = 0              # when reserved, in the ledger's own event order
 
 
 @dataclass
@@ -44,6 +45,10 @@ class PendingLedger:
         self.observed_by_instance: dict[str, float] = {}   # load_kw the substation reported
         self._observed_at: dict[str, float] = {}
         self._observed_seq: dict[str, int] = {}
+        # Event order of reservations and readings: a reading received after a reservation may
+        # already include that session (admitted, its answer still on the way).
+        self._tick = 0
+        self._observed_tick: dict[str, int] = {}
 
     def pending_kw(self, instance: str) -> float:
         return self.pending_by_instance.get(instance, 0.0)
@@ -63,7 +68,8 @@ class PendingLedger:
         book = self._by_instance.setdefault(instance, _SubstationLedger())
         if session_id in book.entries:
             return
-        book.entries[session_id] = _Entry(kw=kw)
+        self._tick += 1
+        book.entries[session_id] = _Entry(kw=kw, reserved_tick=self._tick)
         book.pending_kw += kw
         self._set_pending(instance, book)
 
@@ -73,6 +79,17 @@ class PendingLedger:
         entry = book.entries.get(session_id) if book else None
         if entry is not None:
             entry.confirmed_at, entry.confirmed_seq = now, seq
+
+    def doubtful_kw(self, instance: str) -> float:
+        """Pending kW the kept reading may count already: forwards still in flight that were
+        reserved before that reading arrived (admitted before it, their answers on the way).
+        Counting them twice is the safe side for a moment; this says how much it can be."""
+        book = self._by_instance.get(instance)
+        seen = self._observed_tick.get(instance)
+        if book is None or seen is None or instance not in self.observed_by_instance:
+            return 0.0
+        return sum(e.kw for e in book.entries.values()
+                   if e.confirmed_at is None and e.reserved_tick < seen)
 
     def release(self, instance: str, session_id: str) -> None:
         """The substation did not take it: it was never load."""
@@ -91,6 +108,8 @@ class PendingLedger:
             return False
         self.observed_by_instance[instance] = load_kw
         self._observed_at[instance] = at
+        self._tick += 1
+        self._observed_tick[instance] = self._tick
         if seq is None:
             self._observed_seq.pop(instance, None)
         else:
@@ -107,6 +126,7 @@ class PendingLedger:
         if observed_at is not None and observed_at <= horizon:
             # The scrape is newer: it is the base again. Sequences keep ordering the answers.
             del self.observed_by_instance[instance], self._observed_at[instance]
+            self._observed_tick.pop(instance, None)
         book = self._by_instance.get(instance)
         if book is not None:
             self._drop_confirmed(instance, book, horizon)
@@ -131,6 +151,7 @@ class PendingLedger:
             self.pending_by_instance.pop(gone, None)
         for gone in set(self.observed_by_instance) - instances:
             del self.observed_by_instance[gone], self._observed_at[gone]
+            self._observed_tick.pop(gone, None)
         for gone in set(self._observed_seq) - instances:
             del self._observed_seq[gone]
 

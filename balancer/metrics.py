@@ -50,6 +50,12 @@ class BalancerMetrics:
                                "Dispatches being placed now", registry=registry)
         self.ejected = Gauge("balancer_ejected_substations",
                              "Substations ejected after failures", registry=registry)
+        self.evaluation_failures = Gauge(
+            "balancer_policy_evaluation_consecutive_failures",
+            "Policy evaluations that failed in a row (0 once one succeeds)", registry=registry)
+        self.last_evaluation = Gauge(
+            "balancer_policy_last_success_timestamp_seconds",
+            "When the policy was last evaluated successfully (Unix time)", registry=registry)
         for result in ("success", "error"):
             self.reloads.labels(result=result)
 

@@ -1,13 +1,16 @@
 """Routing policies: YAML files holding PromQL and how to read its result.
 
 Loading is config -> validate -> use. Validation collects every problem in a file so a user fixes
-them in one go; each message names the file and the field. The PromQL is parsed locally with
-`promql-parser` (fast, exact messages); whether Prometheus accepts it is checked by the refresher
-with a real query before a reloaded policy replaces the serving one.
+them in one go; each message names the file and the field. Every field's encoding, type and range
+is checked here, before anything is installed: a value that passes (a finite number in range,
+valid Unicode text of bounded length) cannot break a request later. The PromQL is parsed locally
+with `promql-parser` (fast, exact messages); whether Prometheus accepts it is checked by the
+refresh loop with a real query before a reloaded policy replaces the serving one.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -19,9 +22,17 @@ import yaml
 
 from gridlb.grid import ConfigError
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
-_LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# Patterns are used with fullmatch: `$` alone would let a trailing newline through.
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_DURATION_RE = re.compile(r"(\d{1,9}(?:\.\d{1,9})?)(ms|s|m)")
+_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")   # shown as is in messages; else quoted
+_LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,127}")
+MAX_FILE_BYTES = 64 * 1024
+MAX_QUERY_CHARS = 10_000
+MAX_DESCRIPTION_CHARS = 2_000
+MIN_REFRESH_S, MAX_REFRESH_S = 0.1, 300.0
+# Beyond this every score ties with every other: that is a random policy, say so instead.
+MAX_TIE_TOLERANCE = 1e9
 _KNOWN_FIELDS = {"name", "description", "query", "result", "refresh_interval", "tie_tolerance"}
 _KNOWN_RESULT_FIELDS = {"substation_label", "better", "select", "pending_adjustment"}
 
@@ -69,14 +80,39 @@ class PolicyError(ConfigError):
     """A policy file was refused; `problems` lists each bad field."""
 
 
-def parse_duration(value: object) -> float | None:
-    """'500ms', '1s', '2m' or a number of seconds -> seconds; None when unreadable."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
+def show(value: object) -> str:
+    """A value as an error message may quote it: short, and never the repr of a structure
+    (YAML aliases can make a small file expand into a huge nested one)."""
+    if value is None or isinstance(value, (bool, float)):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if abs(value) < 10**20 else "a huge integer"
     if isinstance(value, str):
-        match = _DURATION_RE.match(value.strip())
+        text = value if len(value) <= 60 else value[:57] + "..."
+        return repr(text)
+    kinds = {list: "a list", dict: "a mapping"}
+    return next((name for kind, name in kinds.items() if isinstance(value, kind)),
+                f"a {type(value).__name__}")
+
+
+def _number(value: object) -> float | None:
+    """A YAML number as a float (+/-inf when too large for one); None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def parse_duration(value: object) -> float | None:
+    """'500ms', '1s', '2m' or a number of seconds -> seconds; None when unreadable.
+    The result may be NaN or infinite: callers check the range."""
+    number = _number(value)
+    if number is not None:
+        return number
+    if isinstance(value, str):
+        match = _DURATION_RE.fullmatch(value.strip())
         if match:
             scale = {"ms": 0.001, "s": 1.0, "m": 60.0}[match.group(2)]
             return float(match.group(1)) * scale
@@ -92,53 +128,109 @@ def validate_promql(query: str) -> str | None:
     return None
 
 
-def _enum_field(raw: dict[str, Any], key: str, enum: type[Enum], default: Enum,
+def _is_unicode(text: str) -> bool:
+    """False for strings holding lone surrogates (YAML's "\\ud800" escapes make them): they
+    cannot be encoded as UTF-8, so every JSON answer quoting them would fail."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _text(raw: dict[Any, Any], key: str, max_chars: int, problems: list[str], *,
+          required: bool) -> str:
+    value = raw.get(key)
+    if value is None:
+        if required:
+            problems.append(f"{key}: is required")
+        return ""
+    if not isinstance(value, str) or (required and not value.strip()):
+        problems.append(f"{key}: must be {'non-empty ' if required else ''}text, "
+                        f"got {show(value)}")
+        return ""
+    if not _is_unicode(value):
+        problems.append(f"{key}: must be valid Unicode text (it holds an unpaired surrogate)")
+        return ""
+    if len(value) > max_chars:
+        problems.append(f"{key}: must be at most {max_chars} characters, got {len(value)}")
+        return ""
+    return value.strip()
+
+
+def _enum_field(raw: dict[Any, Any], key: str, enum: type[Enum], default: Enum,
                 problems: list[str]) -> Any:
     value = raw.get(key, default.value)
     try:
         return enum(value)
     except ValueError:
         allowed = ", ".join(str(m.value) for m in enum)
-        problems.append(f"result.{key}: must be one of {allowed}, got {value!r}")
+        problems.append(f"result.{key}: must be one of {allowed}, got {show(value)}")
         return default
 
 
-def _check_query(raw: dict[str, Any], problems: list[str]) -> str:
-    query = raw.get("query")
-    if not isinstance(query, str) or not query.strip():
-        problems.append("query: is required and must be a PromQL string")
+def _unknown_keys(raw: dict[Any, Any], known: set[str], where: str,
+                  problems: list[str]) -> None:
+    # Keys may be anything YAML allows (numbers, null, booleans): sort them by how they print.
+    for key in sorted((k for k in raw if k not in known), key=show):
+        shown = key if isinstance(key, str) and _KEY_RE.fullmatch(key) else show(key)
+        problems.append(f"{where}{shown}: unknown field (known: {', '.join(sorted(known))})")
+
+
+def _check_query(raw: dict[Any, Any], problems: list[str]) -> str:
+    query = _text(raw, "query", MAX_QUERY_CHARS, problems, required=True)
+    if not query:
         return ""
     complaint = validate_promql(query)
     if complaint:
         problems.append(f"query: PromQL does not parse: {complaint}")
-    return query.strip()
+    return query
 
 
-def _check_result(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+def _check_result(raw: dict[Any, Any], problems: list[str]) -> dict[Any, Any]:
     result = raw.get("result", {})
     if not isinstance(result, dict):
-        problems.append("result: must be a mapping")
+        problems.append(f"result: must be a mapping, got {show(result)}")
         return {}
-    for key in sorted(set(result) - _KNOWN_RESULT_FIELDS):
-        problems.append(f"result.{key}: unknown field (known: "
-                        f"{', '.join(sorted(_KNOWN_RESULT_FIELDS))})")
+    _unknown_keys(result, _KNOWN_RESULT_FIELDS, "result.", problems)
     label = result.get("substation_label", "instance")
-    if not isinstance(label, str) or not _LABEL_RE.match(label):
-        problems.append(f"result.substation_label: must be a Prometheus label name, got {label!r}")
+    if not isinstance(label, str) or not _LABEL_RE.fullmatch(label):
+        problems.append("result.substation_label: must be a Prometheus label name, "
+                        f"got {show(label)}")
     return result
+
+
+def _check_refresh_interval(raw: dict[Any, Any], problems: list[str]) -> float:
+    value = raw.get("refresh_interval", "1s")
+    seconds = parse_duration(value)
+    if seconds is None or not MIN_REFRESH_S <= seconds <= MAX_REFRESH_S:  # NaN fails too
+        problems.append("refresh_interval: must be a duration between 100ms and 5m "
+                        f"(e.g. '1s'), got {show(value)}")
+        return 1.0
+    return seconds
+
+
+def _check_tie_tolerance(raw: dict[Any, Any], problems: list[str]) -> float:
+    value = raw.get("tie_tolerance", 0.0)
+    number = _number(value)
+    if number is None or not 0.0 <= number <= MAX_TIE_TOLERANCE:  # NaN fails too
+        problems.append(f"tie_tolerance: must be a finite number between 0 and "
+                        f"{MAX_TIE_TOLERANCE:g}, got {show(value)}")
+        return 0.0
+    return number
 
 
 def parse_policy(raw: object, source: str) -> Policy:
     """Validate a parsed YAML document; raise PolicyError listing every problem."""
     if not isinstance(raw, dict):
-        raise PolicyError(source, ["top level: must be a mapping with name, query and result"])
+        raise PolicyError(source, ["top level: must be a mapping with name, query and result, "
+                                   f"got {show(raw)}"])
     problems: list[str] = []
-    for key in sorted(set(raw) - _KNOWN_FIELDS):
-        problems.append(f"{key}: unknown field (known: {', '.join(sorted(_KNOWN_FIELDS))})")
+    _unknown_keys(raw, _KNOWN_FIELDS, "", problems)
     name = raw.get("name")
     stem = Path(source).stem
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        problems.append(f"name: must be lowercase letters, digits, '-' or '_', got {name!r}")
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        problems.append(f"name: must be lowercase letters, digits, '-' or '_', got {show(name)}")
     elif name != stem:
         problems.append(f"name: {name!r} must match the file name {stem!r}")
     query = _check_query(raw, problems)
@@ -150,39 +242,47 @@ def parse_policy(raw: object, source: str) -> Policy:
     if select is SelectMode.WEIGHTED and better is not Better.HIGHER:
         problems.append("result.better: a weighted policy needs better: higher "
                         "(the score is a weight)")
-    interval = parse_duration(raw.get("refresh_interval", "1s"))
-    if interval is None or not 0.1 <= interval <= 300:
-        problems.append("refresh_interval: must be a duration between 100ms and 5m "
-                        f"(e.g. '1s'), got {raw.get('refresh_interval')!r}")
-        interval = 1.0
-    tolerance = raw.get("tie_tolerance", 0.0)
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
-        problems.append(f"tie_tolerance: must be a number >= 0, got {tolerance!r}")
-        tolerance = 0.0
-    description = raw.get("description", "")
-    if not isinstance(description, str):
-        problems.append("description: must be text")
-        description = ""
+    interval = _check_refresh_interval(raw, problems)
+    tolerance = _check_tie_tolerance(raw, problems)
+    description = _text(raw, "description", MAX_DESCRIPTION_CHARS, problems, required=False)
     if problems:
         raise PolicyError(source, problems)
     return Policy(
-        name=str(name), description=description.strip(), query=query,
+        name=str(name), description=description, query=query,
         substation_label=str(result.get("substation_label", "instance")), better=better,
         select=select, pending_adjustment=adjustment, refresh_interval_s=interval,
-        tie_tolerance=float(tolerance), source=source,
+        tie_tolerance=tolerance, source=source,
     )
+
+
+def read_policy_text(policy_file: Path) -> str:
+    """The file as text, or PolicyError saying why not (unreadable, too large, not UTF-8)."""
+    try:
+        with policy_file.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise PolicyError(policy_file, [f"cannot read file: {exc.strerror}"]) from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise PolicyError(policy_file, [f"file: larger than {MAX_FILE_BYTES // 1024} KiB; a "
+                                        "policy is a few lines of YAML"])
+    try:
+        return data.decode("utf-8-sig")   # a BOM some editors write is fine
+    except UnicodeDecodeError as exc:
+        raise PolicyError(policy_file, [
+            f"file: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8"]) from exc
 
 
 def load_policy(path: str | Path) -> Policy:
     policy_file = Path(path)
-    try:
-        text = policy_file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError(policy_file, [f"cannot read file: {exc.strerror}"]) from exc
+    text = read_policy_text(policy_file)
     try:
         raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PolicyError(policy_file, [f"not valid YAML: {exc}"]) from exc
+    # PyYAML raises ValueError for impossible dates (2023-02-30) and integers over 4,300
+    # digits, RecursionError for very deep nesting: all of them mean "not a policy file".
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
+        detail = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
+        raise PolicyError(policy_file, [f"not valid YAML: {detail[:300]}"]) from exc
     return parse_policy(raw, source=str(policy_file))
 
 

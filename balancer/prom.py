@@ -2,12 +2,22 @@
 
 `prometheus-api-client` is synchronous (requests); callers run `read_snapshot` in a thread.
 Every odd answer has a decided meaning:
-- HTTP 400 (bad_data), 422 (execution), 503 (timeout), other non-200, connection errors and
-  client timeouts raise QueryFailure with a reason; the caller keeps its last good snapshot.
+- HTTP 400 (bad_data), 422 (execution), 503 (timeout), other non-200, connection errors, client
+  timeouts, a body cut off mid-way (truncated) and anything that is not a Prometheus vector
+  answer (bad_response) raise QueryFailure with a reason: the only exception that leaves here.
+  If a grid query fails, the caller keeps its last good snapshot.
+- If only the policy's query fails (e.g. 422 "many-to-many matching not allowed" because one
+  substation exports an odd series), the grid is still read: PolicyQueryFailed carries a snapshot
+  without scores, in which substations are ranked by utilization (one odd series must not stop
+  the whole grid's routing).
 - An empty vector is not an error but means "no data": no substation gets a score from it.
 - A series without the identifying label is dropped and reported.
 - NaN and +/-Inf values are dropped and reported: such a substation is not eligible.
 - Several series for one substation keep the most pessimistic value and are reported.
+- Series left by an earlier run (a substation renamed or replaced at the same address) stay
+  visible for Prometheus's lookback with no staleness marker: the grid queries keep only series
+  from each target's latest scrape, and a policy series naming another substation than the one
+  now at that address is dropped and reported.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import requests
 from prometheus_api_client.exceptions import PrometheusApiClientException
@@ -42,6 +52,14 @@ class QueryFailure(Exception):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}")
+
+
+class PolicyQueryFailed(QueryFailure):
+    """The grid was read but the policy's query failed: `grid` is the snapshot without scores."""
+
+    def __init__(self, failure: QueryFailure, grid: Snapshot) -> None:
+        super().__init__(failure.reason, failure.detail)
+        self.grid = grid
 
 
 def make_client(base_url: str, timeout_s: float = 2.0,
@@ -70,13 +88,37 @@ def run_query(client: QueryClient, promql: str, params: Mapping[str, Any]) -> li
         cause = getattr(exc.args[0], "reason", None) if exc.args else None
         reason = "client_timeout" if isinstance(cause, ReadTimeoutError) else "unreachable"
         raise QueryFailure(reason, str(exc)[:300]) from exc
-    except (ValueError, KeyError, TypeError) as exc:
-        raise QueryFailure("bad_response", f"not a Prometheus API answer: {exc}") from exc
-    if not isinstance(result, list) or not all(
-            isinstance(s, dict) and "value" in s for s in result):
+    except requests.exceptions.ChunkedEncodingError as exc:
+        # The connection closed before the whole body came (a proxy or Prometheus died mid-way).
+        raise QueryFailure("truncated", f"the answer was cut off: {str(exc)[:200]}") from exc
+    # JSON that does not parse, the wrong shape ({"data": []}), nesting too deep to decode.
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as exc:
         raise QueryFailure("bad_response",
-                           f"expected an instant vector, got {str(result)[:120]}")
+                           f"not a Prometheus API answer: {str(exc)[:200]}") from exc
+    except requests.RequestException as exc:
+        raise QueryFailure("request_failed", f"{type(exc).__name__}: {str(exc)[:200]}") \
+            from exc
+    if not _is_vector(result):
+        raise QueryFailure("bad_response",
+                           f"expected an instant vector, got {_excerpt(result)}")
     return result
+
+
+def _is_vector(result: object) -> TypeGuard[list[dict[str, Any]]]:
+    """An instant vector as Prometheus sends it: [{"metric": {str: str}, "value": [t, "v"]}]."""
+    return isinstance(result, list) and all(
+        isinstance(s, dict)
+        and isinstance(s.get("metric", {}), dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in s.get("metric", {}).items())
+        and isinstance(s.get("value"), list) and len(s["value"]) == 2
+        for s in result)
+
+
+def _excerpt(value: object) -> str:
+    try:
+        return repr(value)[:120]
+    except RecursionError:
+        return f"a deeply nested {type(value).__name__}"
 
 
 def read_vector(result: list[dict[str, Any]], key_label: str,
@@ -87,7 +129,7 @@ def read_vector(result: list[dict[str, Any]], key_label: str,
     labels: dict[str, dict[str, str]] = {}
     problems: list[str] = []
     for series in result:
-        metric = series.get("metric") or {}
+        metric = series.get("metric", {})
         key = metric.get(key_label)
         if not key:
             problems.append(f"{what}: a series has no '{key_label}' label ({metric}); ignored")
@@ -124,11 +166,39 @@ class GridQueries:
 
     @property
     def load(self) -> str:
-        return f'substation_load{{job="{self.job}"}}'
+        return self.latest_scrape("substation_load")
 
     @property
     def capacity(self) -> str:
-        return f'substation_capacity_kw{{job="{self.job}"}}'
+        return self.latest_scrape("substation_capacity_kw")
+
+    def latest_scrape(self, metric: str) -> str:
+        """`metric`'s series from each target's latest scrape only. All samples of one scrape
+        share `up`'s timestamp; a series older than that was not in the latest scrape: it is
+        left from an earlier identity of the target (renamed or replaced at the same address)."""
+        selector = f'{metric}{{job="{self.job}"}}'
+        return (f"{selector} and (timestamp({selector}) "
+                f">= on (job, instance) group_left {self.scrape_time})")
+
+
+def drop_leftovers(result: list[dict[str, Any]], names: Mapping[str, str], what: str
+                   ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Drop series that name another substation than the one now at their address.
+
+    A policy keyed by `instance` sees, for the lookback after a rename, the old substation's
+    series beside the new one's (Prometheus writes no staleness marker for a previous run)."""
+    kept: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for series in result:
+        metric = series.get("metric", {})
+        instance, named = metric.get("instance"), metric.get("substation")
+        current = names.get(instance or "")
+        if named and current and current != instance and named != current:
+            problems.append(f"{what}: a series for substation {named!r} at {instance}, where "
+                            f"{current!r} runs now (left from an earlier run); ignored")
+            continue
+        kept.append(series)
+    return kept, problems
 
 
 def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at: float,
@@ -143,16 +213,27 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
                                             max, "load")
     capacity, cap_labels, p_cap = read_vector(run_query(client, queries.capacity, params),
                                               "instance", min, "capacity")
-    worst = max if policy.better is Better.LOWER else min
-    scores, _, p_score = read_vector(run_query(client, policy.query, params),
-                                     policy.substation_label, worst, f"policy {policy.name}")
     names = {inst: (cap_labels.get(inst) or load_labels.get(inst) or {}).get("substation", inst)
              for inst in up}
+    what = f"policy {policy.name}"
+    failed: QueryFailure | None = None
+    try:
+        result = run_query(client, policy.query, params)
+    except QueryFailure as exc:
+        failed, result = exc, []
+    result, p_left = drop_leftovers(result, names, what)
+    worst = max if policy.better is Better.LOWER else min
+    scores, _, p_score = read_vector(result, policy.substation_label, worst, what)
     by_name = {name: inst for inst, name in names.items()}
     scores_by_instance = {by_name.get(key, key): value for key, value in scores.items()}
-    problems = p_up + p_ts + p_load + p_cap + p_score
-    if not scores:
-        problems.append(f"policy {policy.name}: the query returned no data")
+    problems = p_up + p_ts + p_load + p_cap + p_left + p_score
+    problems += [f"{what}: {key!r} is not a substation Prometheus scrapes now; ignored"
+                 for key in scores if by_name.get(key, key) not in up]
+    if failed is not None:
+        problems.append(f"{what}: the query failed ({failed}); substations are ranked by "
+                        "utilization until it succeeds")
+    elif not scores:
+        problems.append(f"{what}: the query returned no data")
     views = {
         inst: SubstationView(
             instance=inst, name=names[inst], up=up[inst] == 1.0, scrape_ts=scraped.get(inst, 0.0),
@@ -161,5 +242,8 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
         )
         for inst in up
     }
-    return Snapshot(policy_name=policy.name, evaluated_at=at, substations=views,
-                    problems=tuple(problems))
+    snapshot = Snapshot(policy_name=policy.name, evaluated_at=at, substations=views,
+                        problems=tuple(problems))
+    if failed is not None:
+        raise PolicyQueryFailed(failed, snapshot)
+    return snapshot

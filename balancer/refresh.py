@@ -1,167 +1,134 @@
-"""Keeping the policy snapshot fresh, off the request path.
+"""The policy refresh loop: keeps the serving snapshot fresh, off the request path.
 
-A background loop evaluates the active policy every `refresh_interval` (in a thread: the
-Prometheus client is synchronous), settles the pending ledger against the new scrape times, and
-reloads the policy file when it changes. A failed evaluation keeps the last good snapshot; a
-broken policy edit keeps the last good policy.
+Every `refresh_interval` it reloads the policy file if it changed, evaluates the policy (in a
+thread: the Prometheus client is synchronous) and installs the result in the ServingState.
+
+Nothing short of shutdown ends it. Each failure is caught, logged, counted in
+`balancer_prometheus_query_errors_total{reason}` and retried after a backoff:
+- a grid query fails (Prometheus down, slow, truncated or odd answers): the last good snapshot
+  keeps serving (degraded mode once it is too old);
+- only the policy's query fails (e.g. 422 many-to-many for one substation's odd series): the
+  fresh grid is installed without scores, so substations are ranked by utilization;
+- a policy edit is refused (unreadable, not UTF-8, invalid): the previous policy keeps serving
+  and the next edit is tried again;
+- anything else (a bug): counted as `internal`, the loop carries on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from balancer.health import OutlierDetector
-from balancer.ledger import PendingLedger
-from balancer.metrics import BalancerMetrics
 from balancer.policy import Policy, PolicyError, load_policy
-from balancer.prom import GridQueries, QueryClient, QueryFailure, read_snapshot, run_query
-from balancer.snapshot import Snapshot
+from balancer.prom import (
+    GridQueries,
+    PolicyQueryFailed,
+    QueryClient,
+    QueryFailure,
+    read_snapshot,
+    run_query,
+)
+from balancer.serving import ServingState
 
 log = logging.getLogger(__name__)
 
 # Prometheus's own rejections of a query: a reload with such a query is refused.
 _REJECTIONS = {"bad_data", "execution"}
+# Failures back off up to this (or the refresh interval, if longer): long enough to spare a
+# struggling Prometheus, short enough that recovery is noticed well within the snapshot age.
+MAX_BACKOFF_S = 5.0
 
 
-@dataclass(frozen=True)
-class EvaluationError:
-    reason: str
-    detail: str
-    at: float
+def backoff_s(interval_s: float, consecutive_failures: int) -> float:
+    """The wait before the next evaluation: the interval, doubled per failure in a row."""
+    if consecutive_failures <= 0:
+        return interval_s
+    return min(interval_s * 2.0 ** min(consecutive_failures - 1, 20),
+               max(interval_s, MAX_BACKOFF_S))
 
 
-class PolicyRefresher:
-    def __init__(self, client: QueryClient, policy: Policy, policy_file: Path,
-                 ledger: PendingLedger, health: OutlierDetector, metrics: BalancerMetrics, *,
-                 queries: GridQueries | None = None, max_snapshot_age_s: float = 15.0,
-                 extra_params: Mapping[str, Any] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+class PolicyRefreshLoop:
+    def __init__(self, client: QueryClient, state: ServingState, *,
+                 queries: GridQueries | None = None,
+                 extra_params: Mapping[str, Any] | None = None) -> None:
         self.client = client
-        self.policy = policy
-        self.policy_file = policy_file
-        self.ledger = ledger
-        self.health = health
-        self.metrics = metrics
+        self.state = state
+        self.metrics = state.metrics
         self.queries = queries or GridQueries()
-        self.max_snapshot_age_s = max_snapshot_age_s
         self.extra_params = dict(extra_params or {})
-        self.clock = clock
-        self.snapshot: Snapshot | None = None
-        self._names: dict[str, str] = {}   # instance -> substation id, as last seen
-        self.last_error: EvaluationError | None = None
-        self.reload_error: str | None = None
-        self.reloaded_at = clock()
-        self._policy_mtime = self._mtime()
-
-    # -- state the request path reads -------------------------------------------------------
-    def snapshot_age_s(self) -> float | None:
-        return None if self.snapshot is None else self.clock() - self.snapshot.evaluated_at
-
-    @property
-    def degraded(self) -> bool:
-        age = self.snapshot_age_s()
-        return age is not None and age > self.max_snapshot_age_s
-
-    @property
-    def mode(self) -> str:
-        if self.snapshot is None:
-            return "starting"
-        return "degraded" if self.degraded else "normal"
+        self._policy_mtime = self._mtime(state.policy_file)
+        self._task: asyncio.Task[None] | None = None
 
     # -- evaluation -------------------------------------------------------------------------
-    async def refresh_once(self) -> Snapshot | None:
-        policy = self.policy
+    async def refresh_once(self) -> bool:
+        """Evaluate the serving policy and install what came out; True on full success.
+        Never raises (short of cancellation): both the loop and POST /-/reload call it."""
+        state = self.state
+        policy = state.policy
+        at = state.clock()
+        state.record_attempt(at)
         started = time.perf_counter()
         try:
             snapshot = await asyncio.to_thread(read_snapshot, self.client, policy, self.queries,
-                                               self.clock(), self.extra_params)
+                                               at, self.extra_params)
+        except PolicyQueryFailed as exc:
+            state.install(exc.grid, evaluated_with=policy)
+            self._failed(policy, exc.reason, exc.detail, "the grid was read; ranking by "
+                         "utilization until the policy's query succeeds")
+            return False
         except QueryFailure as exc:
-            self.last_error = EvaluationError(exc.reason, exc.detail, self.clock())
-            self.metrics.query_errors.labels(policy=policy.name, reason=exc.reason).inc()
-            log.warning("policy %s: evaluation failed (%s); keeping the last snapshot",
-                        policy.name, exc)
-            self.update_gauges()
-            return None
+            self._failed(policy, exc.reason, exc.detail, "keeping the last snapshot")
+            return False
+        except Exception as exc:   # a bug or an answer nobody foresaw: the loop must go on
+            log.exception("policy %s: evaluation failed unexpectedly", policy.name)
+            self._failed(policy, "internal", f"{type(exc).__name__}: {exc}"[:300],
+                         "keeping the last snapshot")
+            return False
         finally:
             self.metrics.query_seconds.labels(policy=policy.name).observe(
                 time.perf_counter() - started)
         if not snapshot.substations:
             self.metrics.query_errors.labels(policy=policy.name, reason="no_substations").inc()
-        self.install(snapshot)
-        return snapshot
+        state.install(snapshot, evaluated_with=policy)
+        state.record_success(at)
+        return True
 
-    def install(self, snapshot: Snapshot) -> None:
-        snapshot = self._with_known_names(snapshot)
-        for view in snapshot.substations.values():
-            self.ledger.settle(view.instance, view.scrape_ts)
-        present = set(snapshot.substations)
-        self.ledger.forget_except(present)
-        self.health.forget_except(present)
-        self.snapshot = snapshot
-        self.last_error = None
-        self.update_gauges()
-
-    def _with_known_names(self, snapshot: Snapshot) -> Snapshot:
-        """A substation that is down has no series left to name it: keep the name it had."""
-        for view in snapshot.substations.values():
-            if view.name != view.instance:
-                self._names[view.instance] = view.name
-        for gone in set(self._names) - set(snapshot.substations):
-            del self._names[gone]
-        unnamed = {i: v for i, v in snapshot.substations.items()
-                   if v.name == i and i in self._names}
-        if not unnamed:
-            return snapshot
-        views = {**snapshot.substations,
-                 **{i: dataclasses.replace(v, name=self._names[i]) for i, v in unnamed.items()}}
-        return dataclasses.replace(snapshot, substations=views)
-
-    def update_gauges(self) -> None:
-        age = self.snapshot_age_s()
-        self.metrics.snapshot_age.set(age if age is not None else float("inf"))
-        self.metrics.degraded.set(1.0 if self.mode != "normal" else 0.0)
-        self.metrics.ejected.set(self.health.ejected_count())
-        if self.snapshot is None:
-            return
-        names = {v.instance: v.name for v in self.snapshot.substations.values()}
-        self.metrics.prune_substations(set(names.values()))
-        for view in self.snapshot.substations.values():
-            if view.score is not None:
-                self.metrics.policy_score.labels(policy=self.policy.name,
-                                                 substation=view.name).set(view.score)
-            self.metrics.pending_kw.labels(substation=view.name).set(
-                self.ledger.pending_kw(view.instance))
+    def _failed(self, policy: Policy, reason: str, detail: str, consequence: str) -> None:
+        log.warning("policy %s: evaluation failed (%s: %s); %s", policy.name, reason, detail,
+                    consequence)
+        self.state.record_failure(reason, detail, self.state.clock())
 
     # -- policy reloads ---------------------------------------------------------------------
-    def _mtime(self) -> float:
+    @staticmethod
+    def _mtime(path: Path) -> float:
         try:
-            return self.policy_file.stat().st_mtime
+            return path.stat().st_mtime
         except OSError:
             return 0.0
 
+    def policy_file_changed(self) -> bool:
+        return self._mtime(self.state.policy_file) != self._policy_mtime
+
     async def reload(self, policy_file: Path | None = None) -> Policy:
-        """Load, validate and check the policy with Prometheus; swap only if all pass."""
-        target = policy_file or self.policy_file
-        self._policy_mtime = self._mtime()
+        """Load, validate and check the policy with Prometheus; swap only if all pass.
+        Raises PolicyError (naming the file and the field) and keeps the serving policy."""
+        state = self.state
+        target = policy_file or state.policy_file
+        self._policy_mtime = self._mtime(target)
         try:
             candidate = load_policy(target)
             await self._check_with_prometheus(candidate)
         except PolicyError as exc:
-            self.reload_error = str(exc)
+            state.reload_error = str(exc)
             self.metrics.reloads.labels(result="error").inc()
             log.error("policy reload refused, the previous policy keeps serving: %s", exc)
             raise
-        self.policy, self.policy_file = candidate, target
-        self.reload_error = None
-        self.reloaded_at = self.clock()
+        state.use_policy(candidate, target)
         self.metrics.reloads.labels(result="success").inc()
         log.info("policy %s loaded from %s", candidate.name, target)
         return candidate
@@ -175,12 +142,32 @@ class PolicyRefresher:
                                   ) from exc
             # Prometheus unreachable: the query parsed locally; accept and let refreshes report.
 
+    # -- the loop ---------------------------------------------------------------------------
+    async def tick(self) -> bool:
+        """One round: reload the policy file if it changed, then evaluate."""
+        if self.policy_file_changed():
+            # A refused edit is logged, counted and shown in /policy; the previous policy serves.
+            with contextlib.suppress(PolicyError):
+                await self.reload()
+        return await self.refresh_once()
+
     async def run(self) -> None:
-        """The background loop: reload on file change, evaluate, sleep; forever."""
+        """Forever: tick, then wait the refresh interval (backing off while failing)."""
         while True:
-            if self._mtime() != self._policy_mtime:
-                # A refused edit is logged and shown in /policy; the old policy keeps serving.
-                with contextlib.suppress(PolicyError):
-                    await self.reload()
-            await self.refresh_once()
-            await asyncio.sleep(self.policy.refresh_interval_s)
+            try:
+                await self.tick()
+            except Exception as exc:   # not even a reload may end the loop
+                log.exception("policy refresh failed unexpectedly; retrying")
+                self.state.record_failure("internal", f"{type(exc).__name__}: {exc}"[:300],
+                                          self.state.clock())
+            await asyncio.sleep(backoff_s(self.state.policy.refresh_interval_s,
+                                          self.state.evaluations.consecutive_failures))
+
+    def start(self) -> asyncio.Task[None]:
+        self._task = asyncio.create_task(self.run(), name="policy-refresh")
+        return self._task
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+

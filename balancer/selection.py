@@ -15,6 +15,12 @@ and a request for `requested_kw`, choose a substation:
    several balancer replicas do not herd together; `weighted` draws at random with probability
    proportional to the score.
 
+4. Nothing fits, but only because of kW that may be counted twice (a reading that may already
+   include forwards whose answers are on the way, ledger.doubtful_kw): try the substation that
+   fits without them, least utilized first (`select_despite_doubt`). The substation is the
+   authority and refuses if it is really full; this costs at most one refused forward, where
+   answering no_capacity would refuse a driver while there is room.
+
 Degraded mode (the snapshot is older than the configured maximum age): the policy's scores are
 too old to trust, but the last known capacities and loads plus everything assigned since are a
 safe upper bound; rank by that effective utilization. The same applies when the policy scored no
@@ -181,3 +187,24 @@ class _Reservoir:
         else:
             return
         self.view, self.load, self.score = view, load, score
+
+
+def select_despite_doubt(snapshot: Snapshot, ledger: PendingLedger, requested_kw: float, *,
+                         exclude: Collection[str] = ()) -> Candidate | None:
+    """When select_substation found nothing: the substation that fits once the kW its reading
+    may already count are not counted twice (step 4 above), or None. Only on the no-capacity
+    path, so it may look at each substation's ledger in full."""
+    best: Candidate | None = None
+    for instance, scraped_kw, capacity, _, _, view in snapshot.usable:
+        if instance in exclude:
+            continue
+        doubt = ledger.doubtful_kw(instance)
+        if not doubt:
+            continue
+        load = ledger.observed_by_instance.get(instance, scraped_kw) + ledger.pending_kw(instance)
+        if load - doubt + requested_kw > capacity + _FIT_EPSILON_KW:
+            continue
+        candidate = Candidate(instance, view.name, load - doubt, capacity, None)
+        if best is None or candidate.utilization < best.utilization:
+            best = candidate
+    return best

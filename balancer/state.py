@@ -13,10 +13,13 @@ from balancer.health import OutlierDetector
 from balancer.inflight import InFlight
 from balancer.ledger import PendingLedger
 from balancer.metrics import BalancerMetrics
-from balancer.refresh import PolicyRefresher
+from balancer.refresh import PolicyRefreshLoop
+from balancer.serving import ServingState
 
 CONFIG = web.AppKey("config", BalancerConfig)
-REFRESHER = web.AppKey("refresher", PolicyRefresher)
+# What requests are decided from (policy, snapshot, mode), and the loop that keeps it fresh.
+SERVING = web.AppKey("serving", ServingState)
+REFRESH_LOOP = web.AppKey("refresh_loop", PolicyRefreshLoop)
 LEDGER = web.AppKey("ledger", PendingLedger)
 HEALTH = web.AppKey("health", OutlierDetector)
 METRICS = web.AppKey("metrics", BalancerMetrics)

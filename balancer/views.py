@@ -1,4 +1,5 @@
-"""HTTP views of the balancer: thin glue over selection, forwarding and the refresher."""
+"""HTTP views of the balancer: thin glue over selection, forwarding, the serving state and the
+refresh loop."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from balancer.state import (
     INFLIGHT,
     LEDGER,
     METRICS,
-    REFRESHER,
+    REFRESH_LOOP,
     RNG,
+    SERVING,
     SUBSTATIONS,
 )
 from gridlb.charge import SessionCharge, describe, parse_session_charge
@@ -78,8 +80,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 async def _place(app: web.Application, charge: SessionCharge, resolve: bool,
                  deadline: Deadline) -> web.Response:
-    config, refresher = app[CONFIG], app[REFRESHER]
-    snapshot = refresher.snapshot
+    config, serving = app[CONFIG], app[SERVING]
+    snapshot = serving.snapshot
     if snapshot is None:
         return json_error(503, ErrorCode.NO_SNAPSHOT, "the balancer has not read Prometheus yet",
                           headers={"Retry-After": "1"}, session_may_exist=resolve)
@@ -87,7 +89,7 @@ async def _place(app: web.Application, charge: SessionCharge, resolve: bool,
         return json_error(503, ErrorCode.NO_SUBSTATIONS,
                           "Prometheus reports no substation that is up with known load and "
                           "capacity", headers={"Retry-After": "1"}, session_may_exist=False)
-    chooser = LedgerChooser(charge, refresher, app[LEDGER], app[HEALTH], app[METRICS], app[RNG])
+    chooser = LedgerChooser(charge, serving, app[LEDGER], app[HEALTH], app[METRICS], app[RNG])
     placement = Placement(charge, app[SUBSTATIONS], chooser, deadline,
                           forward_timeout_s=config.forward_timeout_s,
                           max_attempts=config.max_attempts)
@@ -98,7 +100,7 @@ async def _place(app: web.Application, charge: SessionCharge, resolve: bool,
 def _answer(app: web.Application, charge: SessionCharge, outcome: Outcome,
             name: Callable[[str], str]) -> web.Response:
     """The HTTP answer for a placement's outcome."""
-    policy, metrics = app[REFRESHER].policy, app[METRICS]
+    policy, metrics = app[SERVING].policy, app[METRICS]
     kind, may_exist = outcome.kind, outcome.session_may_exist
     if kind in (OutcomeKind.PLACED, OutcomeKind.ENDED):
         assert outcome.instance is not None and outcome.reply is not None
@@ -150,8 +152,8 @@ def graph_url(base: str, promql: str) -> str:
 
 async def show_policy(request: web.Request) -> web.Response:
     app = request.app
-    refresher, ledger, config = app[REFRESHER], app[LEDGER], app[CONFIG]
-    policy, snapshot = refresher.policy, refresher.snapshot
+    serving, ledger, config = app[SERVING], app[LEDGER], app[CONFIG]
+    policy, snapshot = serving.policy, serving.snapshot
     substations = []
     for view in (snapshot.substations.values() if snapshot else ()):
         substations.append({
@@ -162,7 +164,7 @@ async def show_policy(request: web.Request) -> web.Response:
             "effective_load_kw": effective_load_kw(view, ledger),
             "scraped_at": view.scrape_ts,
         })
-    error = refresher.last_error
+    error = serving.last_error
     return json_response({
         "policy": policy.name, "file": policy.source, "description": policy.description,
         "query": policy.query,
@@ -170,15 +172,16 @@ async def show_policy(request: web.Request) -> web.Response:
                    "select": policy.select.value,
                    "pending_adjustment": policy.pending_adjustment.value},
         "refresh_interval_s": policy.refresh_interval_s,
-        "mode": refresher.mode,
+        "mode": serving.mode,
         "evaluated_at": snapshot.evaluated_at if snapshot else None,
-        "age_s": refresher.snapshot_age_s(),
+        "age_s": serving.snapshot_age_s(),
         "substations": substations,
         "ejected": app[HEALTH].ejected(),
         "problems": list(snapshot.problems) if snapshot else [],
         "last_error": None if error is None else {"reason": error.reason,
                                                   "detail": error.detail, "at": error.at},
-        "reload_error": refresher.reload_error,
+        "evaluations": serving.evaluations.as_dict(),
+        "reload_error": serving.reload_error,
         "prometheus_graph_url": graph_url(config.prometheus_public_url or config.prometheus_url,
                                           policy.query),
     })
@@ -187,7 +190,7 @@ async def show_policy(request: web.Request) -> web.Response:
 async def reload_policy(request: web.Request) -> web.Response:
     """POST /-/reload, optionally {"policy": "<name>"} to switch to another policy file."""
     app = request.app
-    refresher = app[REFRESHER]
+    loop, serving = app[REFRESH_LOOP], app[SERVING]
     target = None
     if request.can_read_body:
         body = await read_json_object(request)
@@ -200,26 +203,34 @@ async def reload_policy(request: web.Request) -> web.Response:
                                   "policy: must be a policy name")
             target = policy_path(app[CONFIG].policy_dir, name)
     try:
-        policy = await refresher.reload(target)
+        policy = await loop.reload(target)
     except PolicyError as exc:
         return json_error(422, ErrorCode.INVALID_POLICY, str(exc), problems=exc.problems,
-                          serving=refresher.policy.name)
-    await refresher.refresh_once()
-    return json_response({"status": "reloaded", "policy": policy.name, "file": policy.source})
+                          serving=serving.policy.name)
+    evaluated = await loop.refresh_once()   # never raises: a failure is in `evaluations`
+    return json_response({"status": "reloaded", "policy": policy.name, "file": policy.source,
+                          "evaluated": evaluated})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    refresher = request.app[REFRESHER]
-    snapshot = refresher.snapshot
+    serving, loop = request.app[SERVING], request.app[REFRESH_LOOP]
+    snapshot = serving.snapshot
     usable = len(snapshot.usable) if snapshot else 0
-    body = {"mode": refresher.mode, "snapshot_age_s": refresher.snapshot_age_s(),
-            "policy": refresher.policy.name, "usable_substations": usable}
-    # Ready means able to place a charge: a snapshot with at least one usable substation.
-    return json_response(body, status=200 if usable else 503)
+    body = {"mode": serving.mode, "snapshot_age_s": serving.snapshot_age_s(),
+            "policy": serving.policy.name, "usable_substations": usable,
+            "refresh_loop": "running" if loop.running else "stopped",
+            "evaluations": serving.evaluations.as_dict()}
+    # Ready means able to place a charge: a snapshot with at least one usable substation, kept
+    # fresh by a running loop. Failing evaluations alone do not make it unready: degraded mode
+    # still places charges safely, and taking every replica out of service because Prometheus
+    # is down would turn a monitoring outage into a charging outage. They show in `evaluations`
+    # and `balancer_policy_evaluation_consecutive_failures`.
+    ready = usable > 0 and loop.running
+    return json_response(body, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    request.app[REFRESHER].update_gauges()   # the snapshot age moves even between refreshes
+    request.app[SERVING].update_gauges()   # the snapshot age moves even between refreshes
     return metrics_response(request.app[METRICS].registry)
 
 

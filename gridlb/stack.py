@@ -1,15 +1,23 @@
 """`make up`: the whole system on this machine, in the foreground, without Docker.
 
 Starts Prometheus, the substations, the balancer and the ingress on the grid file's host and
-ports, prints the URLs, and on Ctrl-C or SIGTERM stops every process it started (by PID, TERM
-then KILL), so nothing is left behind. The same pieces start the stacks of the integration tests.
+ports, says what it resumed from `.run/`, prints the URLs, and then supervises them like
+Compose (gridlb/supervisor.py): a service that exits is restarted with backoff while the others
+keep running. On Ctrl-C, SIGTERM or SIGHUP it stops every process it started, front to back
+(by PID, TERM then KILL), so nothing is left behind. `make reset` (`--reset`) empties `.run/`'s
+state so that the next `make up` starts with no sessions. The same pieces start the stacks of the
+integration tests.
 """
 
 from __future__ import annotations
 
+import argparse
+import ctypes
+import http.client
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,13 +25,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 from gridlb.grid import ConfigError, GridConfig, load_grid
 from gridlb.promconfig import REPO_ROOT, prometheus_command, render_prometheus_dir
+from gridlb.supervisor import RestartPolicy, Supervisor
+
+PID_FILE = "stack.pid"
 
 
 @dataclass(frozen=True)
@@ -34,19 +45,45 @@ class ServiceSpec:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-class ProcessGroup:
-    """Child processes started by us, stopped by us."""
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to send the child SIGTERM when its parent dies (even by
+    SIGKILL), or None where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
 
-    def __init__(self, log_dir: Path) -> None:
+    def hook() -> None:   # runs in the child between fork and exec: nothing but the call
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    return hook
+
+
+class ProcessGroup:
+    """Child processes started by us, stopped by us.
+
+    `detach`: each child gets its own session, so a Ctrl-C in the terminal reaches only the
+    supervisor, which then stops the children in order; and each child is told to stop if the
+    supervisor dies, so a killed `make up` leaves nothing behind. Only for a single-threaded
+    parent (the pre-exec hook is not safe with threads), i.e. `make up` itself."""
+
+    def __init__(self, log_dir: Path, detach: bool = False) -> None:
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.detach = detach
+        self._pre_exec = _die_with_parent_hook() if detach else None
 
     def start(self, spec: ServiceSpec) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.log_dir / f"{spec.name}.log").open("ab") as log:
             proc = subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
-                                    env={**os.environ, **spec.env})
+                                    env={**os.environ, **spec.env},
+                                    start_new_session=self.detach,
+                                    preexec_fn=self._pre_exec)   # None unless detached
         self.procs[spec.name] = proc
         return proc
 
@@ -90,18 +127,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def answers_ok(url: str, timeout_s: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return 200 <= int(resp.status) < 300
+    except (OSError, http.client.HTTPException):   # refused, reset, timed out, garbled
+        return False
+
+
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
     """Poll `url` until it answers 2xx; fail fast if the process died."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"exited with code {proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as resp:
-                if 200 <= resp.status < 300:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
+        if answers_ok(url):
+            return
         time.sleep(0.1)
     raise RuntimeError(f"not ready at {url} after {timeout_s:.0f} s")
 
@@ -196,22 +237,34 @@ Then:  make loadtest        Logs: .run/logs/        Stop: Ctrl-C
 """
 
 
+def seen_by_balancer(grid: GridConfig) -> set[str]:
+    """The grid's substations the balancer can route to now: up, with load and capacity known,
+    under the id the grid file gives them (right after a restart Prometheus still shows the
+    previous run's series, possibly under other ids, until it scrapes the new processes)."""
+    try:
+        with urllib.request.urlopen(f"{grid.balancer_url}/policy", timeout=1.0) as resp:
+            rows = json.loads(resp.read()).get("substations", [])
+    except (OSError, http.client.HTTPException, ValueError, AttributeError):
+        return set()
+    wanted = {s.id for s in grid.substations}
+    return {str(row["substation"]) for row in rows if isinstance(row, dict)
+            and row.get("substation") in wanted and row.get("up")
+            and row.get("load_kw") is not None and row.get("capacity_kw")}
+
+
 def wait_for_grid(grid: GridConfig, timeout_s: float = 30.0) -> None:
-    """Until the balancer sees every substation through Prometheus (a fresh Prometheus has no
-    samples for a few seconds); says so and goes on if that takes too long."""
+    """Until the balancer sees every substation of this grid file through Prometheus (a fresh
+    Prometheus has no samples for a few seconds); says so and goes on if that takes too long."""
     deadline = time.monotonic() + timeout_s
-    usable = 0
+    seen: set[str] = set()
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{grid.balancer_url}/readyz", timeout=1.0) as resp:
-                usable = json.loads(resp.read()).get("usable_substations", 0)
-        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
-            usable = 0
-        if usable >= len(grid.substations):
+        seen = seen_by_balancer(grid)
+        if len(seen) == len(grid.substations):
             return
         time.sleep(0.2)
-    print(f"make up: the balancer sees {usable} of {len(grid.substations)} substations after "
-          f"{timeout_s:.0f} s; see {grid.prometheus_url}/targets", file=sys.stderr)
+    missing = sorted({s.id for s in grid.substations} - seen)
+    print(f"make up: after {timeout_s:.0f} s the balancer does not see {', '.join(missing)}; "
+          f"see {grid.balancer_url}/policy and {grid.prometheus_url}/targets", file=sys.stderr)
 
 
 def ports_in_use(grid: GridConfig) -> list[str]:
@@ -230,54 +283,160 @@ def ports_in_use(grid: GridConfig) -> list[str]:
     return busy
 
 
-def run(grid: GridConfig, run_dir: Path) -> int:
+class StackLauncher:
+    """The supervisor's hands: start, probe and stop the stack's services by name."""
+
+    def __init__(self, group: ProcessGroup, specs: Sequence[ServiceSpec]) -> None:
+        self.group = group
+        self.specs = {spec.name: spec for spec in specs}
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        return self.group.start(self.specs[name])
+
+    def is_ready(self, name: str) -> bool:
+        return answers_ok(self.specs[name].ready_url, timeout_s=0.3)
+
+    def stop(self, name: str) -> None:
+        self.group.stop(name)
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        return self.group.log_tail(name, lines)
+
+
+@dataclass(frozen=True)
+class Resumed:
+    substation: str
+    sessions: int | None        # None: it did not say
+    load_kw: float | None
+
+
+def read_resumed(grid: GridConfig, token: str) -> list[Resumed]:
+    """What each substation resumed from its state file: its /status right after it started
+    (no request has reached it yet: the ingress starts last)."""
+    rows = []
+    for sub in grid.substations:
+        request = urllib.request.Request(f"http://{grid.host}:{sub.port}/status",
+                                         headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=2.0) as resp:
+                status = json.loads(resp.read())
+            rows.append(Resumed(sub.id, int(status["active_sessions"]),
+                                float(status["load_kw"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            rows.append(Resumed(sub.id, None, None))
+    return rows
+
+
+def resume_report(rows: Sequence[Resumed], run_dir: Path) -> str:
+    if all(r.sessions == 0 for r in rows):
+        return f"make up: starting empty (no sessions to resume in {run_dir})"
+    lines = [f"make up: resumed from {run_dir} (`make reset` starts empty):"]
+    for r in rows:
+        shown = ("did not report its sessions" if r.sessions is None
+                 else f"{r.sessions} session{'s' * (r.sessions != 1)}, {r.load_kw:g} kW")
+        lines.append(f"  {r.substation:<14} {shown}")
+    return "\n".join(lines)
+
+
+def running_stack_pid(run_dir: Path) -> int | None:
+    """The PID of a `make up` using `run_dir` that is still alive, if any."""
+    try:
+        pid = int((run_dir / PID_FILE).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if Path("/proc").is_dir() else b""
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid if not cmdline or b"gridlb.stack" in cmdline else None
+
+
+def reset(run_dir: Path) -> int:
+    """Empty the state `make up` resumes from; keep the API key and the internal token."""
+    if (pid := running_stack_pid(run_dir)) is not None:
+        print(f"make reset: make up is running (pid {pid}) on {run_dir}; stop it first "
+              "(Ctrl-C)", file=sys.stderr)
+        return 1
+    removed = []
+    for path in sorted(run_dir.glob("*.sqlite3*")):
+        path.unlink()
+        removed.append(path.name)
+    for directory in ("prometheus-data", "logs"):
+        if (run_dir / directory).exists():
+            shutil.rmtree(run_dir / directory)
+            removed.append(f"{directory}/")
+    if removed:
+        print(f"make reset: removed {', '.join(removed)} from {run_dir}; kept the API key and "
+              "the internal token. The next `make up` starts empty.")
+    else:
+        print(f"make reset: nothing to remove in {run_dir}; the next `make up` starts empty.")
+    return 0
+
+
+def run(grid: GridConfig, run_dir: Path, restart_policy: RestartPolicy | None = None) -> int:
     if busy := ports_in_use(grid):
         print(f"make up: already in use on {grid.host}: {', '.join(busy)}. Stop what holds "
               "them (a system Prometheus: `systemctl stop prometheus`), or choose other ports "
               f"in a copy of {grid.source} and run GRID_CONFIG=that-file make up",
               file=sys.stderr)
         return 1
-    group = ProcessGroup(run_dir / "logs")
+    specs = stack_specs(grid, run_dir)
+    group = ProcessGroup(run_dir / "logs", detach=True)
+    supervisor = Supervisor(StackLauncher(group, specs), [s.name for s in specs],
+                            restart_policy, say=lambda text: print(text, flush=True))
+    last_substation = grid.substations[-1].id
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    (run_dir / PID_FILE).write_text(f"{os.getpid()}\n")
     try:
-        for spec in stack_specs(grid, run_dir):
+        for spec in specs:
             proc = group.start(spec)
+            print(f"make up: started {spec.name} (pid {proc.pid})", flush=True)
             try:
                 wait_ready(spec.ready_url, proc)
             except RuntimeError as exc:
                 print(f"make up: {spec.name} failed to start: {exc}\n{group.log_tail(spec.name)}",
                       file=sys.stderr)
                 return 1
+            supervisor.adopt(spec.name, proc, time.monotonic())
             if stopping:
                 return 0
+            if spec.name == last_substation:   # all are up; nothing has reached them yet
+                token = dev_secret(run_dir / "internal-token")
+                print(resume_report(read_resumed(grid, token), run_dir), flush=True)
         wait_for_grid(grid)
         print(banner(grid, dev_secret(run_dir / "dev-api-key")), flush=True)
         while not stopping:
-            if dead := group.dead():
-                for name, code in dead:
-                    print(f"make up: {name} exited with code {code}; stopping everything\n"
-                          f"{group.log_tail(name)}", file=sys.stderr)
-                return 1
+            supervisor.check(time.monotonic())
             time.sleep(0.2)
         return 0
     finally:
-        print("make up: stopping all services ...", file=sys.stderr)
-        group.stop_all()
+        print("make up: stopping all services ...", file=sys.stderr, flush=True)
+        supervisor.stop_all()
+        group.stop_all()     # anything started but not yet supervised
+        (run_dir / PID_FILE).unlink(missing_ok=True)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gridlb.stack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", type=Path, default=REPO_ROOT / ".run",
+                        help="state, logs and the Prometheus database (default: .run/)")
+    parser.add_argument("--reset", action="store_true",
+                        help="empty the run directory's sessions, Prometheus data and logs")
+    args = parser.parse_args(argv)
+    if args.reset:
+        sys.exit(reset(args.run_dir))
     try:
         grid = load_grid()
     except ConfigError as exc:
         sys.exit(f"make up: {exc}")
-    sys.exit(run(grid, REPO_ROOT / ".run"))
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    sys.exit(run(grid, args.run_dir))
 
 
 if __name__ == "__main__":

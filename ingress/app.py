@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import orjson
@@ -14,9 +14,10 @@ from prometheus_client import CollectorRegistry
 
 from gridlb.http import bearer_token_middleware, json_errors_middleware
 from gridlb.tasks import background
+from ingress.balancers import BalancerReplicas, Resolve, resolve_a_records
 from ingress.config import IngressConfig
 from ingress.metrics import IngressMetrics, metrics_middleware
-from ingress.state import CONFIG, HTTP, IN_PROGRESS, METRICS, STORE
+from ingress.state import BALANCERS, CONFIG, HTTP, IN_PROGRESS, METRICS, STORE
 from ingress.store import IngressStore
 from ingress.views import setup_routes
 
@@ -40,6 +41,27 @@ async def store(app: web.Application) -> AsyncIterator[None]:
     await app[STORE].aclose()
 
 
+def balancer_replicas(resolve: Resolve) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The balancer replicas, host names resolved before the first request."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        app[BALANCERS] = BalancerReplicas(app[CONFIG].balancer_urls, resolve)
+        await app[BALANCERS].refresh()
+        yield
+
+    return context
+
+
+async def resolve_balancers(app: web.Application) -> None:
+    """Resolve the balancers' host names again and again: replicas come and go (Compose's
+    `--scale balancer=N`). Nothing to do when every balancer URL is an address."""
+    if not app[BALANCERS].has_names:
+        return
+    while True:
+        await asyncio.sleep(app[CONFIG].balancer_dns_refresh_s)
+        await app[BALANCERS].refresh()
+
+
 async def prune_store(app: web.Application) -> None:
     while True:
         gone = await app[STORE].prune(time.time())
@@ -48,8 +70,8 @@ async def prune_store(app: web.Application) -> None:
         await asyncio.sleep(app[CONFIG].prune_interval_s)
 
 
-def create_app(config: IngressConfig, registry: CollectorRegistry | None = None
-               ) -> web.Application:
+def create_app(config: IngressConfig, registry: CollectorRegistry | None = None,
+               resolve: Resolve = resolve_a_records) -> web.Application:
     metrics = IngressMetrics(registry or CollectorRegistry())
     app = web.Application(
         client_max_size=config.max_body_bytes,
@@ -60,6 +82,8 @@ def create_app(config: IngressConfig, registry: CollectorRegistry | None = None
     app[IN_PROGRESS] = set()
     app.cleanup_ctx.append(store)
     app.cleanup_ctx.append(http_session)
+    app.cleanup_ctx.append(balancer_replicas(resolve))
+    app.cleanup_ctx.append(background(resolve_balancers, "resolve-balancers"))
     app.cleanup_ctx.append(background(prune_store, "prune-store"))
     setup_routes(app)
     return app

@@ -11,8 +11,11 @@ from gridlb.durable import Durability
 @dataclass(frozen=True)
 class IngressConfig:
     # One or more balancer replicas; a session id always goes to the same one while it answers
-    # (rendezvous hashing), the next one when it cannot be reached.
+    # (rendezvous hashing), the next one when it cannot be reached. An http URL whose host is a
+    # name stands for every IPv4 address of the name, resolved again every
+    # balancer_dns_refresh_s (ingress/balancers.py): `--scale balancer=N` in Compose.
     balancer_urls: tuple[str, ...] = ("http://127.0.0.1:8081",)
+    balancer_dns_refresh_s: float = 5.0
     host: str = "127.0.0.1"
     port: int = 8080
     api_keys: tuple[str, ...] = ()

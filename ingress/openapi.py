@@ -45,6 +45,7 @@ def _charge_request(limits: ChargeLimits) -> dict[str, Any]:
     return {
         "type": "object", "additionalProperties": False,
         "required": ["vehicle_id", "requested_kw", "energy_kwh"],
+        "example": {"vehicle_id": "ev-42", "requested_kw": 11, "energy_kwh": 30},
         "properties": {
             "vehicle_id": {"type": "string", "minLength": 1, "maxLength": MAX_VEHICLE_ID,
                            "pattern": f"^{ID_PATTERN}$"},

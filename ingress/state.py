@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from ingress.balancers import BalancerReplicas
 from ingress.config import IngressConfig
 from ingress.metrics import IngressMetrics
 from ingress.store import IngressStore
@@ -13,5 +14,7 @@ CONFIG = web.AppKey("config", IngressConfig)
 STORE = web.AppKey("store", IngressStore)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", IngressMetrics)
+# The balancer replicas to use now: the configured URLs, host names expanded to their addresses.
+BALANCERS = web.AppKey("balancers", BalancerReplicas)
 # (tenant, Idempotency-Key) of requests being answered now: a concurrent copy is refused (409).
 IN_PROGRESS = web.AppKey("in_progress", set[tuple[str, str]])

@@ -28,7 +28,7 @@ from gridlb.http import (
     metrics_response,
     read_json_object,
 )
-from ingress.balancers import BalancerAnswer, dispatch
+from ingress.balancers import BalancerAnswer, dispatch, locate_substation
 from ingress.idempotency import (
     Dispatch,
     RecordState,
@@ -39,7 +39,7 @@ from ingress.idempotency import (
     next_step,
 )
 from ingress.openapi import IDEMPOTENCY_KEY_PATTERN, MAX_IDEMPOTENCY_KEY, openapi_document
-from ingress.state import CONFIG, HTTP, IN_PROGRESS, METRICS, STORE
+from ingress.state import BALANCERS, CONFIG, HTTP, IN_PROGRESS, METRICS, STORE
 from ingress.store import SessionRoute
 
 # The balancer gets this much less than the ingress's own timeout, so that it answers (even
@@ -122,7 +122,7 @@ async def _ask_balancer(app: web.Application, req: Charge, payload: dict[str, An
     budget = max(0.1, config.request_timeout_s - _BALANCER_MARGIN_S)
     body = {**payload, "vehicle_id": req.vehicle_id, "requested_kw": req.requested_kw,
             "energy_kwh": req.energy_kwh, "timeout_s": budget}
-    return await dispatch(app[HTTP], config.balancer_urls, body, _internal_headers(app),
+    return await dispatch(app[HTTP], app[BALANCERS].urls(), body, _internal_headers(app),
                           config.request_timeout_s)
 
 
@@ -171,15 +171,17 @@ async def _proxy_session(request: web.Request, method: str, action: str = "") ->
     if route is None or route.tenant != bearer_identity(request):
         return json_error(404, ErrorCode.UNKNOWN_SESSION,
                           f"no session {session_id!r} was started with this API key")
-    url = f"http://{route.routed_to}/sessions/{urllib.parse.quote(session_id, safe='')}"
-    try:
-        async with app[HTTP].request(method, url, headers=_internal_headers(app),
-                                     timeout=aiohttp.ClientTimeout(total=5)) as resp:
-            status, raw = resp.status, await resp.read()
-    except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+    answer = await _ask_substation(app, route.routed_to, method, session_id)
+    if not _is_holder(answer, route.substation):
+        # It may have moved (a recreated container, a replaced machine): where is it now?
+        moved_to = await locate_substation(app[HTTP], app[BALANCERS].urls(), route.substation)
+        if moved_to is not None and moved_to != route.routed_to:
+            answer = await _ask_substation(app, moved_to, method, session_id)
+    if isinstance(answer, BaseException):
         return json_error(503, ErrorCode.SUBSTATION_UNAVAILABLE,
                           f"{route.substation} cannot be reached now{action}: "
-                          f"{type(exc).__name__}", headers={"Retry-After": "2"})
+                          f"{type(answer).__name__}", headers={"Retry-After": "2"})
+    status, raw, address = answer
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -191,8 +193,36 @@ async def _proxy_session(request: web.Request, method: str, action: str = "") ->
         return json_error(503, ErrorCode.SUBSTATION_ERROR,
                           f"{route.substation} answered HTTP {status}")
     session = {k: v for k, v in body.items() if k not in ("load_kw", "load_seq", "capacity_kw")}
-    return json_response({**session, "substation": route.substation,
-                          "routed_to": route.routed_to})
+    return json_response({**session, "substation": route.substation, "routed_to": address})
+
+
+SubstationAnswer = tuple[int, bytes, str]   # status, body, the address that answered
+
+
+async def _ask_substation(app: web.Application, address: str, method: str, session_id: str
+                          ) -> SubstationAnswer | BaseException:
+    url = f"http://{address}/sessions/{urllib.parse.quote(session_id, safe='')}"
+    try:
+        async with app[HTTP].request(method, url, headers=_internal_headers(app),
+                                     timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            return resp.status, await resp.read(), address
+    except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        return exc
+
+
+def _is_holder(answer: SubstationAnswer | BaseException, substation: str) -> bool:
+    """Whether the answer came from the substation the session was placed at: another one may
+    listen at its old address now, and would rightly not know the session."""
+    if isinstance(answer, BaseException):
+        return False
+    status, raw, _ = answer
+    if status == 404:
+        return False
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return True     # not a session answer: judged below as the substation's error
+    return not isinstance(body, dict) or body.get("substation") in (None, substation)
 
 
 async def get_session(request: web.Request) -> web.Response:

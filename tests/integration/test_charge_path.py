@@ -64,7 +64,7 @@ def test_requests_beyond_total_capacity_get_no_capacity_and_nothing_overloads(
     c = cluster([("a", 50.0), ("b", 50.0)])
     results = rush_hour(c.charge, 14, 11.0)   # 8 fit (4 x 11 = 44 kW on each)
     statuses = Counter(status for status, _ in results)
-    assert statuses == Counter({200: 8, 503: 6})
+    assert statuses == Counter({200: 8, 503: 6}), results
     refused = [body for status, body in results if status == 503]
     assert all(body["error"] == "no_capacity" for body in refused)
     c.wait_scraped(since=time.time())

@@ -19,7 +19,7 @@ from balancer.app import create_app
 from balancer.config import BalancerConfig
 from balancer.placement import MIN_CALL_S
 from balancer.prom import GridQueries, QueryFailure
-from balancer.state import HEALTH, REFRESHER
+from balancer.state import HEALTH, REFRESH_LOOP, SERVING
 from tests.conftest import FakeQueryClient, series
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,7 +120,7 @@ async def balancer(aiohttp_client: Any, tmp_path: Path) -> MakeHarness:
                              **{"forward_timeout_s": 0.5, **config})
         client = await aiohttp_client(create_app(cfg, client=prometheus))
         harness = Harness(client, prometheus)
-        await harness.app[REFRESHER].refresh_once()
+        await harness.app[REFRESH_LOOP].refresh_once()
         return harness
     return make
 
@@ -334,12 +334,12 @@ async def test_prometheus_down_keeps_the_last_snapshot_then_degrades(
     sub = await substation()
     h = await balancer({sub.address: (0.0, 100.0)}, max_snapshot_age_s=0.2)
     h.prometheus.answers[Q.up] = QueryFailure("unreachable", "connection refused")
-    await h.app[REFRESHER].refresh_once()
+    await h.app[REFRESH_LOOP].refresh_once()
     ready = await (await h.client.get("/readyz")).json()
     assert ready["mode"] == "normal"
-    refresher = h.app[REFRESHER]
-    evaluated = refresher.snapshot.evaluated_at if refresher.snapshot else 0.0
-    refresher.clock = lambda: evaluated + 0.3      # the snapshot is now past its maximum age
+    serving = h.app[SERVING]
+    evaluated = serving.snapshot.evaluated_at if serving.snapshot else 0.0
+    serving.clock = lambda: evaluated + 0.3      # the snapshot is now past its maximum age
     ready = await (await h.client.get("/readyz")).json()
     assert ready["mode"] == "degraded"
     status, _ = await h.dispatch()
@@ -349,7 +349,7 @@ async def test_prometheus_down_keeps_the_last_snapshot_then_degrades(
     assert 'balancer_prometheus_query_errors_total{policy="least-load",reason="unreachable"}' \
         in metrics
     h.prometheus.answers.update(grid({sub.address: (11.0, 100.0)}))
-    await h.app[REFRESHER].refresh_once()
+    await h.app[REFRESH_LOOP].refresh_once()
     assert (await (await h.client.get("/readyz")).json())["mode"] == "normal"
 
 
@@ -473,7 +473,7 @@ async def test_a_substation_that_went_down_keeps_its_name(balancer: MakeHarness,
     # Down: Prometheus has only `up == 0` left; load and capacity series are gone.
     h.prometheus.answers.update({Q.up: [series(0, instance=sub.address)], Q.load: [],
                                  Q.capacity: []})
-    await h.app[REFRESHER].refresh_once()
+    await h.app[REFRESH_LOOP].refresh_once()
     row = (await (await h.client.get("/policy")).json())["substations"][0]
     assert (row["substation"], row["up"]) == ("sub-0", False)
 
@@ -539,7 +539,7 @@ async def test_the_policy_view_lists_what_was_odd_in_the_last_answer(
                                     series(20.0, instance=b.address, substation="sub-1"),
                                     series(25.0, instance=b.address, substation="sub-1"),
                                     series(5.0, substation="stray")]
-    await h.app[REFRESHER].refresh_once()
+    await h.app[REFRESH_LOOP].refresh_once()
     body = await (await h.client.get("/policy")).json()
     problems = "\n".join(body["problems"])
     assert f"load: {a.address} is nan; not eligible" in problems
@@ -564,7 +564,7 @@ async def test_each_failed_evaluation_is_counted_by_its_reason_and_shown(
         balancer: MakeHarness, failure: Exception, reason: str) -> None:
     h = await balancer({})
     h.prometheus.answers[Q.up] = failure
-    assert await h.app[REFRESHER].refresh_once() is None
+    assert await h.app[REFRESH_LOOP].refresh_once() is False
     metrics = await (await h.client.get("/metrics")).text()
     assert f'balancer_prometheus_query_errors_total{{policy="least-load",reason="{reason}"}} 1.0' \
         in metrics

@@ -1,9 +1,14 @@
-"""The Compose stack: valid for docker-compose, and shaped as the README says."""
+"""The Compose stack: valid for docker-compose, hardened, and shaped as the README says.
+
+What it does when it runs is tests/e2e/test_compose_stack.py's job; this checks the file."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,18 +17,80 @@ import yaml
 from gridlb.promconfig import REPO_ROOT
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+SECRETS = ("GRID_INTERNAL_TOKEN", "GRID_API_KEYS")
+needs_compose = pytest.mark.skipif(
+    shutil.which("docker-compose") is None,
+    reason="docker-compose not installed (make setup installs Debian's package)")
 
 
 def compose() -> dict[str, Any]:
     return dict(yaml.safe_load(COMPOSE_FILE.read_text()))
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None,
-                    reason="docker-compose not installed (make setup installs Debian's package)")
-def test_docker_compose_config_accepts_the_file() -> None:
-    result = subprocess.run(["docker-compose", "-f", str(COMPOSE_FILE), "config", "-q"],
-                            capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+def compose_config(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` with only `env` (and PATH) in its environment, from `cwd`, so a
+    developer's own .env or shell variables cannot change the outcome."""
+    return subprocess.run(
+        ["docker-compose", "--project-directory", str(REPO_ROOT), "-f", str(COMPOSE_FILE),
+         "--env-file", str(cwd / "empty.env"), "config"],
+        capture_output=True, text=True, timeout=60, cwd=cwd,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env})
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "empty.env").write_text("")
+    return tmp_path
+
+
+@needs_compose
+def test_docker_compose_config_accepts_the_file_with_secrets(workdir: Path) -> None:
+    result = compose_config({"GRID_INTERNAL_TOKEN": "t0k", "GRID_API_KEYS": "k3y"}, workdir)
     assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)["services"]
+    assert resolved["ingress"]["environment"]["GRID_API_KEYS"] == "k3y"
+    for name in ("substation", "balancer", "ingress"):
+        assert resolved[name]["environment"]["GRID_INTERNAL_TOKEN"] == "t0k"
+
+
+@needs_compose
+@pytest.mark.parametrize("missing", SECRETS)
+def test_compose_refuses_to_start_without_each_secret(workdir: Path, missing: str) -> None:
+    env = {name: "set" for name in SECRETS if name != missing}
+    result = compose_config(env, workdir)
+    assert result.returncode != 0
+    assert f"set {missing}" in result.stderr and "scripts/compose-env.sh" in result.stderr
+
+
+def test_no_secret_has_a_default_in_the_file() -> None:
+    text = COMPOSE_FILE.read_text()
+    for name in SECRETS:
+        uses = re.findall(r"\$\{" + name + r"([^}]*)\}", text)
+        assert uses and all(u.startswith(":?") for u in uses), (name, uses)
+
+
+def test_compose_env_writes_fresh_secrets_once(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("GRID_POLICY=least-load")   # the user's own line, no newline at the end
+    script = str(REPO_ROOT / "scripts" / "compose-env.sh")
+    subprocess.run(["bash", script, str(env_file)], check=True, capture_output=True, timeout=30)
+    first = env_file.read_text()
+    values = dict(line.split("=", 1) for line in first.splitlines())
+    assert values["GRID_POLICY"] == "least-load"
+    assert all(len(values[name]) >= 24 for name in SECRETS)
+    assert values["GRID_API_KEYS"] != values["GRID_INTERNAL_TOKEN"]
+    assert env_file.stat().st_mode & 0o077 == 0, "secrets readable by others"
+    subprocess.run(["bash", script, str(env_file)], check=True, capture_output=True, timeout=30)
+    assert env_file.read_text() == first, "a second run must keep the secrets clients use"
+
+
+def test_compose_env_file_is_private_and_never_committed_or_built(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "compose-env.sh"), str(env_file)],
+                   check=True, capture_output=True, timeout=30)
+    assert env_file.stat().st_mode & 0o077 == 0
+    assert ".env" in (REPO_ROOT / ".gitignore").read_text().split()
+    assert ".env" in (REPO_ROOT / ".dockerignore").read_text().split()
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
@@ -34,10 +101,32 @@ def test_compose_prometheus_config_passes_promtool() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_only_ingress_prometheus_and_grafana_are_published() -> None:
+def test_only_ingress_prometheus_and_grafana_are_published_and_on_loopback() -> None:
     services = compose()["services"]
-    published = {name for name, svc in services.items() if svc.get("ports")}
-    assert published == {"ingress", "prometheus", "grafana"}
+    published = {name: svc["ports"] for name, svc in services.items() if svc.get("ports")}
+    assert set(published) == {"ingress", "prometheus", "grafana"}
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("${GRID_BIND_ADDRESS:-127.0.0.1}:"), (name, port)
+
+
+def test_prometheus_lifecycle_and_admin_apis_are_off() -> None:
+    command = compose()["services"]["prometheus"]["command"]
+    assert not any("enable-lifecycle" in arg or "enable-admin-api" in arg for arg in command)
+
+
+def test_state_lives_in_named_volumes() -> None:
+    spec = compose()
+    services = spec["services"]
+    assert "substation-state:/data" in services["substation"]["volumes"]
+    assert "ingress-state:/data" in services["ingress"]["volumes"]
+    assert "--store-path=/data/ingress.sqlite3" in services["ingress"]["command"]
+    assert {"substation-state", "ingress-state"} <= set(spec["volumes"])
+
+
+def test_every_long_running_service_restarts_after_a_crash() -> None:
+    for name, svc in compose()["services"].items():
+        assert svc.get("restart") in ("unless-stopped", "always"), name
 
 
 def test_substations_scale_and_are_discovered_by_dns() -> None:
@@ -48,6 +137,18 @@ def test_substations_scale_and_are_discovered_by_dns() -> None:
     assert job["dns_sd_configs"][0]["names"] == ["substation"]
 
 
+def test_balancers_scale_behind_the_ingress_and_are_discovered_by_dns() -> None:
+    services = compose()["services"]
+    balancer = services["balancer"]
+    assert "container_name" not in balancer and "ports" not in balancer
+    # The ingress names the service: every A record of it is a replica (ingress/balancers.py).
+    assert "--balancer-url=http://balancer:8081" in services["ingress"]["command"]
+    prom = yaml.safe_load((REPO_ROOT / "prometheus" / "prometheus.docker.yml").read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "balancer")
+    assert job["dns_sd_configs"][0]["names"] == ["balancer"]
+    assert job["dns_sd_configs"][0]["port"] == 8081
+
+
 def test_every_service_has_a_healthcheck_and_start_order() -> None:
     services = compose()["services"]
     assert all("healthcheck" in svc for svc in services.values())
@@ -55,6 +156,29 @@ def test_every_service_has_a_healthcheck_and_start_order() -> None:
     assert services["balancer"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
 
 
+def test_healthchecks_pass_no_argument_with_spaces() -> None:
+    # podman's Docker API splits healthcheck arguments on spaces.
+    for name, svc in compose()["services"].items():
+        assert not any(" " in arg for arg in svc["healthcheck"]["test"]), name
+
+
 def test_policies_are_mounted_so_edits_need_no_rebuild() -> None:
     volumes = compose()["services"]["balancer"]["volumes"]
     assert any(v.startswith("./policies:/policies") for v in volumes)
+
+
+def test_grafana_provisioning_matches_the_compose_mounts() -> None:
+    grafana = compose()["services"]["grafana"]
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in grafana["volumes"])
+    dashboards_dir = next(host for host, inside in mounts.items()
+                          if inside == "/var/lib/grafana/dashboards")
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (REPO_ROOT / dashboards_dir / Path(home).name).is_file(), home
+    provider = yaml.safe_load(
+        (REPO_ROOT / "grafana/provisioning/dashboards/dashboards.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    datasource = yaml.safe_load(
+        (REPO_ROOT / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    # The datasource names the Prometheus service on its container port.
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    assert "prometheus" in compose()["services"]

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +10,14 @@ import pytest
 
 from gridlb.grid import ConfigError, GridConfig, SubstationSpec, load_grid, parse_grid
 from gridlb.promconfig import REPO_ROOT
-from gridlb.stack import ports_in_use
+from gridlb.stack import (
+    PID_FILE,
+    Resumed,
+    ports_in_use,
+    reset,
+    resume_report,
+    running_stack_pid,
+)
 
 GOOD: dict[str, Any] = {"policy": "least-load",
                         "substations": [{"id": "a", "port": 9101, "capacity_kw": 100}]}
@@ -59,3 +68,44 @@ def test_ports_already_taken_are_reported_by_name() -> None:
                           ingress_port=1, balancer_port=2, prometheus_port=3)
         busy = ports_in_use(grid)
     assert f"s1 port {taken}" in busy
+
+
+def test_resume_report_names_sessions_and_kw_per_substation(tmp_path: Path) -> None:
+    rows = [Resumed("substation1", 3, 33.0), Resumed("substation2", 1, 7.4),
+            Resumed("substation3", None, None)]
+    assert resume_report(rows, tmp_path) == (
+        f"make up: resumed from {tmp_path} (`make reset` starts empty):\n"
+        "  substation1    3 sessions, 33 kW\n"
+        "  substation2    1 session, 7.4 kW\n"
+        "  substation3    did not report its sessions")
+    assert resume_report([Resumed("a", 0, 0.0)], tmp_path) == \
+        f"make up: starting empty (no sessions to resume in {tmp_path})"
+
+
+def test_reset_empties_the_state_and_keeps_the_keys(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("substation-a.sqlite3", "substation-a.sqlite3-wal", "ingress.sqlite3",
+                 "dev-api-key", "internal-token"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "prometheus-data" / "wal").mkdir(parents=True)
+    (tmp_path / "logs").mkdir()
+    assert reset(tmp_path) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev-api-key", "internal-token"]
+    assert "removed ingress.sqlite3, substation-a.sqlite3, substation-a.sqlite3-wal, " \
+           "prometheus-data/, logs/" in capsys.readouterr().out
+
+
+def test_reset_refuses_while_make_up_runs(tmp_path: Path) -> None:
+    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
+                               "gridlb.stack"])
+    try:
+        (tmp_path / "ingress.sqlite3").write_text("x")
+        (tmp_path / PID_FILE).write_text(f"{runner.pid}\n")
+        assert running_stack_pid(tmp_path) == runner.pid
+        assert reset(tmp_path) == 1
+        assert (tmp_path / "ingress.sqlite3").exists()
+    finally:
+        runner.kill()
+        runner.wait()
+    assert running_stack_pid(tmp_path) is None      # a stale PID file does not block
+    assert reset(tmp_path) == 0

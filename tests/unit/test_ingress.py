@@ -40,6 +40,8 @@ class FakeBackends:
         self.substation_address = ""
         self.balancer = web.Application()
         self.balancer.router.add_post("/dispatch", self._dispatch)
+        self.balancer.router.add_get("/policy", self._policy)
+        self.policy_rows: list[dict[str, Any]] = []
         self.substation = web.Application()
         self.substation.router.add_get("/sessions/{id}", self._session)
         self.substation.router.add_delete("/sessions/{id}", self._session)
@@ -56,6 +58,9 @@ class FakeBackends:
         return web.json_response({"status": "charging", "session_id": body["session_id"],
                                   "substation": "sub-1", "policy": "least-load",
                                   "routed_to": self.substation_address})
+
+    async def _policy(self, request: web.Request) -> web.Response:
+        return web.json_response({"policy": "least-load", "substations": self.policy_rows})
 
     def answer_with(self, status: int, error: str, may_exist: bool,
                     headers: dict[str, str] | None = None) -> None:
@@ -342,6 +347,65 @@ async def test_sessions_are_read_and_stopped_at_their_substation(make_client: An
     assert resp.status == 405     # stopping is POST .../stop: the session stays readable
     body = await resp.json()
     assert body["error"] == "method_not_allowed" and resp.headers["Allow"]
+
+
+def named_substation(name: str, holds: set[str]) -> web.Application:
+    """A substation called `name` that knows the sessions in `holds`, and no other."""
+    async def session(request: web.Request) -> web.Response:
+        sid = request.match_info["id"]
+        if sid not in holds:
+            return web.json_response({"error": "unknown_session", "detail": "no",
+                                      "substation": name}, status=404)
+        state = "stopped" if request.method == "DELETE" else "charging"
+        return web.json_response({"session_id": sid, "state": state, "substation": name})
+    app = web.Application()
+    app.router.add_get("/sessions/{id}", session)
+    app.router.add_delete("/sessions/{id}", session)
+    return app
+
+
+@pytest.mark.parametrize("old_address", ["another substation", "nobody"])
+async def test_a_session_is_found_where_its_substation_moved(
+        make_client: Any, backends: FakeBackends, aiohttp_server: Any, old_address: str
+        ) -> None:
+    """After Compose recreates containers (or an operator replaces a machine), a substation
+    keeps its name and sessions at a new address; the ingress asks a balancer where it is."""
+    client = await make_client()
+    _, started, _ = await post(client)
+    sid = started["session_id"]
+    moved: TestServer = await aiohttp_server(named_substation("sub-1", {sid}),
+                                             host="127.0.0.1")
+    backends.policy_rows = [{"substation": "sub-1", "instance": f"127.0.0.1:{moved.port}",
+                             "up": True}]
+    if old_address == "another substation":   # its old address now belongs to sub-2
+        other: TestServer = await aiohttp_server(named_substation("sub-2", set()),
+                                                 host="127.0.0.1")
+        backends.substation_address = f"127.0.0.1:{other.port}"
+        await client.app[STORE].save(route=dataclasses.replace(
+            client.app[STORE].route(sid), routed_to=backends.substation_address))
+    else:
+        await client.app[STORE].save(route=dataclasses.replace(
+            client.app[STORE].route(sid), routed_to=free_url().removeprefix("http://")))
+    resp = await client.get(f"/sessions/{sid}", headers=AUTH)
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert (body["state"], body["substation"], body["routed_to"]) == \
+        ("charging", "sub-1", f"127.0.0.1:{moved.port}")
+    resp = await client.post(f"/sessions/{sid}/stop", headers=AUTH)
+    assert resp.status == 200 and (await resp.json())["state"] == "stopped"
+
+
+async def test_a_session_whose_substation_no_balancer_knows_is_unavailable(
+        make_client: Any, backends: FakeBackends) -> None:
+    client = await make_client()
+    _, started, _ = await post(client)
+    sid = started["session_id"]
+    await client.app[STORE].save(route=dataclasses.replace(
+        client.app[STORE].route(sid), routed_to=free_url().removeprefix("http://")))
+    resp = await client.get(f"/sessions/{sid}", headers=AUTH)
+    body = await resp.json()
+    assert resp.status == 503 and body["error"] == "substation_unavailable", body
+    assert resp.headers["Retry-After"] == "2"
 
 
 async def test_tenants_do_not_see_each_others_keys_or_sessions(

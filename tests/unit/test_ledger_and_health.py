@@ -220,3 +220,17 @@ def test_numbered_and_unnumbered_confirmations_mix() -> None:
     ledger.confirm("a", "numbered-2", now=2.0, seq=61)
     ledger.settle("a", scrape_ts=3.0)           # a scrape counts both kinds by time
     assert ledger.pending_kw("a") == 0.0
+
+
+def test_doubtful_kw_is_what_a_reading_may_count_twice() -> None:
+    ledger = PendingLedger()
+    ledger.reserve("s", "in-flight-early", 11.0)
+    assert ledger.doubtful_kw("s") == 0.0              # no reading yet: nothing counted twice
+    ledger.observe("s", 33.0, at=1000.0, seq=5)        # may include the early one
+    ledger.reserve("s", "in-flight-late", 7.0)         # after the reading: cannot be in it
+    assert ledger.pending_kw("s") == 18.0
+    assert ledger.doubtful_kw("s") == 11.0
+    ledger.confirm("s", "in-flight-early", now=1000.5, seq=5)
+    assert ledger.doubtful_kw("s") == 0.0              # its accept says where it stands
+    ledger.settle("s", scrape_ts=1010.0)               # the scrape replaces the reading
+    assert ledger.doubtful_kw("s") == 0.0

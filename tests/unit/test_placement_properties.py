@@ -60,7 +60,9 @@ class FakeGrid:
         self.modes = dict.fromkeys(SUBSTATIONS, "ok")
         self.scripted: dict[str, list[str]] = {s: [] for s in SUBSTATIONS}  # one call each
         self.late: list[LateCopy] = []
-        self.resume = {s: asyncio.Event() for s in SUBSTATIONS}
+        # Calls to a stopped substation: resolved True when it is resumed, False when the
+        # caller's timeout fires first (its request then sits in the stopped process's socket).
+        self.stalled: list[tuple[str, asyncio.Future[bool]]] = []
         self.now = 0.0
 
     def process(self, copy: LateCopy) -> Reply:
@@ -84,7 +86,11 @@ class FakeGrid:
         if mode == "down":
             return Reply(sent=False, detail="connection refused")
         if mode == "stall":                     # SIGSTOP: it answers when it is resumed
-            await self.resume[copy.instance].wait()
+            resumed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self.stalled.append((copy.instance, resumed))
+            if not await resumed:
+                self.late.append(copy)          # processed whenever it is resumed
+                return Reply(sent=True, detail="timeout")
             if self.modes[copy.instance] == "down":
                 return Reply(sent=True, detail="reset")
             return self.process(copy)
@@ -104,6 +110,14 @@ class FakeGrid:
     async def fence(self, instance: str, session_id: str, epoch: int, timeout_s: float
                     ) -> Reply:
         return await self.call(LateCopy(instance, "fence", (session_id, epoch)))
+
+    def unstall(self, instance: str | None, resumed: bool) -> None:
+        """Resume `instance` (every stalled call gets its answer), or with None and
+        resumed=False, let every stalled call's timeout fire."""
+        for entry in [e for e in self.stalled if instance in (None, e[0])]:
+            self.stalled.remove(entry)
+            if not entry[1].done():
+                entry[1].set_result(resumed)
 
     def holders(self, session_id: str) -> list[str]:
         return [s for s, t in self.tables.items()
@@ -151,8 +165,9 @@ class PlacementMachine(RuleBasedStateMachine):
         self.ids_answered: dict[str, set[str]] = {}
 
     def teardown(self) -> None:
-        for event in self.grid.resume.values():
-            event.set()
+        for instance in SUBSTATIONS:
+            self.grid.modes[instance] = "ok"       # every placement can finish
+            self.grid.unstall(instance, resumed=True)
         self.settle()
         for running in self.running:
             running.task.cancel()
@@ -168,6 +183,8 @@ class PlacementMachine(RuleBasedStateMachine):
         """Answer the clients whose dispatch ended (those the ingress did not give up on)."""
         for running in [r for r in self.running if r.task.done()]:
             self.running.remove(running)
+            if running.task.cancelled():
+                continue
             outcome = running.task.result()
             if running.abandoned:
                 continue
@@ -198,7 +215,7 @@ class PlacementMachine(RuleBasedStateMachine):
         charge = SessionCharge("ev", KW, 30.0, session_id=record.session_id,
                                epoch=record.epoch)
         placement = Placement(charge, self.grid, LeastLoadedChooser(self.grid),
-                              Deadline(60.0, clock=lambda: 0.0), forward_timeout_s=1.0,
+                              Deadline(60.0, clock=lambda: self.grid.now), forward_timeout_s=1.0,
                               max_attempts=3)
         resolve_at = SUBSTATIONS if step.resolve else ()
         task = self.loop.create_task(placement.run(resolve_at))
@@ -210,8 +227,7 @@ class PlacementMachine(RuleBasedStateMachine):
         was = self.grid.modes[instance]
         self.grid.modes[instance] = mode
         if was == "stall" and mode != "stall":
-            self.grid.resume[instance].set()
-            self.grid.resume[instance] = asyncio.Event()
+            self.grid.unstall(instance, resumed=True)
         self.settle()
 
     @precondition(lambda self: bool(self.grid.late))
@@ -231,6 +247,15 @@ class PlacementMachine(RuleBasedStateMachine):
 
     @rule()
     def time_passes_and_sessions_complete(self) -> None:
+        # Calls cannot outlive their timeout: before time jumps far past every deadline, the
+        # timeouts of calls to stopped substations fire (the placements then go on, perhaps
+        # calling a stopped substation again, within their bounded attempts).
+        for _ in range(50):
+            if not self.grid.stalled:
+                break
+            self.grid.unstall(None, resumed=False)
+            self.settle()
+        assert not self.grid.stalled, "a placement kept calling stopped substations"
         self.grid.now += 1e6
         for table in self.grid.tables.values():
             table.advance(self.grid.now)
@@ -284,7 +309,7 @@ def test_the_machine_can_break_a_protocol_without_fences() -> None:
     safe = FakeGrid()
     safe.scripted["s0"] = ["lose_before"]
     placement = Placement(charge, safe, LeastLoadedChooser(safe),
-                          Deadline(60.0, clock=lambda: 0.0), forward_timeout_s=1.0,
+                          Deadline(60.0, clock=lambda: grid.now), forward_timeout_s=1.0,
                           max_attempts=3)
     outcome = asyncio.run(placement.run())
     safe.process(safe.late.pop())
@@ -297,7 +322,7 @@ def test_an_answer_lost_after_admission_is_found_by_the_fence(mode: str) -> None
     grid.scripted["s0"] = [mode]
     charge = SessionCharge("ev", KW, 30.0, session_id="x", epoch=1)
     placement = Placement(charge, grid, LeastLoadedChooser(grid),
-                          Deadline(60.0, clock=lambda: 0.0), forward_timeout_s=1.0,
+                          Deadline(60.0, clock=lambda: grid.now), forward_timeout_s=1.0,
                           max_attempts=3)
     outcome = asyncio.run(placement.run())
     assert (outcome.kind, outcome.instance) == (OutcomeKind.PLACED, "s0")

@@ -13,7 +13,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer
 
-from balancer.prom import GridQueries, QueryFailure, make_client, read_snapshot
+from balancer.prom import (
+    GridQueries,
+    PolicyQueryFailed,
+    QueryFailure,
+    make_client,
+    read_snapshot,
+)
 from balancer.snapshot import Snapshot
 from tests.conftest import make_policy, series
 
@@ -201,3 +207,43 @@ async def test_unreachable_prometheus() -> None:
     with pytest.raises(QueryFailure) as caught:
         await asyncio.to_thread(read_snapshot, client, POLICY, Q, 1000.0)
     assert caught.value.reason == "unreachable"
+
+
+async def test_a_series_left_by_a_renamed_substation_is_dropped(aiohttp_raw_server: Any
+                                                                ) -> None:
+    """After a restart, Prometheus still shows the old id's series at the same address."""
+    snap = await snapshot_from(aiohttp_raw_server, {
+        POLICY.query: vector(series(95, instance=A, substation="old-name"),
+                             series(40, instance=A, substation="s1"),
+                             series(60, instance=B, substation="s2"))})
+    assert snap.substations[A].score == 40.0      # not the old id's 95 (the pessimistic pick)
+    assert any("'old-name' at 127.0.0.1:9101, where 's1' runs now" in p for p in snap.problems)
+
+
+async def test_a_score_for_a_substation_not_scraped_now_is_reported(aiohttp_raw_server: Any
+                                                                    ) -> None:
+    policy = make_policy(result={"substation_label": "substation"})
+    answers = {**grid_answers(),
+               policy.query: vector(series(7, substation="s1"), series(8, substation="gone"))}
+    server = await aiohttp_raw_server(make_handler(answers))
+    client = make_client(str(server.make_url("/")))
+    snap = await asyncio.to_thread(read_snapshot, client, policy, Q, 1000.0)
+    assert snap.substations[A].score == 7.0
+    assert any("'gone' is not a substation Prometheus scrapes now" in p for p in snap.problems)
+
+
+async def test_a_failing_policy_query_still_gives_the_grid(aiohttp_raw_server: Any) -> None:
+    with pytest.raises(PolicyQueryFailed) as caught:
+        await snapshot_from(aiohttp_raw_server, {POLICY.query: (422, error_body(
+            "execution", "many-to-many matching not allowed"))})
+    grid = caught.value.grid
+    assert caught.value.reason == "execution"
+    assert {i: (v.load_kw, v.score) for i, v in grid.substations.items()} == \
+        {A: (40.0, None), B: (60.0, None)}
+    assert any("ranked by utilization" in p for p in grid.problems)
+
+
+async def test_a_failing_grid_query_fails_the_evaluation(aiohttp_raw_server: Any) -> None:
+    with pytest.raises(QueryFailure) as caught:
+        await snapshot_from(aiohttp_raw_server, {Q.capacity: (503, error_body("timeout", "x"))})
+    assert not isinstance(caught.value, PolicyQueryFailed)

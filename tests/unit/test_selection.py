@@ -9,7 +9,13 @@ import pytest
 from balancer.ledger import PendingLedger
 from balancer.policy import Policy
 from balancer.prom import GridQueries, read_snapshot
-from balancer.selection import Candidate, adjusted_score, effective_load_kw, select_substation
+from balancer.selection import (
+    Candidate,
+    adjusted_score,
+    effective_load_kw,
+    select_despite_doubt,
+    select_substation,
+)
 from balancer.snapshot import Snapshot, SubstationView
 from gridlb.charge import FIT_TOLERANCE_KW
 from tests.conftest import FakeQueryClient, make_policy, make_snapshot, series, view
@@ -369,3 +375,22 @@ def test_a_weighted_policy_corrects_every_candidates_weight_for_pending_kw() -> 
         assert choice is not None
         picks[choice.instance] += 1
     assert picks["b"] >= 199
+
+
+def test_a_substation_full_only_by_kw_counted_twice_is_still_tried() -> None:
+    # b reported 33 kW in an answer that arrived while the 11 kW forward reserved before it was
+    # in flight: 33 + 11 counts that session twice if it was admitted before the reading.
+    snap = make_snapshot(view("a", 44.0, 50.0), view("b", 22.0, 50.0))
+    ledger = PendingLedger()
+    ledger.reserve("b", "in-flight", 11.0)
+    ledger.observe("b", 33.0, at=1001.0, seq=3)
+    assert select_substation(snap, ledger, LEAST_LOAD, 11.0, random.Random(1)) is None
+    choice = select_despite_doubt(snap, ledger, 11.0)
+    assert choice is not None and choice.name == "b"
+    assert choice.effective_load_kw == 33.0
+    assert select_despite_doubt(snap, ledger, 11.0, exclude={"b"}) is None
+    # A reservation made after the reading is load the reading cannot hold: no doubt.
+    fresh = PendingLedger()
+    fresh.observe("b", 33.0, at=1001.0, seq=3)
+    fresh.reserve("b", "after", 11.0)
+    assert select_despite_doubt(snap, fresh, 11.0) is None

@@ -1,0 +1,221 @@
+"""`make up` itself (gridlb/stack.py run as a process, with a grid file on free ports and its
+own Prometheus): supervision of a killed substation, ordered shutdown, and a restart with a
+renamed grid on the same Prometheus database."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gridlb.promconfig import REPO_ROOT
+from gridlb.stack import free_port
+from tests.integration.conftest import http_json, wait_for
+
+pytestmark = pytest.mark.integration
+
+SCRAPE_INTERVAL_S = 0.5
+BANNER = "Smart Grid Load Balancer is up"
+
+
+class StackRunner:
+    """`python -m gridlb.stack` on a grid file and a run directory, its output in a file."""
+
+    def __init__(self, tmp_path: Path, run_dir: Path) -> None:
+        self.tmp_path = tmp_path
+        self.run_dir = run_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.output_file = tmp_path / "make-up.out"
+        self.grid: dict[str, Any] = {}
+
+    def start(self, grid: dict[str, Any]) -> None:
+        self.grid = grid
+        grid_file = self.tmp_path / "grid.yaml"
+        grid_file.write_text(yaml.safe_dump(grid))
+        self.output_file.write_text("")
+        with self.output_file.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gridlb.stack", "--run-dir", str(self.run_dir)],
+                stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                env={**os.environ, "GRID_CONFIG": str(grid_file)})
+
+    @property
+    def output(self) -> str:
+        return self.output_file.read_text(errors="replace")
+
+    def wait_output(self, pattern: str, timeout_s: float = 60.0) -> re.Match[str]:
+        def found() -> re.Match[str] | None:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                pytest.fail(f"make up exited with {self.proc.returncode}:\n{self.output}")
+            return re.search(pattern, self.output)
+        match: re.Match[str] = wait_for(found, f"make up to print {pattern!r}", timeout_s)
+        return match
+
+    def pids(self) -> dict[str, int]:
+        return {name: int(pid)
+                for name, pid in re.findall(r"make up: started (\S+) \(pid (\d+)\)", self.output)}
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.grid['ports'][service]}"
+
+    def token(self, name: str) -> str:
+        return (self.run_dir / name).read_text().strip()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()   # its children follow: they die with their parent
+                self.proc.wait()
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> Iterator[StackRunner]:
+    stack = StackRunner(tmp_path, tmp_path / "run")
+    yield stack
+    stack.kill()
+
+
+def grid_file(substations: list[tuple[str, int]], ports: dict[str, int] | None = None
+              ) -> dict[str, Any]:
+    return {
+        "policy": "least-utilization", "host": "127.0.0.1",
+        "ports": ports or {"ingress": free_port(), "balancer": free_port(),
+                           "prometheus": free_port()},
+        "scrape_interval_s": SCRAPE_INTERVAL_S, "speed_factor": 1,
+        "substations": [{"id": sid, "port": port, "capacity_kw": 100}
+                        for sid, port in substations],
+    }
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_killed_substation_is_back_with_its_sessions_and_nothing_else_stopped(
+        runner: StackRunner) -> None:
+    port_a = free_port()
+    runner.start(grid_file([("sub-a", port_a), ("sub-b", free_port())]))
+    runner.wait_output(BANNER)
+    assert "make up: starting empty" in runner.output
+    before = runner.pids()
+    assert set(before) == {"prometheus", "sub-a", "sub-b", "balancer", "ingress"}
+    internal = {"Authorization": f"Bearer {runner.token('internal-token')}"}
+    status, body = http_json("POST", f"http://127.0.0.1:{port_a}/charge",
+                             {"session_id": "keep-me", "vehicle_id": "ev-1", "requested_kw": 11,
+                              "energy_kwh": 50}, headers=internal)
+    assert status == 200, body
+
+    os.kill(before["sub-a"], signal.SIGKILL)
+    killed = time.monotonic()
+    runner.wait_output(rf"sub-a \(pid {before['sub-a']}\) was killed by SIGKILL; restarting it "
+                       r"in 0\.5 s", timeout_s=10)
+    back = runner.wait_output(r"sub-a is back \(pid (\d+)", timeout_s=15)
+    took = time.monotonic() - killed
+    assert took < 10, f"sub-a took {took:.1f} s to come back"
+    assert int(back.group(1)) != before["sub-a"] and alive(int(back.group(1)))
+    status, session = http_json("GET", f"http://127.0.0.1:{port_a}/sessions/keep-me",
+                                headers=internal)
+    assert status == 200 and session["state"] == "charging", session
+
+    for name in ("prometheus", "sub-b", "balancer", "ingress"):
+        assert alive(before[name]), f"{name} (pid {before[name]}) stopped"
+    assert runner.pids() == before                 # nothing else was (re)started
+    assert "stopping" not in runner.output
+    api = {"Authorization": f"Bearer {runner.token('dev-api-key')}"}
+    status, body = http_json("POST", f"{runner.url('ingress')}/charge",
+                             {"vehicle_id": "ev-2", "requested_kw": 7.4, "energy_kwh": 10},
+                             headers=api)
+    assert status == 200, body
+
+    assert runner.stop() == 0
+    stops = re.findall(r"make up: stopping (\S+) \(pid", runner.output)
+    assert stops == ["ingress", "balancer", "sub-b", "sub-a", "prometheus"]
+    assert not any(alive(pid) for pid in [*before.values(), int(back.group(1))])
+
+
+def test_a_restart_resumes_sessions_and_says_so(runner: StackRunner) -> None:
+    port_a = free_port()
+    grid = grid_file([("sub-a", port_a)])
+    runner.start(grid)
+    runner.wait_output(BANNER)
+    internal = {"Authorization": f"Bearer {runner.token('internal-token')}"}
+    for i, kw in enumerate((11, 22)):
+        status, _ = http_json("POST", f"http://127.0.0.1:{port_a}/charge",
+                              {"session_id": f"s{i}", "vehicle_id": "ev", "requested_kw": kw,
+                               "energy_kwh": 80}, headers=internal)
+        assert status == 200
+    assert runner.stop() == 0
+    runner.start(grid)
+    runner.wait_output(BANNER)
+    assert re.search(r"make up: resumed from .*\n  sub-a +2 sessions, 33 kW", runner.output), \
+        runner.output
+    assert runner.stop() == 0
+    reset = subprocess.run([sys.executable, "-m", "gridlb.stack", "--reset", "--run-dir",
+                            str(runner.run_dir)], cwd=REPO_ROOT, capture_output=True, text=True,
+                           timeout=30, check=False)
+    assert reset.returncode == 0, reset.stderr
+    runner.start(grid)
+    runner.wait_output(BANNER)
+    assert "make up: starting empty" in runner.output
+
+
+def test_a_renamed_grid_on_the_same_prometheus_data_is_scored_and_routed_at_once(
+        runner: StackRunner) -> None:
+    """The same addresses under new ids: the previous run's series stay visible for the 5-minute
+    lookback, and must neither fail the policy (422 many-to-many) nor pass for the new ids."""
+    ports = [free_port(), free_port()]
+    services = {"ingress": free_port(), "balancer": free_port(), "prometheus": free_port()}
+    runner.start(grid_file(list(zip(["substation1", "substation2"], ports, strict=True)),
+                 services))
+    runner.wait_output(BANNER)
+    api = {"Authorization": f"Bearer {runner.token('dev-api-key')}"}
+    for i in range(2):   # load on both, so that a left-over score could not pass for 0
+        status, body = http_json("POST", f"{runner.url('ingress')}/charge",
+                                 {"vehicle_id": f"ev-{i}", "requested_kw": 22,
+                                  "energy_kwh": 100}, headers=api)
+        assert status == 200, body
+
+    def old_load_scraped() -> bool:
+        status, body = http_json("GET", f"{runner.url('balancer')}/policy")
+        return status == 200 and all(r["load_kw"] == 22 for r in body["substations"])
+    wait_for(old_load_scraped, "Prometheus to scrape the old run's load")
+    assert runner.stop() == 0
+
+    runner.start(grid_file(list(zip(["north", "harbor"], ports, strict=True)), services))
+    runner.wait_output(BANNER, timeout_s=60)
+    ready = time.monotonic()
+    assert "does not see" not in runner.output, runner.output
+    time.sleep(2 * SCRAPE_INTERVAL_S)   # the issue's bound: two scrape intervals after ready
+    status, view = http_json("GET", f"{runner.url('balancer')}/policy")
+    assert status == 200
+    rows = {r["substation"]: r for r in view["substations"]}
+    assert set(rows) == {"north", "harbor"}, view
+    assert all(r["score"] == 0.0 and r["load_kw"] == 0.0 for r in rows.values()), view
+    assert view["mode"] == "normal" and view["last_error"] is None, view
+    status, body = http_json("POST", f"{runner.url('ingress')}/charge",
+                             {"vehicle_id": "ev-new", "requested_kw": 11, "energy_kwh": 10},
+                             headers=api)
+    assert status == 200 and body["substation"] in {"north", "harbor"}, body
+    assert time.monotonic() - ready < 10
