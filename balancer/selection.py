@@ -190,13 +190,16 @@ class _Reservoir:
 
 
 def select_despite_doubt(snapshot: Snapshot, ledger: PendingLedger, requested_kw: float, *,
-                         exclude: Collection[str] = ()) -> Candidate | None:
+                         exclude: Collection[str] = (), degraded: bool = False
+                         ) -> Candidate | None:
     """When select_substation found nothing: the substation that fits once the kW its reading
     may already count are not counted twice (step 4 above), or None. Only on the no-capacity
-    path, so it may look at each substation's ledger in full."""
+    path, so it may look at each substation's ledger in full. Eligible as in select_substation:
+    while the policy scores some substation, one it did not score is not."""
+    rank_unscored = degraded or not snapshot.any_scored
     best: Candidate | None = None
-    for instance, scraped_kw, capacity, _, _, view in snapshot.usable:
-        if instance in exclude:
+    for instance, scraped_kw, capacity, score, _, view in snapshot.usable:
+        if instance in exclude or (score is None and not rank_unscored):
             continue
         doubt = ledger.doubtful_kw(instance)
         if not doubt:

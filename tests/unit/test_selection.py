@@ -394,3 +394,20 @@ def test_a_substation_full_only_by_kw_counted_twice_is_still_tried() -> None:
     fresh.observe("b", 33.0, at=1001.0, seq=3)
     fresh.reserve("b", "after", 11.0)
     assert select_despite_doubt(snap, fresh, 11.0) is None
+
+
+def test_an_unscored_substation_is_not_tried_despite_doubt_either() -> None:
+    # The doubt path (nothing fits only because a reading may count in-flight kW twice) must
+    # not bring back a substation the policy scored NaN/Inf while it scores others.
+    snap = make_snapshot(view("a", 44.0, 50.0, score=44.0), unscored(view("b", 22.0, 50.0)))
+    ledger = PendingLedger()
+    ledger.reserve("b", "in-flight", 11.0)
+    ledger.observe("b", 33.0, at=1001.0, seq=3)
+    assert select_substation(snap, ledger, LEAST_LOAD, 11.0, random.Random(1)) is None
+    assert select_despite_doubt(snap, ledger, 11.0) is None
+    # Degraded, or a policy that scored nothing: every substation ranks by utilization.
+    choice = select_despite_doubt(snap, ledger, 11.0, degraded=True)
+    assert choice is not None and choice.name == "b"
+    nothing_scored = make_snapshot(*(unscored(v) for v in snap.substations.values()))
+    choice = select_despite_doubt(nothing_scored, ledger, 11.0)
+    assert choice is not None and choice.name == "b"
