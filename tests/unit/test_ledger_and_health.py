@@ -234,3 +234,22 @@ def test_doubtful_kw_is_what_a_reading_may_count_twice() -> None:
     assert ledger.doubtful_kw("s") == 0.0              # its accept says where it stands
     ledger.settle("s", scrape_ts=1010.0)               # the scrape replaces the reading
     assert ledger.doubtful_kw("s") == 0.0
+
+
+def test_a_reading_without_reservations_has_no_doubt() -> None:
+    ledger = PendingLedger()
+    ledger.observe("a", 33.0, at=1.0, seq=1)
+    assert ledger.doubtful_kw("a") == 0.0
+    assert ledger.doubtful_kw("never-seen") == 0.0
+
+
+def test_nothing_of_a_departed_substation_is_kept() -> None:
+    # Memory stays bounded however many substations come and go: no structure of the ledger
+    # keeps a trace of one that left.
+    ledger = PendingLedger()
+    ledger.reserve("gone", "s1", 5.0)
+    ledger.observe("gone", 20.0, at=1.0, seq=4)
+    ledger.forget_except({"kept"})
+    traces = [name for name, value in vars(ledger).items()
+              if isinstance(value, dict) and "gone" in value]
+    assert traces == []

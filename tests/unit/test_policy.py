@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from balancer.policy import (
+    MAX_FILE_BYTES,
     Better,
     PendingAdjustment,
     Policy,
@@ -14,6 +15,7 @@ from balancer.policy import (
     parse_duration,
     parse_policy,
     policy_path,
+    show,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -231,3 +233,67 @@ def test_the_refresh_interval_bounds_are_inclusive(interval: object) -> None:
 def test_a_policy_file_is_found_by_name() -> None:
     assert policy_path("policies", "least-load") == Path("policies/least-load.yaml")
     assert policy_path(Path("/etc/grid"), "x") == Path("/etc/grid/x.yaml")
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (None, "None"), (True, "True"), (1.5, "1.5"), (1000, "1000"), (10**20 - 1, repr(10**20 - 1)),
+    (10**20, "a huge integer"), (-(10**20), "a huge integer"),
+    ("x" * 60, repr("x" * 60)), ("x" * 61, repr("x" * 57 + "...")),
+    ([1], "a list"), ({"a": 1}, "a mapping"), ({1}, "a set"), (b"x", "a bytes"),
+])
+def test_values_are_quoted_short_and_never_as_a_structure(value: object, shown: str) -> None:
+    assert show(value) == shown
+
+
+@pytest.mark.parametrize(("raw", "problems"), [
+    ({**MINIMAL, "name": "Bad Name"},
+     ["name: must be lowercase letters, digits, '-' or '_', got 'Bad Name'"]),
+    ({**MINIMAL, "bad key": 1},
+     ["'bad key': unknown field (known: description, name, query, refresh_interval, result, "
+      "tie_tolerance)"]),
+    ({**MINIMAL, "result": {"substation_label": "not a label"}},
+     ["result.substation_label: must be a Prometheus label name, got 'not a label'"]),
+    ({**MINIMAL, "tie_tolerance": 1e9 * 2},
+     ["tie_tolerance: must be a finite number between 0 and 1e+09, got 2000000000.0"]),
+    ({**MINIMAL, "description": "x" * 2001},
+     ["description: must be at most 2000 characters, got 2001"]),
+], ids=["bad-name", "odd-key", "bad-label", "tolerance-too-large", "description-too-long"])
+def test_each_problem_quotes_what_was_given(raw: object, problems: list[str]) -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse(raw)
+    assert caught.value.problems == problems
+
+
+def test_limits_are_inclusive() -> None:
+    policy = parse({**MINIMAL, "tie_tolerance": 1e9, "description": "x" * 2000})
+    assert policy.tie_tolerance == 1e9 and len(policy.description) == 2000
+
+
+def test_a_file_of_exactly_the_size_limit_is_read_and_one_byte_more_is_not(
+        tmp_path: Path) -> None:
+    text = GOOD.format(name="mine")
+    path = write(tmp_path, "mine", text + "#" * (MAX_FILE_BYTES - len(text) - 1) + "\n")
+    assert path.stat().st_size == MAX_FILE_BYTES and load_policy(path).name == "mine"
+    path.write_text(path.read_text() + "#")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    assert (caught.value.path, caught.value.problems) == \
+        (str(path), ["file: larger than 64 KiB; a policy is a few lines of YAML"])
+
+
+def test_a_file_that_is_not_utf8_is_named_with_the_offending_byte(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_bytes(b"name: mine\ndescription: caf\xe9\n")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    assert caught.value.problems == [
+        "file: not UTF-8 text (byte 0xe9 at offset 27); save it as UTF-8"]
+
+
+def test_a_long_yaml_error_is_cut_to_300_characters(tmp_path: Path) -> None:
+    path = write(tmp_path, "mine", "name: !" + "t" * 400 + " x\n")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    (problem,) = caught.value.problems
+    assert problem.startswith("not valid YAML: could not determine a constructor")
+    assert len(problem) == len("not valid YAML: ") + 300

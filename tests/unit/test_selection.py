@@ -411,3 +411,30 @@ def test_an_unscored_substation_is_not_tried_despite_doubt_either() -> None:
     nothing_scored = make_snapshot(*(unscored(v) for v in snap.substations.values()))
     choice = select_despite_doubt(nothing_scored, ledger, 11.0)
     assert choice is not None and choice.name == "b"
+
+
+def doubtful(observed_kw: float, in_flight_kw: float) -> PendingLedger:
+    """A ledger whose last reading of each given substation may count `in_flight_kw` twice."""
+    ledger = PendingLedger()
+    for instance in "abc":
+        ledger.reserve(instance, f"in-flight-{instance}", in_flight_kw)
+        ledger.observe(instance, observed_kw, at=1001.0, seq=3)
+    return ledger
+
+
+def test_despite_doubt_skips_what_is_excluded_or_does_not_fit_and_goes_on() -> None:
+    snap = make_snapshot(view("a", 0.0, 50.0), view("b", 0.0, 40.0), view("c", 0.0, 50.0))
+    ledger = doubtful(observed_kw=30.0, in_flight_kw=11.0)   # 41 kW counted, 30 for sure
+    choice = select_despite_doubt(snap, ledger, 15.0, exclude={"a"})
+    # b does not fit even without the doubtful kW (30 + 15 > 40): c does.
+    assert choice is not None
+    assert (choice.instance, choice.effective_load_kw, choice.capacity_kw) == ("c", 30.0, 50.0)
+    assert select_despite_doubt(snap, ledger, 25.0) is None   # 30 + 25 > 50 anywhere
+
+
+def test_despite_doubt_fits_exactly_up_to_the_float_tolerance() -> None:
+    snap = make_snapshot(view("a", 0.0, 50.0))
+    ledger = doubtful(observed_kw=0.0, in_flight_kw=11.0)
+    assert select_despite_doubt(snap, ledger, 50.0) is not None
+    assert select_despite_doubt(snap, ledger, 50.0 + FIT_TOLERANCE_KW) is not None
+    assert select_despite_doubt(snap, ledger, 50.0 + 1e-6) is None
