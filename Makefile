@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup up reset test lint unit integration loadtest bench chaos clean
+.PHONY: setup up reset test lint unit integration loadtest bench chaos mutate clean
 
 setup: $(STAMP)
 	@scripts/ensure-prometheus.sh
@@ -43,5 +43,22 @@ bench: setup
 chaos: setup
 	@$(PY) -m tests.chaos $(ARGS)
 
+# Mutation testing of the decision core against the fast unit tests (docs/mutation.md): one module
+# at a time, each bounded in time, then the score per module. Results accumulate in mutants/
+# (`make clean` or `rm -rf mutants` for a fresh start); MUTATE_MODULES=balancer.ledger runs one.
+MUTATE_MODULES ?= balancer.selection balancer.ledger balancer.placement substation.charging \
+	ingress.idempotency balancer.policy
+MUTATE_JOBS ?= 1
+MUTATE_TIMEOUT_S ?= 1800
+mutate: setup
+	@for m in $(MUTATE_MODULES); do \
+		start=$$(date +%s); \
+		timeout $(MUTATE_TIMEOUT_S) $(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) "$$m.*" \
+			> .mutmut-$$m.log 2>&1 || { tail -30 .mutmut-$$m.log; exit 1; }; \
+		mv .mutmut-$$m.log mutants/$$m.log; \
+		echo "mutate: $$m done in $$(( $$(date +%s) - start )) s (log: mutants/$$m.log)"; \
+	done
+	@$(PY) scripts/mutation_report.py
+
 clean:
-	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache mutants

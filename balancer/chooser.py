@@ -57,7 +57,7 @@ class LedgerChooser:
                                    self.charge.requested_kw, self.rng, exclude=skip,
                                    degraded=self.serving.degraded) \
             or select_despite_doubt(snapshot, self.ledger, self.charge.requested_kw,
-                                    exclude=skip)
+                                    exclude=skip, degraded=self.serving.degraded)
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         return None if choice is None else choice.instance
 

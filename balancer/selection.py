@@ -23,8 +23,9 @@ and a request for `requested_kw`, choose a substation:
 
 Degraded mode (the snapshot is older than the configured maximum age): the policy's scores are
 too old to trust, but the last known capacities and loads plus everything assigned since are a
-safe upper bound; rank by that effective utilization. The same applies to a substation the
-policy gave no score for, when no substation has one (e.g. a policy query that returns nothing).
+safe upper bound; rank by that effective utilization. The same applies when the policy scored no
+substation at all (e.g. a query that returns nothing). While it scores some, a substation it gave
+no finite value for (NaN, Inf, no series) is not eligible, even when no scored one fits.
 """
 
 from __future__ import annotations
@@ -122,6 +123,10 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
     near: list[tuple[float, SubstationView, float, float]] = []   # only with a tolerance
     drawn: list[SubstationView] = []                               # only when weighted
     weights: list[float] = []
+    # While the policy scores any substation, one it gave no finite value (NaN, Inf, no series)
+    # is not eligible, not even when no scored one fits: ranking by utilization is for degraded
+    # mode and for a policy that scored nothing at all.
+    rank_unscored = degraded or not snapshot.any_scored
     for instance, scraped_kw, capacity, score, _, view in snapshot.usable:
         if instance in exclude:
             continue
@@ -129,7 +134,8 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
         if load + requested_kw > capacity + _FIT_EPSILON_KW:
             continue
         if score is None or degraded:
-            fallback.offer_lowest(load / capacity, view, load, None, random_)
+            if rank_unscored:
+                fallback.offer_lowest(load / capacity, view, load, None, random_)
             continue
         if load != scraped_kw:
             score = adjust(score, load - scraped_kw, capacity, scraped_kw, sign)
@@ -184,13 +190,16 @@ class _Reservoir:
 
 
 def select_despite_doubt(snapshot: Snapshot, ledger: PendingLedger, requested_kw: float, *,
-                         exclude: Collection[str] = ()) -> Candidate | None:
+                         exclude: Collection[str] = (), degraded: bool = False
+                         ) -> Candidate | None:
     """When select_substation found nothing: the substation that fits once the kW its reading
     may already count are not counted twice (step 4 above), or None. Only on the no-capacity
-    path, so it may look at each substation's ledger in full."""
+    path, so it may look at each substation's ledger in full. Eligible as in select_substation:
+    while the policy scores some substation, one it did not score is not."""
+    rank_unscored = degraded or not snapshot.any_scored
     best: Candidate | None = None
-    for instance, scraped_kw, capacity, _, _, view in snapshot.usable:
-        if instance in exclude:
+    for instance, scraped_kw, capacity, score, _, view in snapshot.usable:
+        if instance in exclude or (score is None and not rank_unscored):
             continue
         doubt = ledger.doubtful_kw(instance)
         if not doubt:

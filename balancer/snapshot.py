@@ -40,6 +40,11 @@ class Snapshot:
                      for v in self.substations.values()
                      if v.up and v.load_kw is not None and v.capacity_kw)
 
+    @cached_property
+    def any_scored(self) -> bool:
+        """Whether the policy gave any usable substation a score (once per snapshot)."""
+        return any(row[3] is not None for row in self.usable)
+
     def by_name(self, name: str) -> SubstationView | None:
         for view in self.substations.values():
             if view.name == name:

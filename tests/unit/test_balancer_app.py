@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_api_client.exceptions import PrometheusApiClientException
 
 from balancer.__main__ import parse_args
 from balancer.app import create_app
 from balancer.config import BalancerConfig
+from balancer.placement import MIN_CALL_S
 from balancer.prom import GridQueries, QueryFailure
 from balancer.state import HEALTH, REFRESH_LOOP, SERVING
 from tests.conftest import FakeQueryClient, series
@@ -483,3 +486,121 @@ async def test_a_substation_that_went_down_keeps_its_name(balancer: MakeHarness,
     await h.app[REFRESH_LOOP].refresh_once()
     row = (await (await h.client.get("/policy")).json())["substations"][0]
     assert (row["substation"], row["up"]) == ("sub-0", False)
+
+
+async def test_an_ejected_substation_is_not_tried(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    async def too_many_requests(request: web.Request) -> web.Response:
+        return web.json_response({"error": "too_many_requests"}, status=429)
+    flaky, spare = await substation(too_many_requests), await substation()
+    h = await balancer({flaky.address: (0.0, 100.0), spare.address: (50.0, 100.0)})
+    for i in range(2):               # two consecutive failures eject it (README)
+        status, body = await h.dispatch(session_id=f"s{i}")
+        assert status == 200 and body["routed_to"] == spare.address and body["attempts"] == 2
+    assert (await (await h.client.get("/policy")).json())["ejected"] == [flaky.address]
+    status, body = await h.dispatch(session_id="s2")
+    # Still the least loaded in the snapshot, but ejected: not tried at all.
+    assert status == 200 and body["routed_to"] == spare.address and body["attempts"] == 1
+    assert len(flaky.charges) == 2
+
+
+async def test_an_unknown_outcome_tells_the_client_when_to_retry(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.json_response({})
+    slow = await substation(hang)
+    slow.fence_behaviour = hang
+    h = await balancer({slow.address: (0.0, 100.0)}, forward_timeout_s=0.2)
+    resp = await h.client.post("/dispatch", json=CHARGE)
+    body = await resp.json()
+    assert resp.status == 503 and body["error"] == "outcome_unknown"
+    assert resp.headers["Retry-After"] == "2"
+    assert body["session_may_exist"] is True
+
+
+async def test_a_5xx_after_sending_is_ambiguous_and_fenced_not_a_refusal(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    async def admitted_then_failed(request: web.Request) -> web.Response:
+        return web.json_response({"error": "internal_error", "detail": "boom"}, status=500)
+
+    async def found(request: web.Request) -> web.Response:
+        return web.json_response({"session_id": "sess-1", "state": "charging"})
+    broken, spare = await substation(admitted_then_failed), await substation()
+    broken.fence_behaviour = found
+    h = await balancer({broken.address: (0.0, 100.0), spare.address: (50.0, 100.0)})
+    status, body = await h.dispatch(epoch=2)
+    # The 500 may have come after the admission: the fence (epoch + 1) finds it there.
+    assert broken.fences == [("sess-1", 3)]
+    assert status == 200 and body["routed_to"] == broken.address and spare.charges == []
+
+
+def test_the_default_is_at_most_three_attempts() -> None:
+    from balancer.__main__ import parse_args
+    assert BalancerConfig().max_attempts == 3
+    assert parse_args([]).max_attempts == 3
+
+
+async def test_the_policy_view_lists_what_was_odd_in_the_last_answer(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    a, b = await substation(), await substation()
+    h = await balancer({a.address: (10.0, 100.0), b.address: (20.0, 100.0)})
+    h.prometheus.answers[Q.load] = [series("NaN", instance=a.address, substation="sub-0"),
+                                    series(20.0, instance=b.address, substation="sub-1"),
+                                    series(25.0, instance=b.address, substation="sub-1"),
+                                    series(5.0, substation="stray")]
+    await h.app[REFRESH_LOOP].refresh_once()
+    body = await (await h.client.get("/policy")).json()
+    problems = "\n".join(body["problems"])
+    assert f"load: {a.address} is nan; not eligible" in problems
+    assert f"load: several series for {b.address}; kept the most pessimistic" in problems
+    assert "load: a series has no 'instance' label" in problems
+    assert body["last_error"] is None
+
+
+@pytest.mark.parametrize(("failure", "reason"), [
+    (PrometheusApiClientException("HTTP Status Code 400 (b'bad_data: parse error')"),
+     "bad_data"),
+    (PrometheusApiClientException("HTTP Status Code 422 (b'execution: many-to-many')"),
+     "execution"),
+    (PrometheusApiClientException("HTTP Status Code 503 (b'timeout')"), "timeout"),
+    (PrometheusApiClientException("HTTP Status Code 502 (b'')"), "http_502"),
+    (requests.Timeout("read timed out"), "client_timeout"),
+    (requests.ConnectionError("connection refused"), "unreachable"),
+    (ValueError("Expecting value: line 1 column 1"), "bad_response"),
+], ids=["bad_data", "execution", "timeout", "http_502", "client_timeout", "unreachable",
+        "bad_response"])
+async def test_each_failed_evaluation_is_counted_by_its_reason_and_shown(
+        balancer: MakeHarness, failure: Exception, reason: str) -> None:
+    h = await balancer({})
+    h.prometheus.answers[Q.up] = failure
+    assert await h.app[REFRESH_LOOP].refresh_once() is False
+    metrics = await (await h.client.get("/metrics")).text()
+    assert f'balancer_prometheus_query_errors_total{{policy="least-load",reason="{reason}"}} 1.0' \
+        in metrics
+    body = await (await h.client.get("/policy")).json()
+    assert body["last_error"]["reason"] == reason
+
+
+async def test_a_copy_fenced_by_a_newer_dispatch_is_superseded(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    async def fenced(request: web.Request) -> web.Response:
+        return web.json_response({"error": "session_fenced", "detail": "newer epoch"},
+                                 status=409)
+    sub, spare = await substation(fenced), await substation()
+    h = await balancer({sub.address: (0.0, 100.0), spare.address: (50.0, 100.0)})
+    status, body = await h.dispatch()
+    # A newer dispatch owns the session: this one must not place it anywhere else.
+    assert status == 409 and body["error"] == "superseded"
+    assert body["session_may_exist"] is True and spare.charges == []
+
+
+async def test_a_dispatch_without_time_for_a_forward_is_deadline_exceeded(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    sub = await substation()
+    h = await balancer({sub.address: (0.0, 100.0)})
+    resp = await h.client.post("/dispatch", json={**CHARGE, "timeout_s": MIN_CALL_S / 2})
+    body = await resp.json()
+    assert resp.status == 503 and body["error"] == "deadline_exceeded"
+    assert resp.headers["Retry-After"] == "1"
+    assert body["session_may_exist"] is False and sub.charges == []

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import socket
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ class FakeBackends:
         self.dispatches: list[dict[str, Any]] = []
         self.answer: tuple[int, dict[str, Any], dict[str, str]] | None = None
         self.delay_s = 0.0
+        self.on_dispatch: Callable[[dict[str, Any]], None] | None = None
         self.substation_address = ""
         self.balancer = web.Application()
         self.balancer.router.add_post("/dispatch", self._dispatch)
@@ -46,6 +49,8 @@ class FakeBackends:
     async def _dispatch(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.dispatches.append(body)
+        if self.on_dispatch is not None:
+            self.on_dispatch(body)
         await asyncio.sleep(self.delay_s)
         if self.answer is not None:
             status, answer, headers = self.answer
@@ -267,7 +272,8 @@ async def test_a_definite_refusal_lets_the_retry_place_directly(
 
 
 @pytest.mark.parametrize(("status", "error"), [(503, "outcome_unknown"),
-                                               (409, "dispatch_in_progress")])
+                                               (409, "dispatch_in_progress"),
+                                               (409, "superseded")])
 async def test_after_an_unknown_outcome_the_retry_resolves_first(
         make_client: Any, backends: FakeBackends, status: int, error: str) -> None:
     backends.answer_with(status, error, may_exist=True)
@@ -339,6 +345,8 @@ async def test_sessions_are_read_and_stopped_at_their_substation(make_client: An
     assert resp.status == 404 and (await resp.json())["error"] == "unknown_session"
     resp = await client.delete(f"/sessions/{started['session_id']}", headers=AUTH)
     assert resp.status == 405     # stopping is POST .../stop: the session stays readable
+    body = await resp.json()
+    assert body["error"] == "method_not_allowed" and resp.headers["Allow"]
 
 
 def named_substation(name: str, holds: set[str]) -> web.Application:
@@ -479,3 +487,67 @@ async def test_the_key_cap_evicts_the_oldest_settled_records_only(tmp_path: Path
             if store.record("t", k) is not None}
     assert kept == {"old-pending", "done-3"}
     await store.aclose()
+
+
+async def test_the_session_index_survives_an_ingress_restart(make_client: Any) -> None:
+    first = await make_client()
+    _, started, _ = await post(first)              # no Idempotency-Key: only the index
+    await first.close()
+    second = await make_client()
+    url = f"/sessions/{started['session_id']}"
+    resp = await second.get(url, headers=AUTH)
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert (body["state"], body["routed_to"]) == ("charging", started["routed_to"])
+    resp = await second.post(f"{url}/stop", headers=AUTH)
+    assert resp.status == 200 and (await resp.json())["state"] == "stopped"
+    resp = await second.get(url, headers=OTHER_AUTH)   # still the creator's alone
+    assert resp.status == 404 and (await resp.json())["error"] == "unknown_session"
+
+
+async def test_the_key_record_is_on_disk_before_the_balancer_is_asked(
+        make_client: Any, backends: FakeBackends, tmp_path: Path) -> None:
+    seen: list[tuple[str, int, str]] = []
+
+    def read_disk(body: dict[str, Any]) -> None:
+        # Another connection, as a restarted ingress would open the file.
+        with contextlib.closing(sqlite3.connect(tmp_path / "ingress.sqlite3")) as db:
+            seen.extend(db.execute("SELECT session_id, epoch, state FROM key_records"))
+    backends.on_dispatch = read_disk
+    client = await make_client()
+    status, body, _ = await post(client, key="k-disk")
+    assert status == 200
+    assert seen == [(body["session_id"], 1, "pending")]
+
+
+async def test_a_session_whose_substation_cannot_answer_is_a_503_that_says_so(
+        make_client: Any, backends: FakeBackends, aiohttp_server: Any) -> None:
+    async def broken(request: web.Request) -> web.Response:
+        return web.Response(status=500, text="oops")
+    client = await make_client()
+    _, started, _ = await post(client)
+    url = f"/sessions/{started['session_id']}"
+    # Its substation answers oddly...
+    odd = web.Application()
+    odd.router.add_get("/sessions/{id}", broken)
+    odd_server: TestServer = await aiohttp_server(odd, host="127.0.0.1")
+    await move_route(client, started["session_id"], f"127.0.0.1:{odd_server.port}")
+    resp = await client.get(url, headers=AUTH)
+    body = await resp.json()
+    assert resp.status == 503 and body["error"] == "substation_error"
+    assert "HTTP 500" in body["detail"]
+    # ... or cannot be reached at all.
+    await move_route(client, started["session_id"], free_url().removeprefix("http://"))
+    resp = await client.post(f"{url}/stop", headers=AUTH)
+    body = await resp.json()
+    assert resp.status == 503 and body["error"] == "substation_unavailable"
+    assert resp.headers["Retry-After"] == "2" and "to stop the session" in body["detail"]
+
+
+async def move_route(client: Client, session_id: str, routed_to: str) -> None:
+    """Point the session index at another address, as if the session had been placed there."""
+    assert client.app is not None
+    store = client.app[STORE]
+    route = store.route(session_id)
+    assert route is not None
+    await store.save(route=dataclasses.replace(route, routed_to=routed_to))

@@ -123,6 +123,105 @@ def test_a_reading_drops_only_the_accepts_it_includes() -> None:
     assert ledger.pending_kw("a") == 7.0 and ledger.observed_load_kw("a") == 11.0
 
 
+def test_each_newer_report_replaces_the_last_one_kept() -> None:
+    ledger = PendingLedger()
+    ledger.observe("a", 42.0, at=100.0)
+    ledger.observe("a", 30.0, at=101.0)             # sessions ended: the load went down
+    assert ledger.observed_load_kw("a") == 30.0
+    ledger.observe("a", 35.0, at=102.0, seq=7)
+    ledger.observe("a", 36.0, at=103.0, seq=8)
+    assert ledger.observed_load_kw("a") == 36.0
+
+
+def test_a_report_is_kept_until_a_scrape_newer_than_its_own_time() -> None:
+    # The report's time decides: a scrape from before the report must not replace it.
+    ledger = PendingLedger(clock_skew_s=0.0)
+    ledger.observe("a", 42.0, at=100.0)
+    ledger.settle("a", scrape_ts=90.0)
+    assert ledger.observed_load_kw("a") == 42.0
+    ledger.observe("a", 43.0, at=200.0)
+    ledger.settle("a", scrape_ts=150.0)             # newer than the first report, not the second
+    assert ledger.observed_load_kw("a") == 43.0
+    ledger.settle("a", scrape_ts=200.0)
+    assert ledger.observed_load_kw("a") is None
+
+
+def test_releasing_one_of_several_keeps_the_others_exactly() -> None:
+    ledger = PendingLedger()
+    ledger.reserve("a", "s1", 11.0)
+    ledger.reserve("a", "s2", 0.5)
+    ledger.release("a", "s1")
+    assert ledger.pending_kw("a") == 0.5
+    ledger.release("a", "s2")
+    ledger.reserve("a", "s3", 7.0)              # an emptied book starts again from zero
+    assert ledger.pending_kw("a") == 7.0
+
+
+def test_unknown_instances_and_sessions_are_ignored() -> None:
+    ledger = PendingLedger()
+    ledger.confirm("nowhere", "s1", now=1.0)
+    ledger.release("nowhere", "s1")
+    ledger.reserve("a", "s1", 5.0)
+    ledger.release("a", "not-reserved")
+    ledger.confirm("a", "not-reserved", now=1.0)
+    assert ledger.pending_kw("a") == 5.0 and ledger.pending_kw("nowhere") == 0.0
+    ledger.release("a", "s1")
+    ledger.settle("a", scrape_ts=10.0)          # an emptied book is settled and observed
+    ledger.observe("a", 1.0, at=11.0)
+    ledger.forget_except(set())                 # a book with nothing pending is dropped too
+    assert ledger.snapshot() == {}
+
+
+def test_a_repeat_of_the_kept_reading_changes_nothing() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0)
+    assert ledger.observe("a", 22.0, at=10.0, seq=5)
+    assert not ledger.observe("a", 22.0, at=20.0, seq=5)
+    ledger.settle("a", scrape_ts=15.0)          # newer than the reading's first arrival
+    assert ledger.observed_load_kw("a") is None
+
+
+def test_a_reading_without_a_sequence_resets_the_order() -> None:
+    # A substation that does not number its readings (or restarted without): the next
+    # numbered one counts whatever its number.
+    ledger = PendingLedger()
+    ledger.observe("a", 10.0, at=1.0, seq=100)
+    ledger.observe("a", 20.0, at=2.0)
+    assert ledger.observe("a", 30.0, at=3.0, seq=7)
+    assert ledger.observed_load_kw("a") == 30.0
+
+
+def test_an_entry_confirmed_exactly_at_the_horizon_is_counted_by_the_scrape() -> None:
+    ledger = PendingLedger(clock_skew_s=0.5)
+    ledger.reserve("a", "s1", 10.0)
+    ledger.confirm("a", "s1", now=100.0)
+    ledger.settle("a", scrape_ts=100.5)
+    assert ledger.pending_kw("a") == 0.0
+
+
+def test_the_default_skew_margin_is_half_a_second() -> None:
+    ledger = PendingLedger()
+    ledger.reserve("a", "s1", 10.0)
+    ledger.confirm("a", "s1", now=100.0)
+    ledger.settle("a", scrape_ts=100.4)
+    assert ledger.pending_kw("a") == 10.0
+    ledger.settle("a", scrape_ts=100.5)
+    assert ledger.pending_kw("a") == 0.0
+
+
+def test_numbered_and_unnumbered_confirmations_mix() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0)
+    ledger.reserve("a", "numbered", 10.0)
+    ledger.reserve("a", "unnumbered", 5.0)
+    ledger.confirm("a", "numbered", now=1.0, seq=50)
+    ledger.confirm("a", "unnumbered", now=1.0)
+    ledger.observe("a", 15.0, at=0.5, seq=60)  # numbered: it includes seq 50, not the other
+    assert ledger.pending_kw("a") == 5.0
+    ledger.reserve("a", "numbered-2", 3.0)
+    ledger.confirm("a", "numbered-2", now=2.0, seq=61)
+    ledger.settle("a", scrape_ts=3.0)           # a scrape counts both kinds by time
+    assert ledger.pending_kw("a") == 0.0
+
+
 def test_doubtful_kw_is_what_a_reading_may_count_twice() -> None:
     ledger = PendingLedger()
     ledger.reserve("s", "in-flight-early", 11.0)
@@ -156,3 +255,22 @@ def test_an_answer_newer_than_the_scrape_stays_the_observed_load() -> None:
     assert ledger.observed_load_kw("s") == 44.0
     ledger.settle("s", scrape_ts=1006.0, seq=20)
     assert ledger.observed_load_kw("s") is None       # the scrape is the base again
+
+
+def test_a_reading_without_reservations_has_no_doubt() -> None:
+    ledger = PendingLedger()
+    ledger.observe("a", 33.0, at=1.0, seq=1)
+    assert ledger.doubtful_kw("a") == 0.0
+    assert ledger.doubtful_kw("never-seen") == 0.0
+
+
+def test_nothing_of_a_departed_substation_is_kept() -> None:
+    # Memory stays bounded however many substations come and go: no structure of the ledger
+    # keeps a trace of one that left.
+    ledger = PendingLedger()
+    ledger.reserve("gone", "s1", 5.0)
+    ledger.observe("gone", 20.0, at=1.0, seq=4)
+    ledger.forget_except({"kept"})
+    traces = [name for name, value in vars(ledger).items()
+              if isinstance(value, dict) and "gone" in value]
+    assert traces == []

@@ -5,12 +5,17 @@ from pathlib import Path
 import pytest
 
 from balancer.policy import (
+    MAX_FILE_BYTES,
     Better,
     PendingAdjustment,
+    Policy,
     PolicyError,
     SelectMode,
     load_policy,
     parse_duration,
+    parse_policy,
+    policy_path,
+    show,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,3 +161,139 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
                           (True, None), ("", None)])
 def test_parse_duration(raw: object, seconds: float | None) -> None:
     assert parse_duration(raw) == seconds
+
+
+def parse(raw: object) -> Policy:
+    return parse_policy(raw, source="policies/mine.yaml")
+
+
+MINIMAL = {"name": "mine", "query": "substation_load"}
+
+
+@pytest.mark.parametrize(("raw", "problems"), [
+    ([1], ["top level: must be a mapping with name, query and result, got a list"]),
+    ({"name": "mine"}, ["query: is required"]),
+    ({**MINIMAL, "result": [1]}, ["result: must be a mapping, got a list"]),
+    ({**MINIMAL, "colour": "blue"},
+     ["colour: unknown field (known: description, name, query, refresh_interval, result, "
+      "tie_tolerance)"]),
+    ({**MINIMAL, "result": {"order": "asc"}},
+     ["result.order: unknown field (known: better, pending_adjustment, select, "
+      "substation_label)"]),
+    ({**MINIMAL, "result": {"select": "weighted"}},
+     ["result.better: a weighted policy needs better: higher (the score is a weight)"]),
+    ({**MINIMAL, "refresh_interval": "soon"},
+     ["refresh_interval: must be a duration between 100ms and 5m (e.g. '1s'), got 'soon'"]),
+    ({**MINIMAL, "refresh_interval": "99ms"},
+     ["refresh_interval: must be a duration between 100ms and 5m (e.g. '1s'), got '99ms'"]),
+    ({**MINIMAL, "refresh_interval": 300.5},
+     ["refresh_interval: must be a duration between 100ms and 5m (e.g. '1s'), got 300.5"]),
+    ({**MINIMAL, "tie_tolerance": "wide"},
+     ["tie_tolerance: must be a finite number between 0 and 1e+09, got 'wide'"]),
+    ({**MINIMAL, "tie_tolerance": True},
+     ["tie_tolerance: must be a finite number between 0 and 1e+09, got True"]),
+    ({**MINIMAL, "description": 5}, ["description: must be text, got 5"]),
+], ids=["not-a-mapping", "no-query", "result-not-a-mapping", "unknown-field",
+        "unknown-result-field", "weighted-lower", "interval-unreadable", "interval-too-short",
+        "interval-too-long", "tolerance-text", "tolerance-bool", "description-not-text"])
+def test_each_problem_is_reported_exactly(raw: object, problems: list[str]) -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse(raw)
+    assert caught.value.problems == problems
+    assert caught.value.path == "policies/mine.yaml"
+
+
+def test_a_minimal_policy_gets_every_default() -> None:
+    policy = parse(MINIMAL)
+    assert (policy.substation_label, policy.better, policy.select, policy.pending_adjustment,
+            policy.refresh_interval_s, policy.tie_tolerance, policy.description) == \
+        ("instance", Better.LOWER, SelectMode.BEST, PendingAdjustment.KW, 1.0, 0.0, "")
+    assert (policy.name, policy.query, policy.source) == \
+        ("mine", "substation_load", "policies/mine.yaml")
+
+
+def test_every_field_is_read_as_written() -> None:
+    policy = parse({"name": "mine", "description": "  Spread by headroom.\n",
+                    "query": "  clamp_min(substation_capacity_kw - substation_load, 0)\n",
+                    "result": {"substation_label": "substation", "better": "higher",
+                               "select": "weighted", "pending_adjustment": "headroom"},
+                    "refresh_interval": "500ms", "tie_tolerance": 2})
+    assert (policy.description, policy.query, policy.substation_label, policy.better,
+            policy.select, policy.pending_adjustment, policy.refresh_interval_s,
+            policy.tie_tolerance) == \
+        ("Spread by headroom.", "clamp_min(substation_capacity_kw - substation_load, 0)",
+         "substation", Better.HIGHER, SelectMode.WEIGHTED, PendingAdjustment.HEADROOM, 0.5, 2.0)
+
+
+@pytest.mark.parametrize("interval", ["100ms", 0.1, "5m", 300])
+def test_the_refresh_interval_bounds_are_inclusive(interval: object) -> None:
+    assert parse({**MINIMAL, "refresh_interval": interval}).refresh_interval_s in (0.1, 300.0)
+
+
+def test_a_policy_file_is_found_by_name() -> None:
+    assert policy_path("policies", "least-load") == Path("policies/least-load.yaml")
+    assert policy_path(Path("/etc/grid"), "x") == Path("/etc/grid/x.yaml")
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (None, "None"), (True, "True"), (1.5, "1.5"), (1000, "1000"), (10**20 - 1, repr(10**20 - 1)),
+    (10**20, "a huge integer"), (-(10**20), "a huge integer"),
+    ("x" * 60, repr("x" * 60)), ("x" * 61, repr("x" * 57 + "...")),
+    ([1], "a list"), ({"a": 1}, "a mapping"), ({1}, "a set"), (b"x", "a bytes"),
+])
+def test_values_are_quoted_short_and_never_as_a_structure(value: object, shown: str) -> None:
+    assert show(value) == shown
+
+
+@pytest.mark.parametrize(("raw", "problems"), [
+    ({**MINIMAL, "name": "Bad Name"},
+     ["name: must be lowercase letters, digits, '-' or '_', got 'Bad Name'"]),
+    ({**MINIMAL, "bad key": 1},
+     ["'bad key': unknown field (known: description, name, query, refresh_interval, result, "
+      "tie_tolerance)"]),
+    ({**MINIMAL, "result": {"substation_label": "not a label"}},
+     ["result.substation_label: must be a Prometheus label name, got 'not a label'"]),
+    ({**MINIMAL, "tie_tolerance": 1e9 * 2},
+     ["tie_tolerance: must be a finite number between 0 and 1e+09, got 2000000000.0"]),
+    ({**MINIMAL, "description": "x" * 2001},
+     ["description: must be at most 2000 characters, got 2001"]),
+], ids=["bad-name", "odd-key", "bad-label", "tolerance-too-large", "description-too-long"])
+def test_each_problem_quotes_what_was_given(raw: object, problems: list[str]) -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse(raw)
+    assert caught.value.problems == problems
+
+
+def test_limits_are_inclusive() -> None:
+    policy = parse({**MINIMAL, "tie_tolerance": 1e9, "description": "x" * 2000})
+    assert policy.tie_tolerance == 1e9 and len(policy.description) == 2000
+
+
+def test_a_file_of_exactly_the_size_limit_is_read_and_one_byte_more_is_not(
+        tmp_path: Path) -> None:
+    text = GOOD.format(name="mine")
+    path = write(tmp_path, "mine", text + "#" * (MAX_FILE_BYTES - len(text) - 1) + "\n")
+    assert path.stat().st_size == MAX_FILE_BYTES and load_policy(path).name == "mine"
+    path.write_text(path.read_text() + "#")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    assert (caught.value.path, caught.value.problems) == \
+        (str(path), ["file: larger than 64 KiB; a policy is a few lines of YAML"])
+
+
+def test_a_file_that_is_not_utf8_is_named_with_the_offending_byte(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_bytes(b"name: mine\ndescription: caf\xe9\n")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    assert caught.value.problems == [
+        "file: not UTF-8 text (byte 0xe9 at offset 27); save it as UTF-8"]
+
+
+def test_a_long_yaml_error_is_cut_to_300_characters(tmp_path: Path) -> None:
+    path = write(tmp_path, "mine", "name: !" + "t" * 400 + " x\n")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    (problem,) = caught.value.problems
+    assert problem.startswith("not valid YAML: could not determine a constructor")
+    assert len(problem) == len("not valid YAML: ") + 300

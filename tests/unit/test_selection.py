@@ -8,9 +8,17 @@ import pytest
 
 from balancer.ledger import PendingLedger
 from balancer.policy import Policy
-from balancer.selection import adjusted_score, select_despite_doubt, select_substation
+from balancer.prom import GridQueries, read_snapshot
+from balancer.selection import (
+    Candidate,
+    adjusted_score,
+    effective_load_kw,
+    select_despite_doubt,
+    select_substation,
+)
 from balancer.snapshot import Snapshot, SubstationView
-from tests.conftest import make_policy, make_snapshot, view
+from gridlb.charge import FIT_TOLERANCE_KW
+from tests.conftest import FakeQueryClient, make_policy, make_snapshot, series, view
 
 LEAST_LOAD = make_policy()
 LEAST_UTIL = make_policy(result={"pending_adjustment": "utilization"})
@@ -172,6 +180,203 @@ def test_reported_drop_in_load_makes_a_substation_attractive_again() -> None:
     assert choice.score == 10.0 and choice.effective_load_kw == 10.0
 
 
+def unscored(v: SubstationView) -> SubstationView:
+    """As read_snapshot leaves a substation whose policy value was NaN or Inf (or missing)."""
+    return dataclasses.replace(v, score=None)
+
+
+@pytest.mark.parametrize("policy", [LEAST_LOAD, make_policy(tie_tolerance=5.0), WEIGHTED],
+                         ids=["best", "tie-tolerance", "weighted"])
+def test_an_unscored_substation_is_no_fallback_while_the_policy_scores_others(
+        policy: Policy) -> None:
+    # Only the unscored one has room: it must still not be chosen (README: NaN/Inf -> not
+    # eligible); the utilization fallback is for a policy that scored nothing at all.
+    snap = make_snapshot(view("scored", 95.0, 100.0, score=1.0),
+                         unscored(view("nan", 0.0, 100.0)))
+    for seed in range(20):
+        assert select_substation(snap, PendingLedger(), policy, 11.0,
+                                 random.Random(seed)) is None
+    fits = select_substation(snap, PendingLedger(), policy, 5.0, random.Random(0))
+    assert fits is not None and fits.instance == "scored"
+
+
+def test_a_nan_policy_value_makes_that_substation_ineligible_end_to_end() -> None:
+    # The canned Prometheus answer as the API gives it ("NaN" is a string in JSON), read by
+    # the real snapshot reader, then the real decision.
+    queries, policy = GridQueries(), LEAST_LOAD
+    answers = {
+        queries.up: [series(1, instance="a"), series(1, instance="b")],
+        queries.scrape_time: [series(999.0, instance="a"), series(999.0, instance="b")],
+        queries.load: [series(95, instance="a", substation="a"),
+                       series(0, instance="b", substation="b")],
+        queries.capacity: [series(100, instance="a", substation="a"),
+                           series(100, instance="b", substation="b")],
+        policy.query: [series(95, instance="a"), series("NaN", instance="b")],
+    }
+    snap = read_snapshot(FakeQueryClient(answers), policy, queries, 1000.0)
+    assert any("b is nan; not eligible" in p for p in snap.problems)
+    assert select_substation(snap, PendingLedger(), policy, 11.0, random.Random(0)) is None
+    # In degraded mode the policy's scores are ignored altogether: b ranks by utilization.
+    degraded = select_substation(snap, PendingLedger(), policy, 11.0, random.Random(0),
+                                 degraded=True)
+    assert degraded is not None and degraded.instance == "b"
+
+
+def test_a_score_exactly_at_the_tie_tolerance_counts_as_a_tie() -> None:
+    tolerant = make_policy(tie_tolerance=5.0)
+    snap = make_snapshot(view("a", 10.0, 100.0), view("b", 15.0, 100.0), view("c", 15.5, 100.0))
+    assert set(first_choices(snap, tolerant, 200)) == {"a", "b"}
+
+
+def test_the_utilization_fallback_ranks_by_load_over_capacity_not_by_kw() -> None:
+    # 60 kW of 400 (15 %) is emptier than 50 kW of 100 (50 %), though more kW.
+    snap = make_snapshot(unscored(view("small", 50.0, 100.0)),
+                         unscored(view("big", 60.0, 400.0)))
+    for degraded in (False, True):
+        choice = select_substation(snap, PendingLedger(), LEAST_LOAD, 1.0, random.Random(0),
+                                   degraded=degraded)
+        assert choice is not None and choice.instance == "big"
+        assert choice.utilization == pytest.approx(60.0 / 400.0)
+
+
+BETTER_HIGHER = make_policy(result={"better": "higher"})
+
+
+def test_effective_load_is_the_newest_observation_plus_what_is_pending() -> None:
+    v, ledger = view("a", 40.0, 100.0), PendingLedger()
+    assert effective_load_kw(v, ledger) == 40.0
+    ledger.reserve("a", "s1", 11.0)
+    ledger.reserve("b", "s2", 7.0)                      # another substation's: not this one's
+    assert effective_load_kw(v, ledger) == 51.0
+    ledger.observe("a", 30.0, at=1001.0)
+    ledger.observe("b", 99.0, at=1001.0)
+    assert effective_load_kw(v, ledger) == 41.0
+    assert effective_load_kw(view("a", None, 100.0), ledger) is None
+
+
+@pytest.mark.parametrize("v", [view("a", 40.0, None), view("a", None, 100.0),
+                               dataclasses.replace(view("a", 40.0, 100.0), score=None)],
+                         ids=["no-capacity", "no-load", "no-score"])
+@pytest.mark.parametrize("policy", [LEAST_LOAD, LEAST_UTIL, WEIGHTED],
+                         ids=["kw", "utilization", "headroom"])
+def test_a_score_is_not_adjusted_without_what_the_adjustment_needs(
+        v: SubstationView, policy: Policy) -> None:
+    assert adjusted_score(v, policy, delta_kw=10.0) == v.score
+    assert adjusted_score(view("a", 40.0, 100.0), policy, delta_kw=0.0) == 40.0
+
+
+def test_headroom_weight_is_zero_when_the_scrape_saw_no_headroom() -> None:
+    full = view("a", 100.0, 100.0, score=5.0)
+    assert adjusted_score(full, WEIGHTED, delta_kw=-50.0) == 0.0
+    almost = view("a", 99.5, 100.0, score=1.0)          # 0.5 kW of headroom, half of it pending
+    assert adjusted_score(almost, WEIGHTED, delta_kw=0.25) == pytest.approx(0.5)
+
+
+def test_higher_is_better_picks_the_highest_score_and_moves_it_down_with_pending() -> None:
+    snap = make_snapshot(view("a", 0.0, 100.0, score=50.0), view("b", 0.0, 100.0, score=40.0))
+    ledger = PendingLedger()
+    choice = select_substation(snap, ledger, BETTER_HIGHER, 5.0, random.Random(0))
+    assert choice is not None and (choice.instance, choice.score) == ("a", 50.0)
+    ledger.reserve("a", "s1", 11.0)                    # a's headroom score falls by 11 kW
+    choice = select_substation(snap, ledger, BETTER_HIGHER, 5.0, random.Random(0))
+    assert choice is not None and (choice.instance, choice.score) == ("b", 40.0)
+    ledger.reserve("b", "s2", 2.0)                     # b falls below a again
+    choice = select_substation(snap, ledger, BETTER_HIGHER, 5.0, random.Random(0))
+    assert choice is not None and (choice.instance, choice.score) == ("a", 39.0)
+
+
+def test_tie_tolerance_applies_to_higher_is_better_scores_in_their_own_unit() -> None:
+    tolerant = make_policy(result={"better": "higher"}, tie_tolerance=5.0)
+    snap = make_snapshot(view("a", 0.0, 100.0, score=50.0), view("b", 0.0, 100.0, score=46.0),
+                         view("c", 0.0, 100.0, score=44.0))
+    assert set(first_choices(snap, tolerant, 200)) == {"a", "b"}
+
+
+def expected(choice: Candidate | None, *fields: object) -> None:
+    assert choice is not None
+    assert (choice.instance, choice.name, choice.effective_load_kw, choice.capacity_kw,
+            choice.score) == fields
+
+
+def test_every_way_of_choosing_reports_the_candidate_as_it_is_now() -> None:
+    ledger = PendingLedger()
+    ledger.reserve("a", "s1", 10.0)
+    a = view("a", 20.0, 100.0, score=30.0, name="sub-a")
+    # best: the score moved by the pending kW
+    expected(select_substation(make_snapshot(a), ledger, LEAST_LOAD, 1.0, random.Random(0)),
+             "a", "sub-a", 30.0, 100.0, 40.0)
+    # within a tie tolerance
+    expected(select_substation(make_snapshot(a), ledger, make_policy(tie_tolerance=1.0), 1.0,
+                               random.Random(0)), "a", "sub-a", 30.0, 100.0, 40.0)
+    # weighted: the weight shrinks with the share of headroom pending (80 kW, 10 pending)
+    expected(select_substation(make_snapshot(a), ledger, WEIGHTED, 1.0, random.Random(0)),
+             "a", "sub-a", 30.0, 100.0, pytest.approx(30.0 * 70.0 / 80.0))
+    # fallback by utilization: no score
+    expected(select_substation(make_snapshot(unscored(a)), ledger, LEAST_LOAD, 1.0,
+                               random.Random(0)), "a", "sub-a", 30.0, 100.0, None)
+
+
+def test_an_empty_substation_chosen_by_weight_has_zero_load() -> None:
+    empty = view("a", 0.0, 100.0, score=8.0)
+    choice = select_substation(make_snapshot(empty), PendingLedger(), WEIGHTED, 1.0,
+                               random.Random(0))
+    expected(choice, "a", "a", 0.0, 100.0, 8.0)
+    ledger = PendingLedger()
+    ledger.reserve("a", "s1", 25.0)
+    choice = select_substation(make_snapshot(empty), ledger, WEIGHTED, 1.0, random.Random(0))
+    expected(choice, "a", "a", 25.0, 100.0, 6.0)
+
+
+def test_a_substation_whose_weight_is_not_positive_is_never_drawn_while_one_is() -> None:
+    snap = make_snapshot(view("zero", 0.0, 100.0, score=0.0),
+                         view("negative", 0.0, 100.0, score=-3.0),
+                         view("small", 0.0, 100.0, score=0.1))
+    assert first_choices(snap, WEIGHTED, 300) == Counter({"small": 300})
+
+
+def test_when_every_weight_is_zero_the_draw_is_uniform() -> None:
+    snap = make_snapshot(view("a", 0.0, 100.0, score=0.0), view("b", 0.0, 100.0, score=0.0))
+    picks = first_choices(snap, WEIGHTED, 400)
+    assert 160 < picks["a"] < 240
+
+
+def test_weights_below_one_are_still_proportional() -> None:
+    snap = make_snapshot(view("a", 0.0, 100.0, score=0.1), view("b", 0.0, 100.0, score=0.3))
+    picks = first_choices(snap, WEIGHTED, 2000, seed=11)
+    assert 0.2 < picks["a"] / 2000 < 0.3
+
+
+def test_exact_ties_are_broken_uniformly() -> None:
+    for snap in (make_snapshot(view("a", 0.0, 100.0), view("b", 0.0, 100.0)),
+                 make_snapshot(*(unscored(view(i, 10.0, 100.0)) for i in "ab"))):
+        firsts = first_choices(snap, LEAST_LOAD, 2000)
+        assert 900 < firsts["a"] < 1100, firsts
+    three = make_snapshot(*(view(i, 0.0, 100.0) for i in "abc"))
+    firsts = first_choices(three, LEAST_LOAD, 3000)
+    assert all(900 < n < 1100 for n in firsts.values()), firsts
+
+
+def test_a_request_fits_up_to_capacity_plus_the_float_tolerance() -> None:
+    snap = make_snapshot(view("a", 0.0, 100.0))
+    exactly = 100.0 + FIT_TOLERANCE_KW
+    assert select_substation(snap, PendingLedger(), LEAST_LOAD, exactly,
+                             random.Random(0)) is not None
+    assert select_substation(snap, PendingLedger(), LEAST_LOAD, 100.0 + 1e-6,
+                             random.Random(0)) is None
+
+
+def test_a_weighted_policy_corrects_every_candidates_weight_for_pending_kw() -> None:
+    snap = make_snapshot(view("a", 0.0, 100.0, score=1.0), view("b", 0.0, 100.0, score=1.0))
+    ledger = PendingLedger()
+    ledger.reserve("a", "s1", 100.0 - 1e-6)            # a's headroom is all but taken
+    picks: Counter[str] = Counter()
+    for seed in range(200):
+        choice = select_substation(snap, ledger, WEIGHTED, 1e-7, random.Random(seed))
+        assert choice is not None
+        picks[choice.instance] += 1
+    assert picks["b"] >= 199
+
+
 def test_a_substation_full_only_by_kw_counted_twice_is_still_tried() -> None:
     # b reported 33 kW in an answer that arrived while the 11 kW forward reserved before it was
     # in flight: 33 + 11 counts that session twice if it was admitted before the reading.
@@ -189,3 +394,47 @@ def test_a_substation_full_only_by_kw_counted_twice_is_still_tried() -> None:
     fresh.observe("b", 33.0, at=1001.0, seq=3)
     fresh.reserve("b", "after", 11.0)
     assert select_despite_doubt(snap, fresh, 11.0) is None
+
+
+def test_an_unscored_substation_is_not_tried_despite_doubt_either() -> None:
+    # The doubt path (nothing fits only because a reading may count in-flight kW twice) must
+    # not bring back a substation the policy scored NaN/Inf while it scores others.
+    snap = make_snapshot(view("a", 44.0, 50.0, score=44.0), unscored(view("b", 22.0, 50.0)))
+    ledger = PendingLedger()
+    ledger.reserve("b", "in-flight", 11.0)
+    ledger.observe("b", 33.0, at=1001.0, seq=3)
+    assert select_substation(snap, ledger, LEAST_LOAD, 11.0, random.Random(1)) is None
+    assert select_despite_doubt(snap, ledger, 11.0) is None
+    # Degraded, or a policy that scored nothing: every substation ranks by utilization.
+    choice = select_despite_doubt(snap, ledger, 11.0, degraded=True)
+    assert choice is not None and choice.name == "b"
+    nothing_scored = make_snapshot(*(unscored(v) for v in snap.substations.values()))
+    choice = select_despite_doubt(nothing_scored, ledger, 11.0)
+    assert choice is not None and choice.name == "b"
+
+
+def doubtful(observed_kw: float, in_flight_kw: float) -> PendingLedger:
+    """A ledger whose last reading of each given substation may count `in_flight_kw` twice."""
+    ledger = PendingLedger()
+    for instance in "abc":
+        ledger.reserve(instance, f"in-flight-{instance}", in_flight_kw)
+        ledger.observe(instance, observed_kw, at=1001.0, seq=3)
+    return ledger
+
+
+def test_despite_doubt_skips_what_is_excluded_or_does_not_fit_and_goes_on() -> None:
+    snap = make_snapshot(view("a", 0.0, 50.0), view("b", 0.0, 40.0), view("c", 0.0, 50.0))
+    ledger = doubtful(observed_kw=30.0, in_flight_kw=11.0)   # 41 kW counted, 30 for sure
+    choice = select_despite_doubt(snap, ledger, 15.0, exclude={"a"})
+    # b does not fit even without the doubtful kW (30 + 15 > 40): c does.
+    assert choice is not None
+    assert (choice.instance, choice.effective_load_kw, choice.capacity_kw) == ("c", 30.0, 50.0)
+    assert select_despite_doubt(snap, ledger, 25.0) is None   # 30 + 25 > 50 anywhere
+
+
+def test_despite_doubt_fits_exactly_up_to_the_float_tolerance() -> None:
+    snap = make_snapshot(view("a", 0.0, 50.0))
+    ledger = doubtful(observed_kw=0.0, in_flight_kw=11.0)
+    assert select_despite_doubt(snap, ledger, 50.0) is not None
+    assert select_despite_doubt(snap, ledger, 50.0 + FIT_TOLERANCE_KW) is not None
+    assert select_despite_doubt(snap, ledger, 50.0 + 1e-6) is None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -165,3 +166,33 @@ async def test_internal_token_guards_everything_but_metrics_and_health(aiohttp_c
     assert (await client.get("/healthz")).status == 200
     resp = await client.post("/charge", json=CHARGE, headers={"Authorization": "Bearer t0k"})
     assert resp.status == 200
+
+
+async def test_a_restarted_substation_resumes_its_sessions_and_fences(aiohttp_client: Any,
+                                                                     tmp_path: Path) -> None:
+    config = SubstationConfig("s1", capacity_kw=10.0, speed_factor=60.0,
+                              state_path=str(tmp_path / "state.sqlite3"))
+    first = await aiohttp_client(create_app(config))
+    assert (await first.post("/charge", json=CHARGE)).status == 200
+    assert (await first.post("/sessions/late/fence", json={"epoch": 3})).status == 200
+    await first.close()
+    again = await aiohttp_client(create_app(config))
+    body = await (await again.get("/sessions/s-1")).json()
+    assert body["state"] == "charging" and body["power_kw"] == 7.0
+    status = await (await again.get("/status")).json()
+    assert status["load_kw"] == 7.0 and status["active_sessions"] == 1
+    # Its capacity is taken: a second 7 kW session does not fit on 10 kW.
+    resp = await again.post("/charge", json={**CHARGE, "session_id": "s-2"})
+    assert resp.status == 409 and (await resp.json())["error"] == "over_capacity"
+    resp = await again.post("/charge", json={**CHARGE, "session_id": "late", "epoch": 2,
+                                             "requested_kw": 2.0})
+    assert resp.status == 409 and (await resp.json())["error"] == "session_fenced"
+
+
+async def test_the_same_session_id_with_other_values_is_a_conflict(client: TestClient[Any, Any]
+                                                                  ) -> None:
+    await client.post("/charge", json=CHARGE)
+    resp = await client.post("/charge", json={**CHARGE, "requested_kw": 2.0})
+    body = await resp.json()
+    assert resp.status == 409 and body["error"] == "session_conflict"
+    assert "exists with other values" in body["detail"]

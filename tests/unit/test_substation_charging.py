@@ -7,6 +7,7 @@ from substation.charging import (
     CHARGING,
     COMPLETED,
     STOPPED,
+    ChargingSession,
     OverCapacity,
     SessionConflict,
     SessionFenced,
@@ -181,3 +182,108 @@ def test_a_session_is_credited_from_its_own_start_not_the_last_tick() -> None:
     assert late.delivered_kwh == pytest.approx(5.0)
     t.stop("late", now=2.5)                  # credited up to the stop, alone
     assert late.delivered_kwh == pytest.approx(10.0)
+
+
+def test_ending_one_session_frees_only_its_power() -> None:
+    t = table()
+    t.admit("a", "ev", 30.0, 1000.0, now=0.0)
+    t.admit("b", "ev", 20.0, 1.0, now=0.0)
+    t.advance(1.0)                          # b completes (20 kWh in an hour), a goes on
+    assert t.load_kw == 30.0 and session_state(t, "b") == COMPLETED
+    t.admit("c", "ev", 5.0, 1000.0, now=1.0)
+    t.stop("c", now=1.5)
+    assert t.load_kw == 30.0
+
+
+def test_a_completed_session_records_when_it_ended() -> None:
+    t = table()
+    t.admit("a", "ev", 10.0, 5.0, now=0.0)
+    t.advance(2.0)
+    session = t.get("a")
+    assert session is not None and (session.state, session.ended_at) == (COMPLETED, 2.0)
+
+
+def test_a_first_admission_is_not_a_duplicate() -> None:
+    assert table().admit("a", "ev", 1.4, 1.0, now=0.0).duplicate is False
+
+
+def test_a_charge_without_an_epoch_is_the_first_dispatch() -> None:
+    t = table()
+    t.fence("s", epoch=2, now=0.0)
+    with pytest.raises(SessionFenced, match="epoch 1 is older than the fence at epoch 2"):
+        t.admit("s", "ev", 11.0, 30.0, now=0.1)
+
+
+def test_the_session_cap_message_is_exact() -> None:
+    t = table(capacity=1000.0, max_sessions=1)
+    t.admit("a", "ev", 1.4, 1.0, now=0.0)
+    with pytest.raises(TooManySessions) as caught:
+        t.admit("b", "ev", 1.4, 1.0, now=0.0)
+    assert str(caught.value) == "1 sessions are charging, the most this substation takes"
+
+
+def test_resumed_sessions_all_count_towards_the_load() -> None:
+    t = table()
+    for sid, kw in (("a", 10.0), ("b", 15.0)):
+        t.resume(ChargingSession(sid, "ev", kw, 100.0, 0.0, CHARGING, started_at=0.0), now=5.0)
+    assert t.load_kw == 25.0 and len(t.active) == 2
+
+
+def test_ended_sessions_are_kept_for_exactly_the_retention_oldest_first() -> None:
+    t = table(retention_s=10.0, max_ended=2)
+    t.admit("old", "ev", 1.4, 100.0, now=1000.0)
+    t.stop("old", now=1000.0)
+    t.admit("new", "ev", 1.4, 100.0, now=1005.0)
+    t.stop("new", now=1005.0)
+    t.prune(1010.0)                          # old: exactly the retention; both kept
+    assert list(t.ended) == ["old", "new"]
+    t.prune(1010.5)
+    assert list(t.ended) == ["new"]
+
+
+def test_fences_are_kept_for_exactly_their_retention() -> None:
+    t = table(fence_retention_s=10.0)
+    t.fence("f", epoch=2, now=100.0)
+    t.prune(110.0)
+    assert "f" in t.fences
+    t.prune(110.5)
+    assert "f" not in t.fences
+
+
+def test_the_defaults_the_service_relies_on() -> None:
+    # The substation service passes capacity, speed, retention, the session cap and the
+    # sequence seed; the bounds on remembered sessions and fences are these defaults.
+    t = SessionTable(100.0)
+    t.admit("a", "ev", 10.0, 1000.0, now=0.0)
+    assert t.load_seq == 1                   # the first change from a fresh table
+    t.advance(60.0)                          # 60x: a minute is a simulated hour
+    a = t.get("a")
+    assert a is not None and a.delivered_kwh == pytest.approx(10.0)
+    t.stop("a", now=60.0)
+    t.prune(660.0)
+    assert "a" in t.ended                    # ended sessions are readable for 10 minutes
+    t.prune(660.5)
+    assert "a" not in t.ended
+    t.fence("f", epoch=2, now=0.0)
+    t.prune(24 * 3600.0)
+    assert "f" in t.fences                   # fences are kept a day
+    t.prune(24 * 3600.0 + 0.5)
+    assert "f" not in t.fences
+
+
+def test_the_default_session_cap_is_ten_thousand() -> None:
+    t = SessionTable(100_000.0)
+    for i in range(10_000):
+        t.admit(f"s{i}", "ev", 1.4, 1.0, now=0.0)
+    with pytest.raises(TooManySessions):
+        t.admit("one-more", "ev", 1.4, 1.0, now=0.0)
+
+
+def test_at_most_a_hundred_thousand_ended_sessions_and_fences_are_kept() -> None:
+    t = SessionTable(1000.0)
+    for i in range(100_001):
+        t._remember_ended(ChargingSession(f"s{i}", "ev", 1.4, 1.0, 1.0, STOPPED, 0.0,
+                                          ended_at=0.0))
+        t.fence(f"f{i}", epoch=2, now=0.0)
+    assert len(t.ended) == 100_000 and "s0" not in t.ended and "s100000" in t.ended
+    assert len(t.fences) == 100_000 and "f0" not in t.fences and "f100000" in t.fences
