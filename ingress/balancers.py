@@ -26,6 +26,8 @@ from urllib.parse import SplitResult, urlsplit
 import aiohttp
 import orjson
 
+from gridlb.errors import ErrorCode
+
 log = logging.getLogger(__name__)
 
 # How long a replica may take to accept a connection when another one is left to try: a
@@ -124,6 +126,7 @@ async def dispatch(session: aiohttp.ClientSession, urls: Sequence[str],
     loop = asyncio.get_running_loop()
     until = loop.time() + timeout_s
     errors: list[str] = []
+    not_ready: BalancerAnswer | None = None
     order = replica_order(urls, str(payload.get("session_id", "")))
     for i, url in enumerate(order):
         left = until - loop.time()
@@ -155,8 +158,21 @@ async def dispatch(session: aiohttp.ClientSession, urls: Sequence[str],
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = None
-        return BalancerAnswer(status, body, answer_headers)
+        answer = BalancerAnswer(status, body, answer_headers)
+        if not_ready_yet(answer):
+            # A replica that has not read Prometheus yet (just restarted) did nothing with the
+            # charge: another one may place it now.
+            not_ready = answer
+            continue
+        return answer
+    if not_ready is not None:
+        return not_ready
     return BalancerAnswer(failure="unreachable", detail="; ".join(errors) or "no balancer")
+
+
+def not_ready_yet(answer: BalancerAnswer) -> bool:
+    return answer.status == 503 and isinstance(answer.body, dict) and \
+        answer.body.get("error") == ErrorCode.NO_SNAPSHOT
 
 
 async def locate_substation(session: aiohttp.ClientSession, urls: Sequence[str], name: str,

@@ -317,6 +317,33 @@ async def test_a_second_balancer_replica_takes_over_when_the_first_is_down(
     assert len(backends.dispatches) == 5
 
 
+async def test_a_replica_that_has_not_read_prometheus_yet_passes_the_charge_on(
+        make_client: Any, aiohttp_server: Any, backends: FakeBackends) -> None:
+    """A replica just restarted answers no_snapshot until its first evaluation: it did nothing
+    with the charge, so the next replica places it; only when every one is that new does the
+    client see no_snapshot."""
+    asked: list[str] = []
+
+    async def starting(request: web.Request) -> web.Response:
+        asked.append((await request.json())["session_id"])
+        return web.json_response({"error": "no_snapshot", "detail": "starting",
+                                  "session_may_exist": False}, status=503,
+                                 headers={"Retry-After": "1"})
+    fresh = web.Application()
+    fresh.router.add_post("/dispatch", starting)
+    new: TestServer = await aiohttp_server(fresh, host="127.0.0.1")
+    live: TestServer = await aiohttp_server(backends.balancer, host="127.0.0.1")
+    client = await make_client(balancer_url=f"http://127.0.0.1:{new.port},"
+                                            f"http://127.0.0.1:{live.port}")
+    for i in range(20):                   # whatever order each session id hashes to
+        status, body, _ = await post(client, {**CHARGE, "vehicle_id": f"ev-{i}"})
+        assert status == 200, body
+    assert asked and len(backends.dispatches) == 20
+    alone = await make_client(balancer_url=f"http://127.0.0.1:{new.port}")
+    status, body, headers = await post(alone)
+    assert (status, body["error"], headers["Retry-After"]) == (503, "no_snapshot", "1")
+
+
 def test_every_session_keeps_one_replica_order() -> None:
     from ingress.balancers import replica_order
     urls = [f"http://b{i}" for i in range(4)]
