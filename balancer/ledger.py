@@ -132,8 +132,8 @@ class PendingLedger:
             scrape_is_newer = observed_at is not None and observed_at <= horizon
         if observed_at is not None and scrape_is_newer:
             # The scrape is newer: it is the base again. Sequences keep ordering the answers.
+            # (Its tick may stay: doubtful_kw asks only while a reading is kept.)
             del self.observed_by_instance[instance], self._observed_at[instance]
-            self._observed_tick.pop(instance, None)
         book = self._by_instance.get(instance)
         if book is not None:
             self._drop_confirmed(instance, book, horizon, seq)
