@@ -66,6 +66,10 @@ class PendingLedger:
         # before (counting them until then is the safe side), and memory stays bounded by the
         # request rate times this.
         self.end_horizon_s = end_horizon_s
+        # Instances whose kept reading changed (for aging.py, which recomputes only those), and
+        # the state aging.py derives from this ledger: each ledger (replica) has its own.
+        self.readings_changed: set[str] = set()
+        self.aging_state: object | None = None
 
     def pending_kw(self, instance: str) -> float:
         return self.pending_by_instance.get(instance, 0.0)
@@ -118,6 +122,7 @@ class PendingLedger:
             observed = self.observed_by_instance.get(instance)
             if ended is not None and observed is not None:
                 self.observed_by_instance[instance] = max(0.0, observed - ended[1])
+                self.readings_changed.add(instance)
 
     def doubtful_kw(self, instance: str) -> float:
         """Pending kW the kept reading may count already: forwards still in flight that were
@@ -147,6 +152,7 @@ class PendingLedger:
             return False
         self.observed_by_instance[instance] = load_kw
         self.observed_at_by_instance[instance] = at
+        self.readings_changed.add(instance)
         included = self._included.get(instance)
         if included:
             # A session that may have ended before this reading may be missing from it: it is
@@ -181,6 +187,7 @@ class PendingLedger:
             # (Its tick may stay: doubtful_kw asks only while a reading is kept.)
             del self.observed_by_instance[instance], self.observed_at_by_instance[instance]
             self._included.pop(instance, None)   # the scrape's forecast knows their ends
+            self.readings_changed.add(instance)
         book = self._by_instance.get(instance)
         if book is not None:
             self._drop_confirmed(instance, book, horizon, seq)
@@ -220,6 +227,7 @@ class PendingLedger:
             del self._observed_seq[gone]
         for gone in set(self._included) - instances:
             del self._included[gone]
+        self.readings_changed &= instances
         # Ends of forgotten instances are skipped when they come up (nothing to act on).
 
     def snapshot(self) -> dict[str, float]:

@@ -104,8 +104,13 @@ def aged_view(load: float = 100.0) -> SubstationView:
     return with_forecast(view("a", load, 200.0), (1.0, 100.0), (5.0, 60.0), (60.0, 0.0))
 
 
+def aged_loads(*views: SubstationView, skew_s: float = 0.0,
+               ledger: PendingLedger | None = None) -> AgedLoads:
+    return AgedLoads(make_snapshot(*views), ledger or PendingLedger(clock_skew_s=skew_s))
+
+
 def test_the_fit_reading_is_the_forecast_at_the_last_horizon_passed() -> None:
-    aged = AgedLoads([aged_view()])
+    aged = aged_loads(aged_view())
     for now, fit, expected in ((1000.5, 100.0, 100.0), (1001.0, 100.0, 80.0),
                                (1004.9, 100.0, 80.0), (1005.0, 60.0, 30.0),
                                (1100.0, 0.0, 0.0)):
@@ -114,14 +119,14 @@ def test_the_fit_reading_is_the_forecast_at_the_last_horizon_passed() -> None:
 
 
 def test_time_never_runs_backwards_for_the_aged_loads() -> None:
-    aged = AgedLoads([aged_view()])
+    aged = aged_loads(aged_view())
     aged.advance(1010.0)
     aged.advance(1000.0)
     assert aged.fit_by_instance["a"] == 60.0
 
 
 def test_clock_skew_delays_every_crossing() -> None:
-    aged = AgedLoads([aged_view()], skew_s=0.5)
+    aged = aged_loads(aged_view(), skew_s=0.5)
     aged.advance(1005.2)
     assert aged.fit_by_instance["a"] == 100.0
     aged.advance(1005.5)
@@ -141,14 +146,40 @@ def test_an_odd_forecast_is_read_as_the_most_pessimistic_consistent_curve(
 
 
 def test_an_answer_is_aged_only_by_ends_surely_after_it() -> None:
-    aged = AgedLoads([aged_view()])
-    aged.advance(1006.0)     # the 40 kW due by 5 s have ended
-    # The answer at 1003 s (70 kW) may or may not include them: none is taken off it.
-    fit, expected = aged.age_reading("a", 70.0, 1003.0)
-    assert fit == 70.0
+    ledger = PendingLedger(clock_skew_s=0.0)
+    aged = aged_loads(aged_view(), ledger=ledger)
+    # The answer at 1003 s (70 kW) may or may not include the 40 kW due by 5 s: once they
+    # are due, none is taken off it.
+    ledger.observe("a", 70.0, at=1003.0)
+    aged.advance(1006.0)
+    assert aged.fit_by_instance["a"] == 70.0
+    assert aged.rank_by_instance["a"] == pytest.approx(70.0 - (80.0 - 30.0))
     # An answer at 1000.5 s surely still had them: they come off.
-    assert aged.age_reading("a", 120.0, 1000.5)[0] == 80.0
-    assert expected == pytest.approx(70.0 - max(0.0, 80.0 - 30.0))
+    ledger.observe("a", 120.0, at=1000.5)
+    aged.advance(1006.5)
+    assert aged.fit_by_instance["a"] == 80.0
+
+
+def test_a_scrape_that_replaces_the_answer_is_the_base_again() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0)
+    aged = aged_loads(aged_view(), ledger=ledger)
+    ledger.observe("a", 150.0, at=1000.5, seq=3)
+    aged.advance(1001.0)
+    assert aged.fit_by_instance["a"] == 150.0
+    ledger.settle("a", scrape_ts=1000.8, seq=4)
+    aged.advance(1001.1)
+    assert aged.fit_by_instance["a"] == 100.0
+
+
+def test_each_ledger_ages_the_same_snapshot_by_its_own_answers() -> None:
+    snap = make_snapshot(aged_view())
+    one, two = PendingLedger(clock_skew_s=0.0), PendingLedger(clock_skew_s=0.0)
+    one.observe("a", 10.0, at=1000.5)
+    first = AgedLoads.for_decision(snap, one, 1001.0)
+    second = AgedLoads.for_decision(snap, two, 1001.0)
+    assert first is not None and second is not None
+    assert (first.fit_by_instance["a"], second.fit_by_instance["a"]) == (10.0, 100.0)
+    assert AgedLoads.for_decision(snap, one, 1002.0) is first      # kept while both hold
 
 
 # -- the ledger: an entry stops at its end ----------------------------------------------------
@@ -271,7 +302,7 @@ def test_an_answer_newer_than_the_scrape_is_aged_too() -> None:
     ledger.observe("a", 95.0, at=1000.5)
     choice = select_substation(snap, ledger, AGING, 20.0, random.Random(1), now=1006.0)
     assert choice is not None and choice.instance == "a"
-    assert effective_load_kw(a, ledger, snap.aged_loads(0.0)) == 35.0
+    assert effective_load_kw(a, ledger, AgedLoads.for_decision(snap, ledger, 1006.0)) == 35.0
 
 
 def test_a_pending_entry_past_its_end_no_longer_blocks_a_fit() -> None:
