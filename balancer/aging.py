@@ -140,8 +140,13 @@ class AgedLoads:
         if base is None or base[0] != at:
             # The forecast at the first horizon at or after the answer: sessions due to end
             # later were surely still in it (it was read before they ended).
-            after = min(bisect_left(curve.times, at), len(curve.times) - 1)
+            ledger = self.ledger
+            after = min(bisect_left(curve.times, at + ledger.end_margin_s + ledger.clock_skew_s),
+                        len(curve.times) - 1)
             during = max(0, bisect_right(curve.times, at) - 1)
             base = self._reading_base[instance] = (at, curve.fit[after], curve.rank[during])
-        self.fit_by_instance[instance] = max(0.0, observed - max(0.0, base[1] - fit_now))
-        self.rank_by_instance[instance] = max(0.0, observed - max(0.0, base[2] - rank_now))
+        fit = self.fit_by_instance[instance] = max(0.0, observed - max(0.0, base[1] - fit_now))
+        # The expected load is never above the sure upper bound (an answer read exactly at a
+        # horizon is one step ahead of the midpoint rule).
+        self.rank_by_instance[instance] = min(fit, max(0.0, observed - max(0.0, base[2]
+                                                                            - rank_now)))

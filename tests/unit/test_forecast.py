@@ -146,7 +146,7 @@ def test_an_odd_forecast_is_read_as_the_most_pessimistic_consistent_curve(
 
 
 def test_an_answer_is_aged_only_by_ends_surely_after_it() -> None:
-    ledger = PendingLedger(clock_skew_s=0.0)
+    ledger = PendingLedger(clock_skew_s=0.0, end_margin_s=0.0)
     aged = aged_loads(aged_view(), ledger=ledger)
     # The answer at 1003 s (70 kW) may or may not include the 40 kW due by 5 s: once they
     # are due, none is taken off it.
@@ -158,6 +158,16 @@ def test_an_answer_is_aged_only_by_ends_surely_after_it() -> None:
     ledger.observe("a", 120.0, at=1000.5)
     aged.advance(1006.5)
     assert aged.fit_by_instance["a"] == 80.0
+
+
+def test_ends_within_the_margin_after_an_answer_stay_in_it() -> None:
+    # A session leaves the load up to a tick before its announced end: an answer read less
+    # than end_margin_s before an end may already lack it, so that end does not come off it.
+    ledger = PendingLedger(clock_skew_s=0.0, end_margin_s=1.0)
+    aged = aged_loads(aged_view(), ledger=ledger)
+    ledger.observe("a", 120.0, at=1000.5)    # the 1 s horizon is within the margin
+    aged.advance(1006.0)
+    assert aged.fit_by_instance["a"] == 120.0
 
 
 def test_a_scrape_that_replaces_the_answer_is_the_base_again() -> None:
@@ -205,7 +215,7 @@ def test_an_end_far_ahead_is_left_to_the_next_scrape() -> None:
 
 
 def test_a_session_inside_an_answer_comes_off_it_when_it_ends() -> None:
-    ledger = PendingLedger(clock_skew_s=0.0)
+    ledger = PendingLedger(clock_skew_s=0.0, end_margin_s=1.0)
     ledger.reserve("a", "s1", 11.0)
     ledger.confirm("a", "s1", now=1000.0, seq=5, ends_at=1010.0)
     ledger.observe("a", 41.0, at=1000.0, seq=5)    # the answer counts it
@@ -215,13 +225,22 @@ def test_a_session_inside_an_answer_comes_off_it_when_it_ends() -> None:
 
 
 def test_an_answer_after_the_end_is_not_reduced_again() -> None:
-    ledger = PendingLedger(clock_skew_s=0.0)
+    ledger = PendingLedger(clock_skew_s=0.0, end_margin_s=1.0)
     ledger.reserve("a", "s1", 11.0)
     ledger.confirm("a", "s1", now=1000.0, seq=5, ends_at=1010.0)
     ledger.observe("a", 41.0, at=1000.0, seq=5)
     ledger.observe("a", 30.0, at=1010.0, seq=6)     # read as it ended: it is not in there
     ledger.expire(1011.0)
     assert ledger.observed_load_kw("a") == 30.0
+
+
+def test_a_session_ending_within_the_margin_is_not_taken_off_an_answer() -> None:
+    ledger = PendingLedger(clock_skew_s=0.25, end_margin_s=1.0)
+    ledger.reserve("a", "s1", 11.0)
+    ledger.confirm("a", "s1", now=1000.0, seq=5, ends_at=1001.2)
+    ledger.observe("a", 41.0, at=1000.0, seq=5)    # 1.2 s before the end: may lack it
+    ledger.expire(1010.0)
+    assert ledger.observed_load_kw("a") == 41.0
 
 
 def test_a_scrape_hands_the_end_to_the_forecast() -> None:
@@ -297,7 +316,7 @@ def test_a_burst_on_a_stale_snapshot_spreads_over_aged_loads() -> None:
 def test_an_answer_newer_than_the_scrape_is_aged_too() -> None:
     a, b = two_substations()
     a = with_forecast(a, (1.0, 90.0), (5.0, 30.0), (60.0, 30.0))
-    snap, ledger = make_snapshot(a, b), PendingLedger(clock_skew_s=0.0)
+    snap, ledger = make_snapshot(a, b), PendingLedger(clock_skew_s=0.0, end_margin_s=0.0)
     # Read before 1 s, when none of the 60 kW had ended: by 5 s they have, and come off.
     ledger.observe("a", 95.0, at=1000.5)
     choice = select_substation(snap, ledger, AGING, 20.0, random.Random(1), now=1006.0)
