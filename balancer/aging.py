@@ -138,11 +138,12 @@ class AgedLoads:
         at = self.ledger.observed_at_by_instance[instance]
         base = self._reading_base.get(instance)
         if base is None or base[0] != at:
-            # The forecast at the first horizon at or after the answer: sessions due to end
-            # later were surely still in it (it was read before they ended).
+            # The forecast at the first horizon surely after the answer (ledger.end_margin_s):
+            # sessions due to leave later were surely still in it.
+            # (The times carry the skew once already; the answer's own time needs it too.)
             ledger = self.ledger
-            after = min(bisect_left(curve.times, at + ledger.end_margin_s + ledger.clock_skew_s),
-                        len(curve.times) - 1)
+            surely_after = at + ledger.end_margin_s + 2 * ledger.clock_skew_s
+            after = min(bisect_left(curve.times, surely_after), len(curve.times) - 1)
             during = max(0, bisect_right(curve.times, at) - 1)
             base = self._reading_base[instance] = (at, curve.fit[after], curve.rank[during])
         fit = self.fit_by_instance[instance] = max(0.0, observed - max(0.0, base[1] - fit_now))

@@ -76,7 +76,7 @@ def effective_load_kw(view: SubstationView, ledger: PendingLedger,
 
 
 def aged_loads(snapshot: Snapshot, ledger: PendingLedger, policy: Policy, now: float | None,
-               degraded: bool = False) -> AgedLoads | None:
+               degraded: bool) -> AgedLoads | None:
     """The snapshot's loads aged to `now`, when the policy asks for it and it can be done;
     the ledger forgets sessions that ended by then. None: no aging."""
     if policy.load_aging is not LoadAging.FORECAST or now is None or degraded:
@@ -153,7 +153,7 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
     rank_unscored = degraded or not snapshot.any_scored
     aged = aged_loads(snapshot, ledger, policy, now, degraded)
     if aged is not None:
-        fit_get, rank_get = aged.fit_by_instance.get, aged.rank_by_instance.get
+        fit_get, expected_by = aged.fit_by_instance.get, aged.rank_by_instance
     for instance, scraped_kw, capacity, score, _, view in snapshot.usable:
         if instance in exclude:
             continue
@@ -164,7 +164,7 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
             if fit is None:    # no forecast: its reading as it is
                 fit = expected = observed_get(instance, scraped_kw)
             else:
-                expected = rank_get(instance, fit)
+                expected = expected_by[instance]   # kept for the same instances as fit
             pending = pending_get(instance, 0.0)
             load, ranked = fit + pending, expected + pending
         if load + requested_kw > capacity + _FIT_EPSILON_KW:

@@ -145,6 +145,65 @@ def test_an_odd_forecast_is_read_as_the_most_pessimistic_consistent_curve(
     assert (curve.fit if curve else None) == fit
 
 
+def test_the_curve_starts_at_the_sample_shifted_by_the_skew() -> None:
+    curve = forecast_curve(aged_view(), skew_s=0.5)
+    assert curve is not None
+    assert curve.times == (1000.5, 1001.5, 1005.5, 1060.5)
+    assert curve.fit == (100.0, 100.0, 60.0, 0.0)
+    assert curve.rank == (100.0, 80.0, 30.0, 0.0)
+    assert forecast_curve(aged_view()).times[0] == 1000.0    # type: ignore[union-attr]
+
+
+def test_a_bad_point_is_skipped_and_the_rest_of_the_curve_kept() -> None:
+    curve = forecast_curve(with_forecast(view("a", 100.0, 200.0), (0.0, 10.0), (5.0, 50.0)))
+    assert curve is not None and curve.fit == (100.0, 50.0)
+
+
+def test_no_load_means_no_curve_even_with_a_forecast() -> None:
+    assert forecast_curve(with_forecast(view("a", None, 200.0), (5.0, 50.0))) is None
+
+
+def test_a_substation_without_forecast_does_not_stop_the_next_being_aged() -> None:
+    aged = aged_loads(view("plain", 10.0, 100.0), aged_view())
+    aged.advance(1006.0)
+    assert aged.fit_by_instance == {"a": 60.0}
+
+
+def test_an_answer_after_the_last_horizon_is_aged_by_nothing_more() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0, end_margin_s=0.0)
+    aged = aged_loads(with_forecast(view("a", 100.0, 200.0), (1.0, 80.0), (60.0, 20.0)),
+                      ledger=ledger)
+    ledger.observe("a", 30.0, at=1070.0)
+    aged.advance(1080.0)
+    assert (aged.fit_by_instance["a"], aged.rank_by_instance["a"]) == (30.0, 30.0)
+
+
+def test_an_answer_in_the_first_second_is_ranked_from_the_first_step() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0, end_margin_s=0.0)
+    aged = aged_loads(aged_view(), ledger=ledger)
+    ledger.observe("a", 100.0, at=1000.2)       # expected load then: (100 + 100) / 2
+    aged.advance(1001.5)                        # expected now: (100 + 60) / 2
+    assert (aged.fit_by_instance["a"], aged.rank_by_instance["a"]) == (100.0, 80.0)
+    aged.advance(1002.0)
+    assert aged.rank_by_instance["a"] == 80.0   # nothing more until the next horizon
+
+
+def test_an_answer_aged_to_nothing_is_exactly_zero() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0, end_margin_s=0.0)
+    aged = aged_loads(aged_view(), ledger=ledger)
+    ledger.observe("a", 100.0, at=1000.5)
+    aged.advance(1200.0)                        # everything has ended
+    assert (aged.fit_by_instance["a"], aged.rank_by_instance["a"]) == (0.0, 0.0)
+
+
+def test_the_expected_load_may_fall_below_one_kilowatt() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0, end_margin_s=0.0)
+    aged = aged_loads(aged_view(), ledger=ledger)
+    ledger.observe("a", 70.5, at=1000.2)
+    aged.advance(1006.0)       # sure decline 100 -> 60, expected 100 -> 30
+    assert (aged.fit_by_instance["a"], aged.rank_by_instance["a"]) == (30.5, 0.5)
+
+
 def test_an_answer_is_aged_only_by_ends_surely_after_it() -> None:
     ledger = PendingLedger(clock_skew_s=0.0, end_margin_s=0.0)
     aged = aged_loads(aged_view(), ledger=ledger)
@@ -158,6 +217,17 @@ def test_an_answer_is_aged_only_by_ends_surely_after_it() -> None:
     ledger.observe("a", 120.0, at=1000.5)
     aged.advance(1006.5)
     assert aged.fit_by_instance["a"] == 80.0
+
+
+def test_clock_skew_widens_the_margin_after_an_answer() -> None:
+    ledger = PendingLedger(clock_skew_s=0.5, end_margin_s=0.0)
+    aged = aged_loads(aged_view(), ledger=ledger)
+    ledger.observe("a", 120.0, at=1000.2)       # 1 s horizon at 1001.5 (with skew): after it
+    aged.advance(1006.0)
+    assert aged.fit_by_instance["a"] == 80.0
+    ledger.observe("a", 120.0, at=1000.8)       # now the 1 s horizon is within the skew
+    aged.advance(1006.1)
+    assert aged.fit_by_instance["a"] == 120.0
 
 
 def test_ends_within_the_margin_after_an_answer_stay_in_it() -> None:
@@ -369,3 +439,144 @@ async def test_only_a_forecast_policy_queries_the_forecast(aiohttp_raw_server: A
     assert aging.substations[A].forecast == ((15.0, 10.0),)
     assert aging.substations[B].forecast == ()     # not exported: not aged
     assert plain.substations[A].forecast == ()
+
+
+# -- what mutation testing asked for (docs/mutation.md) -----------------------------------------
+
+def test_the_default_margins_and_horizon() -> None:
+    ledger = PendingLedger()        # skew 0.5 s, margin 1 s, ends tracked up to 600 s ahead
+    for sid, kw, ends_at in (("edge", 1.0, 1001.5), ("inside", 2.0, 1001.75),
+                             ("far", 4.0, 1600.0), ("too-far", 8.0, 1600.5)):
+        ledger.reserve("a", sid, kw)
+        ledger.confirm("a", sid, now=1000.0, seq=5, ends_at=ends_at)
+    ledger.observe("a", 100.0, at=1000.0, seq=5)   # counts all four
+    ledger.expire(1002.25)
+    # "edge" ends exactly at the margin: it may be missing from the answer, so it stays;
+    # "inside" surely was in it and comes off at its end plus the skew.
+    assert ledger.observed_load_kw("a") == 98.0
+    ledger.expire(1600.5)
+    assert ledger.observed_load_kw("a") == 94.0    # "far" was tracked, "too-far" was not
+
+
+def test_an_included_end_waits_for_the_skew() -> None:
+    ledger = PendingLedger(clock_skew_s=0.5, end_margin_s=0.0)
+    ledger.reserve("a", "s1", 11.0)
+    ledger.confirm("a", "s1", now=1000.0, seq=5, ends_at=1010.0)
+    ledger.observe("a", 11.0, at=1000.0, seq=5)
+    ledger.expire(1010.4)
+    assert ledger.observed_load_kw("a") == 11.0
+    ledger.expire(1010.5)
+    assert ledger.observed_load_kw("a") == 0.0       # exactly nothing left
+
+
+def test_an_end_of_a_forgotten_substation_is_skipped() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0)
+    ledger.reserve("a", "s1", 11.0)
+    ledger.confirm("a", "s1", now=1000.0, ends_at=1010.0)
+    ledger.forget_except(set())
+    ledger.expire(1011.0)
+    assert ledger.pending_kw("a") == 0.0
+
+
+def test_a_scrape_older_than_the_kept_answer_hands_no_end_to_it() -> None:
+    # Settled by the scrape (it counts the session) while a newer answer is kept: that answer
+    # was read after the session ended, so nothing may come off it at the end.
+    ledger = PendingLedger(clock_skew_s=0.0, end_margin_s=0.0)
+    ledger.reserve("a", "s1", 11.0)
+    ledger.confirm("a", "s1", now=1000.0, seq=5, ends_at=1003.0)
+    ledger.observe("a", 20.0, at=1004.0, seq=9)      # read after the end
+    ledger.settle("a", scrape_ts=1001.0, seq=6)      # older than the kept answer
+    ledger.expire(1005.0)
+    assert ledger.observed_load_kw("a") == 20.0
+
+
+def test_after_a_scrape_an_end_is_the_forecasts_not_the_ledgers() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0, end_margin_s=0.0)
+    ledger.reserve("a", "s1", 11.0)
+    ledger.confirm("a", "s1", now=1000.0, seq=5, ends_at=1010.0)
+    ledger.observe("a", 41.0, at=1000.0, seq=5)
+    ledger.settle("a", scrape_ts=1001.0, seq=6)      # replaces the answer
+    ledger.observe("a", 41.0, at=1002.0, seq=7)      # still counts the session
+    ledger.expire(1011.0)
+    # The scrape's forecast takes it off (aging.py); the ledger must not take it off again.
+    assert ledger.observed_load_kw("a") == 41.0
+
+
+def test_an_end_inside_an_answer_reaches_the_aged_loads() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0, end_margin_s=0.0)
+    snap = make_snapshot(aged_view(load=0.0))
+    ledger.reserve("a", "s1", 11.0)
+    ledger.confirm("a", "s1", now=1000.5, seq=5, ends_at=1003.0)
+    ledger.observe("a", 11.0, at=1000.5, seq=5)
+    aged = AgedLoads.for_decision(snap, ledger, 1001.0)
+    assert aged is not None and aged.fit_by_instance["a"] == 11.0
+    AgedLoads.for_decision(snap, ledger, 1003.0)
+    assert aged.fit_by_instance["a"] == 0.0
+
+
+def test_the_effective_load_of_a_substation_without_forecast_is_its_reading() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0)
+    plain, forecasting = view("plain", 40.0, 100.0), aged_view()
+    snap = make_snapshot(plain, forecasting)
+    ledger.observe("plain", 45.0, at=1000.5)
+    aged = AgedLoads.for_decision(snap, ledger, 1006.0)
+    assert effective_load_kw(plain, ledger, aged) == 45.0
+    assert effective_load_kw(forecasting, ledger, aged) == 60.0
+
+
+def test_a_substation_without_forecast_competes_with_its_reading() -> None:
+    # b exports no forecast: its reading (the answer, newer than the scrape) counts as is.
+    a = with_forecast(view("a", 50.0, 100.0, score=0.5), (60.0, 50.0))
+    b = view("b", 90.0, 100.0, score=0.9)
+    ledger = PendingLedger(clock_skew_s=0.0)
+    ledger.observe("b", 20.0, at=1000.5)
+    choice = select_substation(make_snapshot(a, b), ledger, AGING, 10.0, random.Random(1),
+                               now=1002.0)
+    assert choice is not None and (choice.instance, choice.effective_load_kw) == ("b", 20.0)
+
+
+def test_the_ranking_uses_the_expected_load_the_fit_the_sure_one() -> None:
+    # a: surely 50 kW until 60 s, expected 30 (sessions ending within the minute); b: 40 kW
+    # that run on. By the expected load a is better; it still fits by the sure one.
+    a = with_forecast(view("a", 50.0, 100.0, score=0.5), (1.0, 50.0), (60.0, 10.0))
+    b = with_forecast(view("b", 40.0, 100.0, score=0.4), (60.0, 40.0))
+    choice = select_substation(make_snapshot(a, b), PendingLedger(clock_skew_s=0.0), AGING,
+                               10.0, random.Random(1), now=1002.0)
+    assert choice is not None and (choice.instance, choice.effective_load_kw) == ("a", 50.0)
+
+
+def test_pending_kw_count_against_the_expected_load_too() -> None:
+    a = with_forecast(view("a", 50.0, 100.0, score=0.5), (1.0, 0.0))
+    b = with_forecast(view("b", 50.0, 100.0, score=0.5), (60.0, 50.0))
+    snap, ledger, rng = make_snapshot(a, b), PendingLedger(clock_skew_s=0.0), random.Random(3)
+    placed = []
+    for i in range(12):
+        choice = select_substation(snap, ledger, AGING, 10.0, rng, now=1002.0)
+        assert choice is not None
+        ledger.reserve(choice.instance, f"s{i}", 10.0)
+        placed.append(choice.instance)
+    assert placed[:5] == ["a"] * 5 and placed.count("b") >= 3
+
+
+def test_a_weighted_policy_reports_the_aged_load_of_its_draw() -> None:
+    weighted = make_policy(result={"better": "higher", "select": "weighted",
+                                   "pending_adjustment": "headroom", "load_aging": "forecast"})
+    a = with_forecast(view("a", 90.0, 100.0, score=10.0), (5.0, 30.0))
+    choice = select_substation(make_snapshot(a), PendingLedger(clock_skew_s=0.0), weighted,
+                               20.0, random.Random(1), now=1006.0)
+    assert choice is not None and choice.effective_load_kw == 30.0
+
+
+def test_a_forecast_below_one_kilowatt_is_exact() -> None:
+    table = SessionTable(100.0, speed_factor=60.0)
+    table.admit("big", "ev", 11.0, 11.0 / 60, now=0.0)       # ends at 1 s
+    table.admit("small", "ev", 0.5, 100.0, now=0.0)          # runs on
+    assert table.forecast_kw(0.0, (2.0,)) == [0.5]
+
+
+def test_once_every_session_has_ended_the_forecast_is_exactly_zero() -> None:
+    # 1.4 + 0.1 - 1.4 - 0.1 leaves 8e-17 in floats: the forecast does not.
+    table = SessionTable(100.0, speed_factor=60.0)
+    table.admit("a", "ev", 1.4, 1.4 / 60, now=0.0)           # ends at 1 s
+    table.admit("b", "ev", 0.1, 0.2 / 60, now=0.0)           # ends at 2 s
+    assert table.forecast_kw(0.0, (5.0,)) == [0.0]
