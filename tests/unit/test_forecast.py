@@ -454,7 +454,7 @@ def test_the_default_margins_and_horizon() -> None:
     # "edge" ends exactly at the margin: it may be missing from the answer, so it stays;
     # "inside" surely was in it and comes off at its end plus the skew.
     assert ledger.observed_load_kw("a") == 98.0
-    ledger.expire(1600.5)
+    ledger.expire(1601.0)
     assert ledger.observed_load_kw("a") == 94.0    # "far" was tracked, "too-far" was not
 
 
@@ -483,8 +483,8 @@ def test_a_scrape_older_than_the_kept_answer_hands_no_end_to_it() -> None:
     # was read after the session ended, so nothing may come off it at the end.
     ledger = PendingLedger(clock_skew_s=0.0, end_margin_s=0.0)
     ledger.reserve("a", "s1", 11.0)
+    ledger.observe("a", 20.0, at=1004.0, seq=9)      # read after the end, before the accept
     ledger.confirm("a", "s1", now=1000.0, seq=5, ends_at=1003.0)
-    ledger.observe("a", 20.0, at=1004.0, seq=9)      # read after the end
     ledger.settle("a", scrape_ts=1001.0, seq=6)      # older than the kept answer
     ledger.expire(1005.0)
     assert ledger.observed_load_kw("a") == 20.0
@@ -533,6 +533,14 @@ def test_a_substation_without_forecast_competes_with_its_reading() -> None:
     choice = select_substation(make_snapshot(a, b), ledger, AGING, 10.0, random.Random(1),
                                now=1002.0)
     assert choice is not None and (choice.instance, choice.effective_load_kw) == ("b", 20.0)
+
+
+def test_a_substation_without_forecast_or_answer_competes_with_its_scrape() -> None:
+    a = with_forecast(view("a", 50.0, 100.0, score=0.5), (60.0, 50.0))
+    c = view("c", 30.0, 100.0, score=0.3)
+    choice = select_substation(make_snapshot(a, c), PendingLedger(clock_skew_s=0.0), AGING,
+                               10.0, random.Random(1), now=1002.0)
+    assert choice is not None and (choice.instance, choice.effective_load_kw) == ("c", 30.0)
 
 
 def test_the_ranking_uses_the_expected_load_the_fit_the_sure_one() -> None:
