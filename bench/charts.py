@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")   # before pyplot: no display needed
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
 Row = dict[str, object]
 
@@ -105,6 +105,7 @@ def _panel_pair(axes: Sequence[Axes], rows: list[Row], n: int, workload: str,
     _target_band(axes[0], rows, n, workload, band_replicas)
     _axes(axes[0], intervals, "p99 utilization spread (max - min)", f"{title}: p99 spread")
     _axes(axes[1], intervals, "requests refused (% of requests)", f"{title}: refused")
+    axes[1].set_ylim(bottom=0)   # a log scale (set later) replaces it
 
 
 def _legend(axes: Sequence[Axes]) -> None:
@@ -133,7 +134,10 @@ def write_charts(rows: list[Row], out: Path) -> list[Path]:
             _panel_pair(axes, rows, n, "today", [(s, 1) for s in strategies], "today")
             if all(y > 0 for line in axes[1].get_lines() for y in line.get_ydata()):
                 axes[1].set_yscale("log")   # the seed refuses 10-100x more than the others
-                axes[1].yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+                axes[1].autoscale(axis="y")
+                axes[1].yaxis.set_major_locator(FixedLocator([0.5, 1, 2, 5, 10, 20, 50, 100]))
+                axes[1].yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g} %"))
+                axes[1].yaxis.set_minor_formatter(NullFormatter())
             _legend(axes)
             written.append(_save(fig, out / f"quality-{n}.png",
                                  f"Balance quality at {n} substations, one balancer "
