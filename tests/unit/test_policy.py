@@ -7,6 +7,7 @@ import pytest
 from balancer.policy import (
     MAX_FILE_BYTES,
     Better,
+    LoadAging,
     PendingAdjustment,
     Policy,
     PolicyError,
@@ -17,6 +18,7 @@ from balancer.policy import (
     policy_path,
     show,
 )
+from tests.conftest import make_policy
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = """\
@@ -297,3 +299,14 @@ def test_a_long_yaml_error_is_cut_to_300_characters(tmp_path: Path) -> None:
     (problem,) = caught.value.problems
     assert problem.startswith("not valid YAML: could not determine a constructor")
     assert len(problem) == len("not valid YAML: ") + 300
+
+
+def test_load_aging_is_read_and_defaults_to_none() -> None:
+    assert make_policy().load_aging is LoadAging.NONE
+    assert make_policy(result={"load_aging": "forecast"}).load_aging is LoadAging.FORECAST
+
+
+def test_an_unknown_load_aging_is_refused_with_the_choices() -> None:
+    with pytest.raises(PolicyError, match=r"result\.load_aging: must be one of none, forecast, "
+                                          r"got 'predict'"):
+        make_policy(result={"load_aging": "predict"})
