@@ -16,13 +16,22 @@ from pathlib import Path
 
 from bench.decision import run_decision
 from bench.memory import run_memory
-from bench.quality import run_quality
+from bench.quality import Plan, run_quality
 from bench.refresh import run_refresh
 from bench.throughput import run_throughput
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# The quality charts docs/benchmarks.md embeds; a --quick run draws its own beside the results.
+IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+
+
+def quality(quick: bool) -> list[dict[str, object]]:
+    plan = Plan(horizon_s=900.0, short_horizon_s=450.0) if quick else Plan()
+    return run_quality(plan, charts_dir=RESULTS / "images" if quick else IMAGES)
+
+
 PARTS: dict[str, Callable[[bool], list[dict[str, object]]]] = {
-    "quality": lambda quick: run_quality(horizon_s=900.0 if quick else 3600.0),
+    "quality": quality,
     "decision": run_decision,
     "refresh": run_refresh,
     "throughput": run_throughput,
@@ -41,9 +50,14 @@ def machine() -> dict[str, object]:
 
 
 def table(rows: list[dict[str, object]]) -> str:
+    """Markdown tables: one per shape of row (e.g. results and targets), in order of first."""
     if not rows:
         return "(no rows)"
-    keys = list(dict.fromkeys(k for row in rows for k in row))
+    shapes = list(dict.fromkeys(frozenset(row) for row in rows))
+    if len(shapes) > 1:
+        return "\n\n".join(table([r for r in rows if frozenset(r) == shape])
+                           for shape in shapes)
+    keys = list(rows[0])
 
     def cell(value: object) -> str:
         return f"{value:.3g}" if isinstance(value, float) else str(value)
