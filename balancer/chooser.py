@@ -20,13 +20,20 @@ from balancer.serving import ServingState
 from gridlb.charge import SessionCharge
 
 
+def _finite(value: object) -> float | None:
+    """A JSON number that means something, else None (a missing or odd field is ignored)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
 def observe_reply(ledger: PendingLedger, instance: str, reply: Reply | None, now: float) -> None:
     """A substation's answer carries its load right then: the freshest reading there is."""
     if reply is None:
         return
-    load, seq = reply.body.get("load_kw"), reply.body.get("load_seq")
-    if isinstance(load, (int, float)) and not isinstance(load, bool) and math.isfinite(load):
-        ledger.observe(instance, float(load), now,
+    load, seq = _finite(reply.body.get("load_kw")), reply.body.get("load_seq")
+    if load is not None:
+        ledger.observe(instance, load, now,
                        seq if isinstance(seq, int) and not isinstance(seq, bool) else None)
 
 
@@ -51,11 +58,11 @@ class LedgerChooser:
         snapshot = self.serving.snapshot
         if snapshot is None:
             return None
-        started = time.perf_counter()
-        skip = self.health.ejected_now(self.clock(), snapshot.substations).union(exclude)
+        started, now = time.perf_counter(), self.clock()
+        skip = self.health.ejected_now(now, snapshot.substations).union(exclude)
         choice = select_substation(snapshot, self.ledger, self.serving.policy,
                                    self.charge.requested_kw, self.rng, exclude=skip,
-                                   degraded=self.serving.degraded) \
+                                   degraded=self.serving.degraded, now=now) \
             or select_despite_doubt(snapshot, self.ledger, self.charge.requested_kw,
                                     exclude=skip, degraded=self.serving.degraded)
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
@@ -70,7 +77,8 @@ class LedgerChooser:
         # balancer: reserving it here is what its load is until a reading includes it.
         self.reserve(instance)
         self.ledger.confirm(instance, self.charge.session_id, now,
-                            seq if isinstance(seq, int) and not isinstance(seq, bool) else None)
+                            seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+                            _finite(reply.body.get("ends_at")))
         observe_reply(self.ledger, instance, reply, now)
         self.health.record_success(instance)
 

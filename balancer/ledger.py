@@ -11,10 +11,16 @@ substation's load includes it:
   reading newer than the one kept counts, and an entry is dropped by a reading whose sequence is
   at least that of the accept that confirmed it. This keeps the view fresh between scrapes, and
   while Prometheus is down (degraded mode) it stops the ledger from only growing.
+
+A session also stops being load when it ends. An accept may say when (`ends_at`, the end of its
+declared energy, for `load_aging: forecast`): `expire(now)` then stops counting it, both while
+it is pending and inside a substation's answer that included it (until a scrape, whose forecast
+knows its end, replaces that answer). Ends are taken `clock_skew_s` late, never early.
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 
@@ -24,6 +30,7 @@ class _Entry:
     confirmed_at: float | None = None   # None while the forward is in flight
     confirmed_seq: int | None = None    # the load_seq of the accept (it includes this entry)
     reserved_tick: int = 0              # when reserved, in the ledger's own event order
+    ends_at: float | None = None        # when the substation expects it to end, if it said
 
 
 @dataclass
@@ -35,7 +42,7 @@ class _SubstationLedger:
 class PendingLedger:
     """Per-substation pending kW, O(1) to read on the decision path."""
 
-    def __init__(self, clock_skew_s: float = 0.5) -> None:
+    def __init__(self, clock_skew_s: float = 0.5, end_horizon_s: float = 600.0) -> None:
         # Scrape timestamps come from Prometheus's clock and confirmations from ours; an entry is
         # only dropped once a scrape started clearly after it, with this much slack for skew.
         self.clock_skew_s = clock_skew_s
@@ -43,12 +50,22 @@ class PendingLedger:
         # Plain dicts the decision loop reads directly: one lookup per substation per request.
         self.pending_by_instance: dict[str, float] = {}
         self.observed_by_instance: dict[str, float] = {}   # load_kw the substation reported
-        self._observed_at: dict[str, float] = {}
+        self.observed_at_by_instance: dict[str, float] = {}   # when, on our clock
         self._observed_seq: dict[str, int] = {}
         # Event order of reservations and readings: a reading received after a reservation may
         # already include that session (admitted, its answer still on the way).
         self._tick = 0
         self._observed_tick: dict[str, int] = {}
+        # Ends to act on, earliest first: (when, what, instance, key). `what` 0 is a pending
+        # entry (key: session id), 1 a session inside the kept answer (key: its number).
+        self._ends: list[tuple[float, int, str, str]] = []
+        # Sessions the kept answer of an instance includes whose end we know: number -> kW
+        self._included: dict[str, dict[str, tuple[float, float]]] = {}
+        self._included_count = 0
+        # Only ends this soon after the accept are tracked: a scrape settles the rest long
+        # before (counting them until then is the safe side), and memory stays bounded by the
+        # request rate times this.
+        self.end_horizon_s = end_horizon_s
 
     def pending_kw(self, instance: str) -> float:
         return self.pending_by_instance.get(instance, 0.0)
@@ -73,12 +90,34 @@ class PendingLedger:
         book.pending_kw += kw
         self._set_pending(instance, book)
 
-    def confirm(self, instance: str, session_id: str, now: float, seq: int | None = None
-                ) -> None:
+    def confirm(self, instance: str, session_id: str, now: float, seq: int | None = None,
+                ends_at: float | None = None) -> None:
         book = self._by_instance.get(instance)
         entry = book.entries.get(session_id) if book else None
         if entry is not None:
             entry.confirmed_at, entry.confirmed_seq = now, seq
+            if ends_at is not None and ends_at - now <= self.end_horizon_s:
+                entry.ends_at = ends_at
+                heapq.heappush(self._ends, (ends_at + self.clock_skew_s, 0, instance,
+                                            session_id))
+
+    def expire(self, now: float) -> None:
+        """Stop counting sessions that have ended by `now` (by the ends their accepts said).
+        Cheap when nothing ends: the decision path calls it before every choice."""
+        ends = self._ends
+        while ends and ends[0][0] <= now:
+            _, what, instance, key = heapq.heappop(ends)
+            if what == 0:
+                book = self._by_instance.get(instance)
+                entry = book.entries.get(key) if book else None
+                if entry is not None and entry.ends_at is not None:
+                    self.release(instance, key)
+                continue
+            included = self._included.get(instance)
+            ended = included.pop(key, None) if included else None
+            observed = self.observed_by_instance.get(instance)
+            if ended is not None and observed is not None:
+                self.observed_by_instance[instance] = max(0.0, observed - ended[1])
 
     def doubtful_kw(self, instance: str) -> float:
         """Pending kW the kept reading may count already: forwards still in flight that were
@@ -107,7 +146,14 @@ class PendingLedger:
         if seq is not None and kept is not None and seq <= kept:
             return False
         self.observed_by_instance[instance] = load_kw
-        self._observed_at[instance] = at
+        self.observed_at_by_instance[instance] = at
+        included = self._included.get(instance)
+        if included:
+            # A session that may have ended before this reading may be missing from it: it is
+            # never taken off again (that could count an end twice).
+            for key in [k for k, (ends_at, _) in included.items()
+                        if ends_at - self.clock_skew_s <= at]:
+                del included[key]
         self._tick += 1
         self._observed_tick[instance] = self._tick
         if seq is None:
@@ -116,7 +162,7 @@ class PendingLedger:
             self._observed_seq[instance] = seq
         book = self._by_instance.get(instance)
         if book is not None:
-            self._drop_confirmed(instance, book, at, seq)
+            self._drop_confirmed(instance, book, at, seq, into_reading=True)
         return True
 
     def settle(self, instance: str, scrape_ts: float, seq: int | None = None) -> None:
@@ -124,7 +170,7 @@ class PendingLedger:
         snapshot: drop what it already counts. With `seq` that is exact: accepts and answers
         numbered up to it; without, by time, with slack for clock skew."""
         horizon = scrape_ts - self.clock_skew_s
-        observed_at = self._observed_at.get(instance)
+        observed_at = self.observed_at_by_instance.get(instance)
         kept_seq = self._observed_seq.get(instance)
         if seq is not None and kept_seq is not None:
             scrape_is_newer = kept_seq <= seq
@@ -133,13 +179,14 @@ class PendingLedger:
         if observed_at is not None and scrape_is_newer:
             # The scrape is newer: it is the base again. Sequences keep ordering the answers.
             # (Its tick may stay: doubtful_kw asks only while a reading is kept.)
-            del self.observed_by_instance[instance], self._observed_at[instance]
+            del self.observed_by_instance[instance], self.observed_at_by_instance[instance]
+            self._included.pop(instance, None)   # the scrape's forecast knows their ends
         book = self._by_instance.get(instance)
         if book is not None:
             self._drop_confirmed(instance, book, horizon, seq)
 
     def _drop_confirmed(self, instance: str, book: _SubstationLedger, horizon: float,
-                        seq: int | None = None) -> None:
+                        seq: int | None = None, into_reading: bool = False) -> None:
         def included(e: _Entry) -> bool:
             if e.confirmed_at is None:
                 return False
@@ -148,8 +195,18 @@ class PendingLedger:
             return e.confirmed_at <= horizon
         seen = [sid for sid, e in book.entries.items() if included(e)]
         for sid in seen:
-            book.pending_kw -= book.entries.pop(sid).kw
+            entry = book.entries.pop(sid)
+            book.pending_kw -= entry.kw
+            if into_reading and entry.ends_at is not None and entry.ends_at > horizon:
+                self._include(instance, entry.ends_at, entry.kw)
         self._set_pending(instance, book)
+
+    def _include(self, instance: str, ends_at: float, kw: float) -> None:
+        """The kept answer counts this session: take it off that answer when it ends."""
+        self._included_count += 1
+        key = str(self._included_count)
+        self._included.setdefault(instance, {})[key] = (ends_at, kw)
+        heapq.heappush(self._ends, (ends_at + self.clock_skew_s, 1, instance, key))
 
     def forget_except(self, instances: set[str]) -> None:
         """Drop books of substations that left the grid, so memory stays bounded."""
@@ -157,10 +214,13 @@ class PendingLedger:
             del self._by_instance[gone]
             self.pending_by_instance.pop(gone, None)
         for gone in set(self.observed_by_instance) - instances:
-            del self.observed_by_instance[gone], self._observed_at[gone]
+            del self.observed_by_instance[gone], self.observed_at_by_instance[gone]
             self._observed_tick.pop(gone, None)
         for gone in set(self._observed_seq) - instances:
             del self._observed_seq[gone]
+        for gone in set(self._included) - instances:
+            del self._included[gone]
+        # Ends of forgotten instances are skipped when they come up (nothing to act on).
 
     def snapshot(self) -> dict[str, float]:
         return dict(self.pending_by_instance)

@@ -34,7 +34,8 @@ MIN_REFRESH_S, MAX_REFRESH_S = 0.1, 300.0
 # Beyond this every score ties with every other: that is a random policy, say so instead.
 MAX_TIE_TOLERANCE = 1e9
 _KNOWN_FIELDS = {"name", "description", "query", "result", "refresh_interval", "tie_tolerance"}
-_KNOWN_RESULT_FIELDS = {"substation_label", "better", "select", "pending_adjustment"}
+_KNOWN_RESULT_FIELDS = {"substation_label", "better", "select", "pending_adjustment",
+                        "load_aging"}
 
 
 class Better(str, Enum):
@@ -62,6 +63,19 @@ class PendingAdjustment(str, Enum):
     NONE = "none"
 
 
+class LoadAging(str, Enum):
+    """How a load reading is brought from its sample time to the moment of the decision.
+
+    none:     a reading stands until the next one (sessions that ended since are still counted)
+    forecast: aged by the substation's own forecast (substation_load_forecast_kw): sessions
+              due to end since the sample are no longer counted, and a placement stops counting
+              at the end its substation announced (docs/design.md, "Forecast-aware balancing")
+    """
+
+    NONE = "none"
+    FORECAST = "forecast"
+
+
 @dataclass(frozen=True)
 class Policy:
     name: str
@@ -74,6 +88,7 @@ class Policy:
     refresh_interval_s: float
     tie_tolerance: float
     source: str
+    load_aging: LoadAging = LoadAging.NONE
 
 
 class PolicyError(ConfigError):
@@ -239,6 +254,7 @@ def parse_policy(raw: object, source: str) -> Policy:
     select = _enum_field(result, "select", SelectMode, SelectMode.BEST, problems)
     adjustment = _enum_field(result, "pending_adjustment", PendingAdjustment,
                              PendingAdjustment.KW, problems)
+    aging = _enum_field(result, "load_aging", LoadAging, LoadAging.NONE, problems)
     if select is SelectMode.WEIGHTED and better is not Better.HIGHER:
         problems.append("result.better: a weighted policy needs better: higher "
                         "(the score is a weight)")
@@ -251,7 +267,7 @@ def parse_policy(raw: object, source: str) -> Policy:
         name=str(name), description=description, query=query,
         substation_label=str(result.get("substation_label", "instance")), better=better,
         select=select, pending_adjustment=adjustment, refresh_interval_s=interval,
-        tie_tolerance=tolerance, source=source,
+        tie_tolerance=tolerance, source=source, load_aging=aging,
     )
 
 

@@ -13,6 +13,9 @@ Every odd answer has a decided meaning:
 - An empty vector is not an error but means "no data": no substation gets a score from it.
 - A series without the identifying label is dropped and reported.
 - NaN and +/-Inf values are dropped and reported: such a substation is not eligible.
+- A forecast point (substation_load_forecast_kw, only read for a `load_aging: forecast`
+  policy) with an odd horizon or value is dropped and reported; without a forecast a
+  substation's load is simply not aged.
 - Several series for one substation keep the most pessimistic value and are reported.
 - Series left by an earlier run (a substation renamed or replaced at the same address) stay
   visible for Prometheus's lookback with no staleness marker: the grid queries keep only series
@@ -34,7 +37,7 @@ from prometheus_api_client.prometheus_connect import PrometheusConnect
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
-from balancer.policy import Better, Policy
+from balancer.policy import Better, LoadAging, Policy
 from balancer.snapshot import Snapshot, SubstationView
 
 _STATUS_RE = re.compile(r"HTTP Status Code (\d{3})")
@@ -173,6 +176,10 @@ class GridQueries:
         return self.latest_scrape("substation_load_seq")
 
     @property
+    def forecast(self) -> str:
+        return self.latest_scrape("substation_load_forecast_kw")
+
+    @property
     def capacity(self) -> str:
         return self.latest_scrape("substation_capacity_kw")
 
@@ -183,6 +190,43 @@ class GridQueries:
         selector = f'{metric}{{job="{self.job}"}}'
         return (f"{selector} and (timestamp({selector}) "
                 f">= on (job, instance) group_left {self.scrape_time})")
+
+
+def read_forecasts(result: list[dict[str, Any]]
+                   ) -> tuple[dict[str, tuple[tuple[float, float], ...]], list[str]]:
+    """substation_load_forecast_kw -> {instance: ((horizon s, kW), ...) by horizon}.
+
+    A point with an unreadable horizon or value is dropped and reported; several series for
+    one horizon keep the highest (the pessimistic reading). A substation without a forecast is
+    simply not aged."""
+    points: dict[str, dict[float, float]] = {}
+    problems: list[str] = []
+    for series in result:
+        metric = series.get("metric", {})
+        instance, label = metric.get("instance"), metric.get("horizon", "")
+        horizon = _horizon_s(label)
+        try:
+            value = float(series["value"][1])
+        except (IndexError, TypeError, ValueError):
+            value = math.nan
+        if not instance or horizon is None or not math.isfinite(value):
+            problems.append(f"forecast: unusable series {metric} = {series.get('value')}; "
+                            "ignored")
+            continue
+        by_horizon = points.setdefault(instance, {})
+        by_horizon[horizon] = max(value, by_horizon.get(horizon, value))
+    return {inst: tuple(sorted(hs.items())) for inst, hs in points.items()}, problems
+
+
+def _horizon_s(label: str) -> float | None:
+    """ "15s" -> 15.0; anything else (no unit, not positive, not finite) -> None."""
+    if not label.endswith("s"):
+        return None
+    try:
+        value = float(label[:-1])
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 def drop_leftovers(result: list[dict[str, Any]], names: Mapping[str, str], what: str
@@ -219,6 +263,11 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
                                  "load sequence")
     capacity, cap_labels, p_cap = read_vector(run_query(client, queries.capacity, params),
                                               "instance", min, "capacity")
+    forecasts: dict[str, tuple[tuple[float, float], ...]] = {}
+    p_forecast: list[str] = []
+    if policy.load_aging is LoadAging.FORECAST:
+        # Queried only for a policy that ages loads: the others cost no query more.
+        forecasts, p_forecast = read_forecasts(run_query(client, queries.forecast, params))
     names = {inst: (cap_labels.get(inst) or load_labels.get(inst) or {}).get("substation", inst)
              for inst in up}
     what = f"policy {policy.name}"
@@ -232,7 +281,7 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
     scores, _, p_score = read_vector(result, policy.substation_label, worst, what)
     by_name = {name: inst for inst, name in names.items()}
     scores_by_instance = {by_name.get(key, key): value for key, value in scores.items()}
-    problems = p_up + p_ts + p_load + p_seq + p_cap + p_left + p_score
+    problems = p_up + p_ts + p_load + p_seq + p_cap + p_forecast + p_left + p_score
     problems += [f"{what}: {key!r} is not a substation Prometheus scrapes now; ignored"
                  for key in scores if by_name.get(key, key) not in up]
     if failed is not None:
@@ -246,6 +295,7 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
             load_kw=load.get(inst), capacity_kw=capacity.get(inst),
             score=scores_by_instance.get(inst),
             load_seq=int(seqs[inst]) if inst in seqs else None,
+            forecast=forecasts.get(inst, ()),
         )
         for inst in up
     }

@@ -21,6 +21,12 @@ and a request for `requested_kw`, choose a substation:
    authority and refuses if it is really full; this costs at most one refused forward, where
    answering no_capacity would refuse a driver while there is room.
 
+Forecast-aware (`load_aging: forecast`, with the decision's `now`): the scraped load, or the
+substation's newer answer, is first aged to now by the substation's forecast (aging.py): the fit
+check uses the conservative aged load (never below the truth while declarations hold), the
+score the expected one. Pending entries stop at the ends their accepts announced
+(ledger.expire). In degraded mode no reading is aged: old forecasts are not trusted either.
+
 Degraded mode (the snapshot is older than the configured maximum age): the policy's scores are
 too old to trust, but the last known capacities and loads plus everything assigned since are a
 safe upper bound; rank by that effective utilization. The same applies when the policy scored no
@@ -35,8 +41,9 @@ import random
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from balancer.aging import AgedLoads
 from balancer.ledger import PendingLedger
-from balancer.policy import Better, PendingAdjustment, Policy, SelectMode
+from balancer.policy import Better, LoadAging, PendingAdjustment, Policy, SelectMode
 from balancer.snapshot import Snapshot, SubstationView
 
 _FIT_EPSILON_KW = 1e-9
@@ -55,12 +62,35 @@ class Candidate:
         return self.effective_load_kw / self.capacity_kw
 
 
-def effective_load_kw(view: SubstationView, ledger: PendingLedger) -> float | None:
+def effective_load_kw(view: SubstationView, ledger: PendingLedger,
+                      aged: AgedLoads | None = None) -> float | None:
+    """The load the fit check counts: the last reading (aged when `aged` is given) plus
+    pending kW."""
     if view.load_kw is None:
         return None
     observed = ledger.observed_load_kw(view.instance)
-    base = view.load_kw if observed is None else observed
+    if aged is None:
+        base = view.load_kw if observed is None else observed
+    elif observed is None:
+        base = aged.fit_by_instance.get(view.instance, view.load_kw)
+    else:
+        base = aged.age_reading(view.instance, observed,
+                                ledger.observed_at_by_instance[view.instance])[0]
     return base + ledger.pending_kw(view.instance)
+
+
+def aged_loads(snapshot: Snapshot, ledger: PendingLedger, policy: Policy, now: float | None,
+               degraded: bool = False) -> AgedLoads | None:
+    """The snapshot's loads aged to `now`, when the policy asks for it and it can be done;
+    the ledger forgets sessions that ended by then. None: no aging."""
+    if policy.load_aging is not LoadAging.FORECAST or now is None or degraded:
+        return None
+    ledger.expire(now)
+    aged = snapshot.aged_loads(ledger.clock_skew_s)
+    if not aged:
+        return None
+    aged.advance(now)
+    return aged
 
 
 def _adjust_kw(score: float, pending: float, capacity: float, load: float, worse: float
@@ -104,10 +134,13 @@ def adjusted_score(view: SubstationView, policy: Policy, delta_kw: float) -> flo
 
 def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
                       requested_kw: float, rng: random.Random, *,
-                      exclude: Collection[str] = (), degraded: bool = False) -> Candidate | None:
+                      exclude: Collection[str] = (), degraded: bool = False,
+                      now: float | None = None) -> Candidate | None:
     """The substation to try next for this request, or None if none can take it.
 
     `exclude` holds instances already tried for this request and those ejected for failing.
+    `now` (seconds, the clock of the ledger's readings) is when the decision is made: a
+    forecast-aware policy ages the loads to it.
     One pass over the snapshot, reservoir sampling for ties, building as little as possible per
     substation: this runs on every request and must stay in microseconds at 1,000 substations.
     """
@@ -127,18 +160,33 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
     # is not eligible, not even when no scored one fits: ranking by utilization is for degraded
     # mode and for a policy that scored nothing at all.
     rank_unscored = degraded or not snapshot.any_scored
+    aged = aged_loads(snapshot, ledger, policy, now, degraded)
+    if aged is not None:
+        fit_get, rank_get = aged.fit_by_instance.get, aged.rank_by_instance.get
+        observed_at = ledger.observed_at_by_instance
+        age_reading = aged.age_reading
     for instance, scraped_kw, capacity, score, _, view in snapshot.usable:
         if instance in exclude:
             continue
-        load = observed_get(instance, scraped_kw) + pending_get(instance, 0.0)
+        if aged is None:
+            load = observed_get(instance, scraped_kw) + pending_get(instance, 0.0)
+            ranked = load
+        else:
+            observed = observed_get(instance)
+            if observed is None:
+                fit, expected = fit_get(instance, scraped_kw), rank_get(instance, scraped_kw)
+            else:
+                fit, expected = age_reading(instance, observed, observed_at[instance])
+            pending = pending_get(instance, 0.0)
+            load, ranked = fit + pending, expected + pending
         if load + requested_kw > capacity + _FIT_EPSILON_KW:
             continue
         if score is None or degraded:
             if rank_unscored:
-                fallback.offer_lowest(load / capacity, view, load, None, random_)
+                fallback.offer_lowest(ranked / capacity, view, load, None, random_)
             continue
-        if load != scraped_kw:
-            score = adjust(score, load - scraped_kw, capacity, scraped_kw, sign)
+        if ranked != scraped_kw:
+            score = adjust(score, ranked - scraped_kw, capacity, scraped_kw, sign)
         if weighted:
             drawn.append(view)
             weights.append(score if score > 0.0 else 0.0)
@@ -150,7 +198,7 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
         view = rng.choices(drawn, weights=weights)[0] if sum(weights) > 0.0 \
             else rng.choice(drawn)
         # Load and score are recomputed for the winner only: cheaper than keeping them all.
-        load = effective_load_kw(view, ledger) or 0.0
+        load = effective_load_kw(view, ledger, aged) or 0.0
         return Candidate(view.instance, view.name, load, view.capacity_kw or 0.0,
                          adjusted_score(view, policy, load - (view.load_kw or 0.0)))
     if near:

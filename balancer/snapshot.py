@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from balancer.aging import AgedLoads
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,8 @@ class SubstationView:
     capacity_kw: float | None
     score: float | None           # the policy's value for it, before the ledger correction
     load_seq: int | None = None   # the number of the scraped load reading, when exported
+    # (horizon s, kW) of substation_load_forecast_kw, by horizon; empty when not exported
+    forecast: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,16 @@ class Snapshot:
     def any_scored(self) -> bool:
         """Whether the policy gave any usable substation a score (once per snapshot)."""
         return any(row[3] is not None for row in self.usable)
+
+    def aged_loads(self, skew_s: float) -> AgedLoads:
+        """The substations' loads aged by their forecasts (balancer/aging.py): one per
+        snapshot, moved on by every decision that asks (the first caller's skew holds)."""
+        aged: AgedLoads | None = self.__dict__.get("_aged_loads")
+        if aged is None:
+            from balancer.aging import AgedLoads  # aging reads SubstationView from here
+
+            aged = self.__dict__["_aged_loads"] = AgedLoads(self.substations.values(), skew_s)
+        return aged
 
     def by_name(self, name: str) -> SubstationView | None:
         for view in self.substations.values():

@@ -24,6 +24,9 @@ MAX_EPOCH = 2**31
 # A request fits when load + requested <= capacity + this: the sum of many float kW values must
 # not refuse a request that fits exactly.
 FIT_TOLERANCE_KW = 1e-9
+# The horizons (seconds after the sample) of substation_load_forecast_kw{horizon="<h>s"}.
+FORECAST_HORIZONS_S = (1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0)
+
 # Ids are visible ASCII, spaces allowed inside (VINs, eMA ids and UUIDs all are): one rule that
 # the OpenAPI document can state exactly.
 ID_PATTERN = r"[\x20-\x7E]*[\x21-\x7E][\x20-\x7E]*"
@@ -63,6 +66,11 @@ class SessionCharge(Charge):
         return {"session_id": self.session_id, "epoch": self.epoch,
                 "vehicle_id": self.vehicle_id, "requested_kw": self.requested_kw,
                 "energy_kwh": self.energy_kwh}
+
+
+def horizon_label(horizon_s: float) -> str:
+    """The `horizon` label of one forecast series: 5.0 -> "5s"."""
+    return f"{horizon_s:g}s"
 
 
 def fits(load_kw: float, requested_kw: float, capacity_kw: float) -> bool:

@@ -90,9 +90,10 @@ def create_app(config: SubstationConfig, registry: CollectorRegistry | None = No
     app[CONFIG] = config
     app[TABLE] = SessionTable(config.capacity_kw, config.speed_factor, config.retention_s,
                               max_sessions=config.max_sessions,
-                              load_seq=first_load_seq(time.time()))
+                              load_seq=first_load_seq(time.time()),
+                              end_lag_s=config.tick_interval_s)
     app[METRICS] = SubstationMetrics(registry or CollectorRegistry(), config.substation_id,
-                                     config.capacity_kw)
+                                     config.capacity_kw, config.forecast_horizons_s)
     # The store loads before the simulation starts and closes after it stops.
     app.cleanup_ctx.append(session_store)
     app.cleanup_ctx.append(background(run_simulation, "charging-simulation"))

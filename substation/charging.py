@@ -15,6 +15,7 @@ anywhere, and may place it itself.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -94,7 +95,7 @@ class SessionTable:
     def __init__(self, capacity_kw: float, speed_factor: float = 60.0,
                  retention_s: float = 600.0, max_ended: int = 100_000,
                  max_sessions: int = 10_000, fence_retention_s: float = 24 * 3600.0,
-                 max_fences: int = 100_000, load_seq: int = 0) -> None:
+                 max_fences: int = 100_000, load_seq: int = 0, end_lag_s: float = 0.0) -> None:
         self.capacity_kw = capacity_kw
         self.speed_factor = speed_factor
         self.retention_s = retention_s
@@ -112,6 +113,9 @@ class SessionTable:
         # up to s. The service seeds it from the clock in ns, so it keeps growing across
         # restarts (fewer than one change per nanosecond).
         self.load_seq = load_seq
+        # A session leaves the load at the first tick after its energy is delivered, up to one
+        # tick late: its forecast end includes that lag, so a forecast never runs early.
+        self.end_lag_s = end_lag_s
 
     def _changed(self) -> None:
         self.load_seq += 1
@@ -146,6 +150,29 @@ class SessionTable:
         self.load_kw += power_kw
         self._changed()
         return Admission(session, duplicate=False)
+
+    def ends_at(self, session: ChargingSession) -> float:
+        """When the session leaves the load (real time) if it runs to its declared energy:
+        from what it has been credited, at its power, at this substation's speed."""
+        remaining_kwh = max(0.0, session.energy_kwh - session.delivered_kwh)
+        return session.credited_at + remaining_kwh / session.power_kw * 3600.0 \
+            / self.speed_factor + self.end_lag_s
+
+    def forecast_kw(self, now: float, horizons_s: Sequence[float]) -> list[float]:
+        """The load expected `h` seconds after `now` for each h in `horizons_s` (ascending) if
+        every session charging now runs to its declared energy and nothing new arrives: the
+        substation's future as a handful of numbers, whatever the number of sessions.
+        Non-increasing in h; a session that stops early makes it pessimistic, one that runs
+        long (a restart, a late tick) optimistic, which the capacity check still catches."""
+        ends = sorted((self.ends_at(s), s.power_kw) for s in self.active.values())
+        forecast: list[float] = []
+        load, ended = self.load_kw, 0
+        for horizon in horizons_s:
+            while ended < len(ends) and ends[ended][0] <= now + horizon:
+                load -= ends[ended][1]
+                ended += 1
+            forecast.append(0.0 if ended == len(ends) else max(0.0, load))
+        return forecast
 
     def fence(self, session_id: str, epoch: int, now: float) -> ChargingSession | None:
         """The session if it is here (in any state); otherwise None, and from now on copies

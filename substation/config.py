@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gridlb.charge import ChargeLimits
+from gridlb.charge import FORECAST_HORIZONS_S, ChargeLimits
 from gridlb.durable import Durability
 
 
@@ -23,3 +23,6 @@ class SubstationConfig:
     retention_s: float = 600.0
     max_sessions: int = 10_000
     limits: ChargeLimits = field(default_factory=ChargeLimits)
+    # substation_load_forecast_kw{horizon=...}: enough points to age a reading by up to a few
+    # scrape intervals (1 to 60 s) with little error, few enough to stay a handful of series.
+    forecast_horizons_s: tuple[float, ...] = FORECAST_HORIZONS_S

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+
+from gridlb.charge import horizon_label
 
 # `*_created` series double the series count and no dashboard or rule reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -13,7 +17,7 @@ OUTCOMES = ("accepted", "duplicate", "over_capacity", "too_many_sessions", "conf
 
 class SubstationMetrics:
     def __init__(self, registry: CollectorRegistry, substation_id: str,
-                 capacity_kw: float) -> None:
+                 capacity_kw: float, forecast_horizons_s: Sequence[float] = ()) -> None:
         self.registry = registry
         label = {"substation": substation_id}
         # `substation_load` keeps the original system's name exactly: dashboards depend on it.
@@ -23,6 +27,15 @@ class SubstationMetrics:
         # scrape already counts, exactly, whatever the clocks say.
         self.load_seq = Gauge("substation_load_seq", "Sequence number of the load reading",
                               ["substation"], registry=registry).labels(**label)
+        # The load each horizon ahead if sessions run to their declared energy: a fixed handful
+        # of series (never one per session) from which the balancer ages a stale reading.
+        forecast = Gauge("substation_load_forecast_kw",
+                         "Load expected this long after the sample if every session charging "
+                         "runs to its declared energy and none arrives, in kW",
+                         ["substation", "horizon"], registry=registry)
+        self.forecast_horizons_s = tuple(forecast_horizons_s)
+        self.forecast = [forecast.labels(substation=substation_id, horizon=horizon_label(h))
+                         for h in self.forecast_horizons_s]
         self.capacity = Gauge("substation_capacity_kw", "Capacity in kW", ["substation"],
                               registry=registry).labels(**label)
         self.active = Gauge("substation_active_sessions", "Sessions charging now",

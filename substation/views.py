@@ -15,7 +15,7 @@ from aiohttp import web
 from gridlb.charge import describe, parse_session_charge
 from gridlb.errors import ErrorCode
 from gridlb.http import healthz, json_error, json_response, metrics_response, read_json_object
-from substation.charging import ChargingSession, OverCapacity, Refusal
+from substation.charging import CHARGING, ChargingSession, OverCapacity, Refusal
 from substation.state import CONFIG, METRICS, STORE, TABLE
 
 _OUTCOME_BY_CODE = {"over_capacity": "over_capacity", "too_many_sessions": "too_many_sessions",
@@ -29,7 +29,12 @@ def load_fields(app: web.Application) -> dict[str, Any]:
 
 
 def session_body(app: web.Application, session: ChargingSession) -> dict[str, Any]:
-    return {**session.to_json(), **load_fields(app)}
+    """The session, the load, and while it charges `ends_at`: when it will leave the load if it
+    runs to its declared energy (the balancer stops counting it then)."""
+    body = {**session.to_json(), **load_fields(app)}
+    if session.state == CHARGING:
+        body["ends_at"] = app[TABLE].ends_at(session)
+    return body
 
 
 def refresh_gauges(app: web.Application) -> None:
@@ -125,7 +130,16 @@ async def status(request: web.Request) -> web.Response:
     return json_response({**load_fields(request.app), "active_sessions": len(table.active)})
 
 
+def refresh_forecast(app: web.Application, now: float) -> None:
+    """Set the forecast gauges for a sample taken now: computed per scrape, not per change."""
+    metrics = app[METRICS]
+    forecast = app[TABLE].forecast_kw(now, metrics.forecast_horizons_s)
+    for gauge, load_kw in zip(metrics.forecast, forecast, strict=True):
+        gauge.set(load_kw)
+
+
 async def metrics_view(request: web.Request) -> web.Response:
+    refresh_forecast(request.app, time.time())
     return metrics_response(request.app[METRICS].registry)
 
 

@@ -178,7 +178,7 @@ MINIMAL = {"name": "mine", "query": "substation_load"}
      ["colour: unknown field (known: description, name, query, refresh_interval, result, "
       "tie_tolerance)"]),
     ({**MINIMAL, "result": {"order": "asc"}},
-     ["result.order: unknown field (known: better, pending_adjustment, select, "
+     ["result.order: unknown field (known: better, load_aging, pending_adjustment, select, "
       "substation_label)"]),
     ({**MINIMAL, "result": {"select": "weighted"}},
      ["result.better: a weighted policy needs better: higher (the score is a weight)"]),
