@@ -75,9 +75,11 @@ def mean_request_kw() -> float:
 def make_trace(capacities_kw: Sequence[float], seconds: float, seed: int = SEED, *,
                speed_factor: float = SPEED_FACTOR, utilization: float = UTILIZATION,
                burst_every_s: float = BURST_EVERY_S, burst_share: float = BURST_SHARE,
-               min_s: float = MIN_SESSION_S, max_s: float = MAX_SESSION_S) -> list[Charge]:
+               min_s: float = MIN_SESSION_S, max_s: float = MAX_SESSION_S,
+               max_requests: int = MAX_REQUESTS) -> list[Charge]:
     """Poisson arrivals plus a burst (`burst_share` of the capacity, within one second) every
-    `burst_every_s`; together they offer `utilization` of the grid's capacity on average."""
+    `burst_every_s`; together they offer `utilization` of the grid's capacity on average. At
+    most `max_requests`, the first ones."""
     rng = random.Random(seed)
     capacity = sum(capacities_kw)
     mean_kw, mean_s = mean_request_kw(), mean_session_s(min_s, max_s)
@@ -97,7 +99,7 @@ def make_trace(capacities_kw: Sequence[float], seconds: float, seed: int = SEED,
     while (start := k * burst_every_s) < seconds:
         out += [one(start + rng.random()) for _ in range(per_burst)]
         k += 1
-    return sorted(out, key=lambda c: c.at)[:MAX_REQUESTS]
+    return sorted(out, key=lambda c: c.at)[:max_requests]
 
 
 def offered_utilization(trace: Sequence[Charge], capacity_kw: float, start_s: float,
