@@ -16,11 +16,14 @@ Target (issue 10): for each policy, the spread p99 at a 15 s scrape is within on
 from __future__ import annotations
 
 import asyncio
+import bisect
+import json
 import math
 import os
 import random
 import statistics
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -30,6 +33,8 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from balancer.aging import AgedLoads
+from balancer.snapshot import SubstationView
 from bench.quality import POWER_WEIGHTS, POWERS_KW
 from bench.stack import API_KEY, TOKEN, BenchStack, bench_stack
 
@@ -130,16 +135,19 @@ def mean_request_points(trace: Sequence[Charge], capacities_kw: Sequence[float])
 def target_rows(rows: Sequence[Mapping[str, object]], allowance: float,
                 low_s: float = 1.0, high_s: float = 15.0) -> list[dict[str, object]]:
     """Per policy measured at both intervals: is the p99 spread at `high_s` within `allowance`
-    of the one at `low_s`?"""
-    p99: dict[tuple[str, float], float] = {}
+    of the one at `low_s`? With repeated runs, each interval's p99s are averaged."""
+    p99: dict[tuple[str, float], list[float]] = {}
     for row in rows:
         if "spread_p99" in row:
-            p99[(str(row["policy"]), float(row["scrape_s"]))] = float(row["spread_p99"])  # type: ignore[arg-type]
+            key = (str(row["policy"]), float(row["scrape_s"]))  # type: ignore[arg-type]
+            p99.setdefault(key, []).append(float(row["spread_p99"]))  # type: ignore[arg-type]
     out: list[dict[str, object]] = []
     for policy in dict.fromkeys(p for p, _ in p99):
         if (policy, low_s) in p99 and (policy, high_s) in p99:
-            gap = p99[(policy, high_s)] - p99[(policy, low_s)]
+            low, high = p99[(policy, low_s)], p99[(policy, high_s)]
+            gap = statistics.mean(high) - statistics.mean(low)
             out.append({"policy": policy, "scrape_s": f"{high_s:g} vs {low_s:g}",
+                        "runs": f"{len(high)} vs {len(low)}",
                         "target": "p99 gap <= one mean request", "gap_p99": gap,
                         "allowance": allowance, "met": gap <= allowance})
     return out
@@ -153,9 +161,13 @@ class Measured:
     belief_error: list[float] = field(default_factory=list)
     # Age of the balancer's scraped reading (now - scrape time), per substation and poll.
     scrape_age_s: list[float] = field(default_factory=list)
+    started_at: float = 0.0     # wall clock when the trace's time 0 was
+    poll_times: list[float] = field(default_factory=list)
     polls_missed: int = 0
     requests: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
+    # (when sent, kW) of each counted request no substation took
+    refused: list[tuple[float, float]] = field(default_factory=list)
 
 
 async def _get_json(http: aiohttp.ClientSession, url: str,
@@ -176,6 +188,7 @@ async def _poll(http: aiohttp.ClientSession, stack: BenchStack, measured: Measur
         _get_json(http, f"{stack.grid.balancer_url}/policy"))
     now = time.time()
     loads = {str(s["substation"]): float(s["load_kw"]) for s in statuses}  # type: ignore[arg-type]
+    measured.poll_times.append(now)
     measured.spreads.append(spread(loads, capacities))
     measured.grid_utilization.append(sum(loads.values()) / sum(capacities.values()))
     errors = []
@@ -195,6 +208,7 @@ async def _send(http: aiohttp.ClientSession, url: str, i: int, charge: Charge,
             "energy_kwh": round(charge.energy_kwh, 6)}
     headers = {"Authorization": f"Bearer {API_KEY}",
                "Idempotency-Key": f"realstack-{os.getpid()}-{time.time_ns()}-{i}"}
+    sent = time.time()
     try:
         async with http.post(url, json=body, headers=headers) as resp:
             answer = await resp.json(content_type=None)
@@ -205,6 +219,8 @@ async def _send(http: aiohttp.ClientSession, url: str, i: int, charge: Charge,
     if counted:
         measured.requests += 1
         measured.outcomes[outcome] += 1
+        if outcome != "accepted":
+            measured.refused.append((sent, charge.kw))
 
 
 async def drive(stack: BenchStack, trace: Sequence[Charge], warmup_s: float,
@@ -216,7 +232,7 @@ async def drive(stack: BenchStack, trace: Sequence[Charge], warmup_s: float,
     connector = aiohttp.TCPConnector(limit=200)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        start, measured.started_at = loop.time(), time.time()
 
         async def sender() -> list[asyncio.Task[None]]:
             tasks = []
@@ -245,6 +261,158 @@ async def drive(stack: BenchStack, trace: Sequence[Charge], warmup_s: float,
     return measured
 
 
+# -- after the run: what the decisions were worth, from the substations' own session records --
+
+@dataclass(frozen=True)
+class Session:
+    """One session as its substation recorded it (its clock is ours: one machine)."""
+
+    substation: str
+    started_at: float
+    ended_at: float | None      # None: still charging
+    kw: float
+
+    def active_at(self, t: float) -> bool:
+        return self.started_at <= t and (self.ended_at is None or t < self.ended_at)
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One scrape of one substation as Prometheus stored it: load and forecast."""
+
+    ts: float
+    load_kw: float
+    forecast: tuple[tuple[float, float], ...]
+
+
+def loads_at(sessions: Sequence[Session], t: float, capacities_kw: Mapping[str, float]
+             ) -> dict[str, float]:
+    loads = dict.fromkeys(capacities_kw, 0.0)
+    for s in sessions:
+        if s.active_at(t):
+            loads[s.substation] += s.kw
+    return loads
+
+
+def decision_regret(sessions: Sequence[Session], capacities_kw: Mapping[str, float],
+                    since: float) -> list[float]:
+    """For each session started from `since`: the true utilization of the substation it went
+    to minus the lowest true utilization among those it would have fitted, just before it
+    started (0: the choice an oracle with fresh data would make)."""
+    regrets = []
+    for s in sorted(sessions, key=lambda x: x.started_at):
+        if s.started_at < since:
+            continue
+        before = loads_at(sessions, s.started_at - 1e-6, capacities_kw)
+        fitting = [before[n] / c for n, c in capacities_kw.items()
+                   if before[n] + s.kw <= c + 1e-9]
+        chosen = before[s.substation] / capacities_kw[s.substation]
+        regrets.append(chosen - min(fitting, default=chosen))
+    return regrets
+
+
+def refused_with_room(refused: Sequence[tuple[float, float]], sessions: Sequence[Session],
+                      capacities_kw: Mapping[str, float]) -> int:
+    """Refused requests some substation had room for when they were sent."""
+    count = 0
+    for t, kw in refused:
+        loads = loads_at(sessions, t, capacities_kw)
+        count += any(loads[n] + kw <= c + 1e-9 for n, c in capacities_kw.items())
+    return count
+
+
+def aging_errors(scrapes: Mapping[str, Sequence[Scrape]], sessions: Sequence[Session],
+                 capacities_kw: Mapping[str, float], poll_times: Sequence[float],
+                 visible_after_s: float = 0.5, skew_s: float = 0.5) -> dict[str, list[float]]:
+    """At each poll, for each substation: its last scrape the balancer could have read (taken
+    `visible_after_s` before: half its 1 s refresh), read three ways against what is really
+    left of the sessions that scrape counted: as scraped (`stale`), aged by its forecast the
+    way the balancer does for the fit check (`fit`) and for the ranking (`rank`). Errors in
+    utilization points, positive: the reading looks fuller than the truth. Sessions started
+    after the scrape are the ledger's part and not counted here."""
+    by_sub: dict[str, list[Session]] = {n: [] for n in capacities_kw}
+    for s in sessions:
+        by_sub.setdefault(s.substation, []).append(s)
+    errors: dict[str, list[float]] = {"stale": [], "fit": [], "rank": []}
+    for name, capacity in capacities_kw.items():
+        series = sorted(scrapes.get(name, ()), key=lambda x: x.ts)
+        times = [x.ts for x in series]
+        for t in poll_times:
+            i = bisect.bisect_right(times, t - visible_after_s) - 1
+            if i < 0:
+                continue
+            scrape = series[i]
+            left = sum(s.kw for s in by_sub[name]
+                       if s.started_at <= scrape.ts and s.active_at(t))
+            view = SubstationView(name, name, True, scrape.ts, scrape.load_kw, capacity, None,
+                                  forecast=scrape.forecast)
+            aged = AgedLoads([view], skew_s)
+            aged.advance(t)
+            fit = aged.fit_by_instance.get(name, scrape.load_kw)
+            rank = aged.rank_by_instance.get(name, scrape.load_kw)
+            errors["stale"].append((scrape.load_kw - left) / capacity)
+            errors["fit"].append((fit - left) / capacity)
+            errors["rank"].append((rank - left) / capacity)
+    return errors
+
+
+def read_sessions(stack: BenchStack) -> list[Session]:
+    out = []
+    for spec in stack.grid.substations:
+        request = urllib.request.Request(f"http://127.0.0.1:{spec.port}/sessions",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            body = json.loads(resp.read())
+        out += [Session(spec.id, float(s["started_at"]),
+                        None if s.get("ended_at") is None else float(s["ended_at"]),
+                        float(s["power_kw"])) for s in body["sessions"]]
+    return out
+
+
+def _range(stack: BenchStack, selector: str, seconds: float) -> list[dict[str, object]]:
+    query = urllib.parse.urlencode({"query": f"{selector}[{int(seconds) + 1}s]"})
+    with urllib.request.urlopen(f"{stack.grid.prometheus_url}/api/v1/query?{query}",
+                                timeout=10) as resp:
+        return list(json.loads(resp.read())["data"]["result"])
+
+
+def read_scrapes(stack: BenchStack, seconds: float) -> dict[str, list[Scrape]]:
+    """Every scrape of the last `seconds`: each substation's load and forecast by timestamp
+    (one scrape's samples share its timestamp)."""
+    loads: dict[str, dict[float, float]] = {}
+    for series in _range(stack, 'substation_load{job="substation"}', seconds):
+        name = str(series["metric"]["substation"])  # type: ignore[index]
+        loads[name] = {float(ts): float(v) for ts, v in series["values"]}  # type: ignore[attr-defined]
+    forecasts: dict[str, dict[float, list[tuple[float, float]]]] = {}
+    for series in _range(stack, 'substation_load_forecast_kw{job="substation"}', seconds):
+        metric = series["metric"]
+        name, horizon = str(metric["substation"]), float(str(metric["horizon"]).rstrip("s"))  # type: ignore[index]
+        for ts, v in series["values"]:  # type: ignore[attr-defined]
+            forecasts.setdefault(name, {}).setdefault(float(ts), []).append((horizon, float(v)))
+    return {name: [Scrape(ts, load, tuple(sorted(forecasts.get(name, {}).get(ts, ()))))
+                   for ts, load in sorted(by_ts.items())]
+            for name, by_ts in loads.items()}
+
+
+def diagnose(stack: BenchStack, measured: Measured, since: float, allowance: float,
+             seconds: float) -> dict[str, object]:
+    capacities = {s.id: s.capacity_kw for s in stack.grid.substations}
+    sessions = read_sessions(stack)
+    regrets = decision_regret(sessions, capacities, since)
+    errors = aging_errors(read_scrapes(stack, seconds), sessions, capacities,
+                          measured.poll_times)
+    row: dict[str, object] = {
+        "regret_mean": statistics.mean(regrets) if regrets else math.nan,
+        "picks_off_by_a_request": sum(r > allowance for r in regrets) / len(regrets)
+        if regrets else math.nan,
+        "refused_with_room": refused_with_room(measured.refused, sessions, capacities)}
+    for kind, values in errors.items():
+        if values:
+            row[f"{kind}_err_mean"] = statistics.mean(values)
+            row[f"{kind}_err_p99"] = percentile([abs(v) for v in values], 0.99)
+    return row
+
+
 def substation_refusals(stack: BenchStack) -> int:
     """Forwards the substations refused as over capacity (their own counters, whole run)."""
     total = 0.0
@@ -266,6 +434,9 @@ def one_run(policy: str, scrape_s: float, trace: Sequence[Charge], warmup_s: flo
                      scrape_interval_s=scrape_s, policy=policy) as stack:
         measured = asyncio.run(drive(stack, trace, warmup_s, seconds))
         overload_attempts = substation_refusals(stack)
+        diagnosis = diagnose(stack, measured, measured.started_at + warmup_s,
+                             mean_request_points(trace, capacities_kw),
+                             time.time() - measured.started_at)
     outcomes = measured.outcomes
     refused = {k: v for k, v in sorted(outcomes.items()) if k != "accepted"}
     return {
@@ -273,7 +444,9 @@ def one_run(policy: str, scrape_s: float, trace: Sequence[Charge], warmup_s: flo
         "accepted": outcomes["accepted"], "refused": sum(refused.values()),
         "refused_by_code": ", ".join(f"{k} {v}" for k, v in refused.items()) or "-",
         "overload_attempts": overload_attempts,
+        "spread_mean": statistics.mean(measured.spreads),
         "spread_p50": percentile(measured.spreads, 0.5),
+        "spread_p90": percentile(measured.spreads, 0.9),
         "spread_p99": percentile(measured.spreads, 0.99),
         "spread_max": max(measured.spreads),
         "grid_util_mean": statistics.mean(measured.grid_utilization),
@@ -285,12 +458,15 @@ def one_run(policy: str, scrape_s: float, trace: Sequence[Charge], warmup_s: flo
         else math.nan,
         "polls": len(measured.spreads), "polls_missed": measured.polls_missed,
         "loadavg_1m": round(load_before, 2),
+        **diagnosis,
     }
 
 
 def run_realstack(quick: bool = False, policies: Sequence[str] = POLICIES,
                   intervals_s: Sequence[float] = SCRAPE_INTERVALS_S,
-                  capacities_kw: Sequence[float] = CAPACITIES_KW) -> list[dict[str, object]]:
+                  capacities_kw: Sequence[float] = CAPACITIES_KW, repeats: int = 1
+                  ) -> list[dict[str, object]]:
+    """`repeats`: runs per policy and interval (the target compares their mean p99s)."""
     warmup_s, seconds = (10.0, 40.0) if quick else (30.0, 120.0)
     trace = make_trace(capacities_kw, seconds)
     allowance = mean_request_points(trace, capacities_kw)
@@ -300,14 +476,20 @@ def run_realstack(quick: bool = False, policies: Sequence[str] = POLICIES,
         "offered_util": offered_utilization(trace, sum(capacities_kw), warmup_s, seconds),
         "mean_request_points": allowance, "warmup_s": warmup_s, "measured_s": seconds - warmup_s}]
     runs: list[dict[str, object]] = []
+    present = []
     for policy in policies:
-        if not (POLICY_DIR / f"{policy}.yaml").exists():
-            runs.append({"policy": policy,
-                         "skipped": f"policies/{policy}.yaml does not exist on this branch"})
-            print(f"realstack: skipping {policy}: policies/{policy}.yaml does not exist",
-                  flush=True)
+        if (POLICY_DIR / f"{policy}.yaml").exists():
+            present.append(policy)
             continue
-        for scrape_s in intervals_s:
-            print(f"realstack: {policy} at a {scrape_s:g} s scrape ...", flush=True)
-            runs.append(one_run(policy, scrape_s, trace, warmup_s, seconds, capacities_kw))
+        runs.append({"policy": policy,
+                     "skipped": f"policies/{policy}.yaml does not exist on this branch"})
+        print(f"realstack: skipping {policy}: policies/{policy}.yaml does not exist", flush=True)
+    # Repeats interleaved, so that whatever else loads the machine meanwhile is shared out.
+    for run in range(1, repeats + 1):
+        for policy in present:
+            for scrape_s in intervals_s:
+                print(f"realstack: {policy} at a {scrape_s:g} s scrape (run {run}) ...",
+                      flush=True)
+                runs.append({"run": run, **one_run(policy, scrape_s, trace, warmup_s, seconds,
+                                                   capacities_kw)})
     return rows + runs + target_rows(runs, allowance)

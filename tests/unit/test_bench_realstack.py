@@ -113,3 +113,15 @@ def test_the_target_compares_each_policys_15_s_p99_with_its_1_s_run() -> None:
     assert set(verdicts) == {"a", "b"}
     assert verdicts["a"]["met"] is True and verdicts["a"]["gap_p99"] == pytest.approx(0.07)
     assert verdicts["b"]["met"] is False and verdicts["b"]["gap_p99"] == pytest.approx(0.09)
+
+
+def test_repeated_runs_are_averaged_before_the_target_is_judged() -> None:
+    rows: list[dict[str, object]] = [
+        {"policy": "a", "scrape_s": 1.0, "spread_p99": 0.50},
+        {"policy": "a", "scrape_s": 1.0, "spread_p99": 0.60},
+        {"policy": "a", "scrape_s": 15.0, "spread_p99": 0.70},
+        {"policy": "a", "scrape_s": 15.0, "spread_p99": 0.66},
+    ]
+    (verdict,) = target_rows(rows, allowance=0.1)
+    assert verdict["gap_p99"] == pytest.approx(0.13) and verdict["met"] is False
+    assert verdict["runs"] == "2 vs 2"
