@@ -12,12 +12,17 @@ from bench.realstack import (
     MAX_SESSION_S,
     MIN_SESSION_S,
     SPEED_FACTOR,
+    Scrape,
+    Session,
+    aging_errors,
+    decision_regret,
     make_trace,
     mean_request_kw,
     mean_request_points,
     mean_session_s,
     offered_utilization,
     percentile,
+    refused_with_room,
     spread,
     target_rows,
 )
@@ -125,3 +130,49 @@ def test_repeated_runs_are_averaged_before_the_target_is_judged() -> None:
     (verdict,) = target_rows(rows, allowance=0.1)
     assert verdict["gap_p99"] == pytest.approx(0.13) and verdict["met"] is False
     assert verdict["runs"] == "2 vs 2"
+
+
+CAPS = {"small": 100.0, "big": 400.0}
+
+
+def test_regret_is_zero_for_the_oracles_choice_and_the_utilization_gap_otherwise() -> None:
+    sessions = [
+        Session("big", 0.0, None, 200.0),           # big at 0.5
+        Session("small", 0.0, 5.0, 80.0),           # small at 0.8 until t=5
+        Session("big", 10.0, None, 11.0),           # small (0.0) was best: regret 0.5
+        Session("small", 11.0, None, 11.0),         # small 0.0 < big 0.5275: oracle's choice
+        Session("big", 12.0, None, 150.0),          # does not fit small: big is the only fit
+    ]
+    regrets = decision_regret(sessions, CAPS, since=1.0)
+    assert regrets == pytest.approx([0.5, 0.0, 0.0])
+    # A session that started before `since` is not judged (the warm-up).
+    assert len(decision_regret(sessions, CAPS, since=10.5)) == 2
+
+
+def test_a_refusal_counts_as_with_room_only_if_some_substation_could_take_it() -> None:
+    sessions = [Session("small", 0.0, 10.0, 90.0), Session("big", 0.0, None, 390.0)]
+    refused = [(5.0, 11.0), (5.0, 10.0), (12.0, 50.0)]
+    # 11 kW fits nowhere at 5 s; 10 kW fits both; at 12 s small is empty again
+    assert refused_with_room(refused, sessions, CAPS) == 2
+
+
+def test_aging_errors_measure_each_reading_against_what_is_left_of_its_sessions() -> None:
+    # At the scrape (t=100) small carries 30 + 50 kW; the 50 kW session ends at 104 and the
+    # forecast says so (gone by the 5 s horizon); a 20 kW session starts after the scrape (the
+    # ledger's part, not counted). Polled at 107.5: the scrape is 7.5 s old.
+    sessions = [Session("small", 90.0, None, 30.0), Session("small", 95.0, 104.0, 50.0),
+                Session("small", 101.0, None, 20.0)]
+    forecast = ((1.0, 80.0), (2.0, 80.0), (5.0, 30.0), (10.0, 30.0))
+    scrapes = {"small": [Scrape(100.0, 80.0, forecast)], "big": []}
+    errors = aging_errors(scrapes, sessions, CAPS, [107.5], visible_after_s=0.5, skew_s=0.0)
+    assert errors["stale"] == pytest.approx([0.5])    # 80 kW read, 30 kW left
+    assert errors["fit"] == pytest.approx([0.0])      # the 5 s horizon has passed: 30 kW
+    assert errors["rank"] == pytest.approx([0.0])
+    # At 103.5 (3 s old; the 2 s horizon passed, not the 5 s): the fit keeps 80 kW while the
+    # session still runs (right), the ranking expects half of it gone (midway 2 s -> 5 s).
+    errors = aging_errors(scrapes, sessions, CAPS, [103.5], visible_after_s=0.5, skew_s=0.0)
+    assert errors["stale"] == pytest.approx([0.0])
+    assert errors["fit"] == pytest.approx([0.0])
+    assert errors["rank"] == pytest.approx([-0.25])
+    # A scrape not yet visible to the balancer is not used.
+    assert aging_errors(scrapes, sessions, CAPS, [100.2])["stale"] == []
