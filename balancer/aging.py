@@ -15,8 +15,8 @@ brought to now in two ways:
 
 Both are step functions of time that change only when a horizon is crossed. `AgedLoads` keeps
 the current values in plain dicts the decision loop reads in O(1), and moves them on through a
-heap of the next crossings: O(log n) per crossing and nothing per request otherwise, so the
-decision stays in microseconds at 100 substations.
+heap of the next crossings: O(log n) per crossing or changed reading and nothing per request
+otherwise, so the decision stays in microseconds at 100 substations.
 
 A substation's own answer (a reading newer than the scrape, ledger.observe) is aged by the
 decline the scrape's forecast gives between the answer and now, counted only for horizons
@@ -28,11 +28,11 @@ from __future__ import annotations
 import heapq
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import pairwise
 
-from balancer.snapshot import SubstationView
+from balancer.ledger import PendingLedger
+from balancer.snapshot import Snapshot, SubstationView
 
 
 @dataclass(frozen=True)
@@ -62,58 +62,91 @@ def forecast_curve(view: SubstationView, skew_s: float = 0.0) -> _Curve | None:
 
 
 class AgedLoads:
-    """The aged loads of one snapshot's substations, moved on as time passes (`advance`)."""
+    """One ledger's view of one snapshot, aged: for each substation with a forecast, the base
+    load of its current reading (the scrape's, or the substation's newer answer) brought to the
+    last `advance`, for the fit check and for the ranking. Readings without a forecast are not
+    here (the decision reads them as they are).
 
-    def __init__(self, views: Iterable[SubstationView], skew_s: float = 0.0) -> None:
+    It belongs to one ledger (each balancer replica has its own) and one snapshot: made anew
+    when either changes (`for_decision`). The ledger names the instances whose reading changed
+    (`readings_changed`); only those and the ones that crossed a horizon are recomputed."""
+
+    def __init__(self, snapshot: Snapshot, ledger: PendingLedger) -> None:
+        self.snapshot, self.ledger = snapshot, ledger
         # Crossings are shifted by the clock skew allowed between Prometheus and us: a horizon
         # counts as passed only once it has surely passed on the scraper's clock.
+        skew_s = ledger.clock_skew_s
         self.fit_by_instance: dict[str, float] = {}
         self.rank_by_instance: dict[str, float] = {}
         self._curves: dict[str, _Curve] = {}
+        self._step: dict[str, int] = {}
         self._crossings: list[tuple[float, str, int]] = []
         self._now = -math.inf
         # (reading time, fit at the first horizon after it, expected load then) per instance
         self._reading_base: dict[str, tuple[float, float, float]] = {}
-        for view in views:
+        for view in snapshot.substations.values():
             curve = forecast_curve(view, skew_s)
             if curve is None:
                 continue
             self._curves[view.instance] = curve
-            self.fit_by_instance[view.instance] = curve.fit[0]
-            self.rank_by_instance[view.instance] = curve.rank[0]
+            self._step[view.instance] = 0
             self._crossings.append((curve.times[1], view.instance, 1))
+            self._recompute(view.instance)
         heapq.heapify(self._crossings)
+        ledger.readings_changed.clear()
 
-    def __bool__(self) -> bool:
-        return bool(self._curves)
+    @classmethod
+    def for_decision(cls, snapshot: Snapshot, ledger: PendingLedger, now: float
+                     ) -> AgedLoads | None:
+        """The ledger's aged loads for this snapshot at `now` (None: nothing to age)."""
+        ledger.expire(now)
+        aged = ledger.aging_state
+        if not isinstance(aged, cls) or aged.snapshot is not snapshot:
+            aged = ledger.aging_state = cls(snapshot, ledger)
+        if not aged._curves:
+            return None
+        aged.advance(now)
+        return aged
 
     def advance(self, now: float) -> None:
-        """Move every substation's aged load on to `now` (time never runs backwards here)."""
+        """Bring every aged load to `now` (time never runs backwards here) and take in the
+        readings that changed since the last call."""
+        changed = self.ledger.readings_changed
+        if changed:
+            for instance in changed:
+                if instance in self._curves:
+                    self._recompute(instance)
+            changed.clear()
         if now <= self._now:
             return
         self._now = now
         crossings, curves = self._crossings, self._curves
         while crossings and crossings[0][0] <= now:
             _, instance, step = heapq.heappop(crossings)
-            curve = curves[instance]
-            self.fit_by_instance[instance] = curve.fit[step]
-            self.rank_by_instance[instance] = curve.rank[step]
-            if step + 1 < len(curve.times):
-                heapq.heappush(crossings, (curve.times[step + 1], instance, step + 1))
+            self._step[instance] = step
+            self._recompute(instance)
+            if step + 1 < len(curves[instance].times):
+                heapq.heappush(crossings, (curves[instance].times[step + 1], instance, step + 1))
 
-    def age_reading(self, instance: str, load_kw: float, at: float) -> tuple[float, float]:
-        """A substation's answer `load_kw` read at `at` (after the scrape), brought to the last
-        `advance`: (for the fit check, for the ranking). Unchanged without a forecast."""
-        curve = self._curves.get(instance)
-        if curve is None:
-            return load_kw, load_kw
+    def _recompute(self, instance: str) -> None:
+        curve, step = self._curves[instance], self._step[instance]
+        fit_now, rank_now = curve.fit[step], curve.rank[step]
+        observed = self.ledger.observed_by_instance.get(instance)
+        if observed is None:
+            self.fit_by_instance[instance], self.rank_by_instance[instance] = fit_now, rank_now
+            return
+        at = self.ledger.observed_at_by_instance[instance]
         base = self._reading_base.get(instance)
         if base is None or base[0] != at:
             # The forecast at the first horizon at or after the answer: sessions due to end
-            # later are surely still in the answer (it was read before they ended).
-            after = min(bisect_left(curve.times, at), len(curve.times) - 1)
+            # later were surely still in it (it was read before they ended).
+            ledger = self.ledger
+            after = min(bisect_left(curve.times, at + ledger.end_margin_s + ledger.clock_skew_s),
+                        len(curve.times) - 1)
             during = max(0, bisect_right(curve.times, at) - 1)
             base = self._reading_base[instance] = (at, curve.fit[after], curve.rank[during])
-        fit_now, rank_now = self.fit_by_instance[instance], self.rank_by_instance[instance]
-        return (load_kw - max(0.0, base[1] - fit_now),
-                max(0.0, load_kw - max(0.0, base[2] - rank_now)))
+        fit = self.fit_by_instance[instance] = max(0.0, observed - max(0.0, base[1] - fit_now))
+        # The expected load is never above the sure upper bound (an answer read exactly at a
+        # horizon is one step ahead of the midpoint rule).
+        self.rank_by_instance[instance] = min(fit, max(0.0, observed - max(0.0, base[2]
+                                                                            - rank_now)))

@@ -42,7 +42,8 @@ class _SubstationLedger:
 class PendingLedger:
     """Per-substation pending kW, O(1) to read on the decision path."""
 
-    def __init__(self, clock_skew_s: float = 0.5, end_horizon_s: float = 600.0) -> None:
+    def __init__(self, clock_skew_s: float = 0.5, end_horizon_s: float = 600.0,
+                 end_margin_s: float = 1.0) -> None:
         # Scrape timestamps come from Prometheus's clock and confirmations from ours; an entry is
         # only dropped once a scrape started clearly after it, with this much slack for skew.
         self.clock_skew_s = clock_skew_s
@@ -66,6 +67,15 @@ class PendingLedger:
         # before (counting them until then is the safe side), and memory stays bounded by the
         # request rate times this.
         self.end_horizon_s = end_horizon_s
+        # An announced end is when a session leaves the load at the latest (its substation's
+        # next tick); it may leave up to a tick earlier. A reading taken within this margin
+        # before an end may or may not count the session, so it is never taken off that
+        # reading (counting it is the safe side). Must cover the tick plus the clock skew.
+        self.end_margin_s = end_margin_s
+        # Instances whose kept reading changed (for aging.py, which recomputes only those), and
+        # the state aging.py derives from this ledger: each ledger (replica) has its own.
+        self.readings_changed: set[str] = set()
+        self.aging_state: object | None = None
 
     def pending_kw(self, instance: str) -> float:
         return self.pending_by_instance.get(instance, 0.0)
@@ -118,6 +128,7 @@ class PendingLedger:
             observed = self.observed_by_instance.get(instance)
             if ended is not None and observed is not None:
                 self.observed_by_instance[instance] = max(0.0, observed - ended[1])
+                self.readings_changed.add(instance)
 
     def doubtful_kw(self, instance: str) -> float:
         """Pending kW the kept reading may count already: forwards still in flight that were
@@ -147,12 +158,13 @@ class PendingLedger:
             return False
         self.observed_by_instance[instance] = load_kw
         self.observed_at_by_instance[instance] = at
+        self.readings_changed.add(instance)
         included = self._included.get(instance)
         if included:
             # A session that may have ended before this reading may be missing from it: it is
             # never taken off again (that could count an end twice).
             for key in [k for k, (ends_at, _) in included.items()
-                        if ends_at - self.clock_skew_s <= at]:
+                        if not self.surely_before_end(at, ends_at)]:
                 del included[key]
         self._tick += 1
         self._observed_tick[instance] = self._tick
@@ -181,6 +193,7 @@ class PendingLedger:
             # (Its tick may stay: doubtful_kw asks only while a reading is kept.)
             del self.observed_by_instance[instance], self.observed_at_by_instance[instance]
             self._included.pop(instance, None)   # the scrape's forecast knows their ends
+            self.readings_changed.add(instance)
         book = self._by_instance.get(instance)
         if book is not None:
             self._drop_confirmed(instance, book, horizon, seq)
@@ -197,9 +210,15 @@ class PendingLedger:
         for sid in seen:
             entry = book.entries.pop(sid)
             book.pending_kw -= entry.kw
-            if into_reading and entry.ends_at is not None and entry.ends_at > horizon:
+            if into_reading and entry.ends_at is not None and \
+                    self.surely_before_end(horizon, entry.ends_at):
                 self._include(instance, entry.ends_at, entry.kw)
         self._set_pending(instance, book)
+
+    def surely_before_end(self, reading_at: float, ends_at: float) -> bool:
+        """Whether a reading at `reading_at` (our clock) surely still counted a session that
+        leaves by `ends_at` (its substation's clock)."""
+        return reading_at < ends_at - self.end_margin_s - self.clock_skew_s
 
     def _include(self, instance: str, ends_at: float, kw: float) -> None:
         """The kept answer counts this session: take it off that answer when it ends."""
@@ -220,6 +239,7 @@ class PendingLedger:
             del self._observed_seq[gone]
         for gone in set(self._included) - instances:
             del self._included[gone]
+        self.readings_changed &= instances
         # Ends of forgotten instances are skipped when they come up (nothing to act on).
 
     def snapshot(self) -> dict[str, float]:

@@ -69,13 +69,9 @@ def effective_load_kw(view: SubstationView, ledger: PendingLedger,
     if view.load_kw is None:
         return None
     observed = ledger.observed_load_kw(view.instance)
-    if aged is None:
-        base = view.load_kw if observed is None else observed
-    elif observed is None:
-        base = aged.fit_by_instance.get(view.instance, view.load_kw)
-    else:
-        base = aged.age_reading(view.instance, observed,
-                                ledger.observed_at_by_instance[view.instance])[0]
+    base = view.load_kw if observed is None else observed
+    if aged is not None:
+        base = aged.fit_by_instance.get(view.instance, base)
     return base + ledger.pending_kw(view.instance)
 
 
@@ -85,12 +81,7 @@ def aged_loads(snapshot: Snapshot, ledger: PendingLedger, policy: Policy, now: f
     the ledger forgets sessions that ended by then. None: no aging."""
     if policy.load_aging is not LoadAging.FORECAST or now is None or degraded:
         return None
-    ledger.expire(now)
-    aged = snapshot.aged_loads(ledger.clock_skew_s)
-    if not aged:
-        return None
-    aged.advance(now)
-    return aged
+    return AgedLoads.for_decision(snapshot, ledger, now)
 
 
 def _adjust_kw(score: float, pending: float, capacity: float, load: float, worse: float
@@ -163,20 +154,17 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
     aged = aged_loads(snapshot, ledger, policy, now, degraded)
     if aged is not None:
         fit_get, rank_get = aged.fit_by_instance.get, aged.rank_by_instance.get
-        observed_at = ledger.observed_at_by_instance
-        age_reading = aged.age_reading
     for instance, scraped_kw, capacity, score, _, view in snapshot.usable:
         if instance in exclude:
             continue
         if aged is None:
-            load = observed_get(instance, scraped_kw) + pending_get(instance, 0.0)
-            ranked = load
+            load = ranked = observed_get(instance, scraped_kw) + pending_get(instance, 0.0)
         else:
-            observed = observed_get(instance)
-            if observed is None:
-                fit, expected = fit_get(instance, scraped_kw), rank_get(instance, scraped_kw)
+            fit = fit_get(instance)
+            if fit is None:    # no forecast: its reading as it is
+                fit = expected = observed_get(instance, scraped_kw)
             else:
-                fit, expected = age_reading(instance, observed, observed_at[instance])
+                expected = rank_get(instance, fit)
             pending = pending_get(instance, 0.0)
             load, ranked = fit + pending, expected + pending
         if load + requested_kw > capacity + _FIT_EPSILON_KW:

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from balancer.aging import AgedLoads
 from balancer.health import OutlierDetector
 from balancer.ledger import PendingLedger
 from balancer.metrics import BalancerMetrics
-from balancer.policy import Policy
+from balancer.policy import LoadAging, Policy
 from balancer.snapshot import Snapshot
 
 
@@ -117,6 +118,9 @@ class ServingState:
         self._settle_ledger(snapshot)
         self._forget_departed(snapshot)
         self.snapshot = snapshot
+        if self.policy.load_aging is LoadAging.FORECAST:
+            # Built here, in the refresh loop, so no request pays for it.
+            AgedLoads.for_decision(snapshot, self.ledger, self.clock())
         self.update_gauges()
         return True
 

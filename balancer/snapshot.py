@@ -5,10 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from balancer.aging import AgedLoads
 
 
 @dataclass(frozen=True)
@@ -50,16 +46,6 @@ class Snapshot:
     def any_scored(self) -> bool:
         """Whether the policy gave any usable substation a score (once per snapshot)."""
         return any(row[3] is not None for row in self.usable)
-
-    def aged_loads(self, skew_s: float) -> AgedLoads:
-        """The substations' loads aged by their forecasts (balancer/aging.py): one per
-        snapshot, moved on by every decision that asks (the first caller's skew holds)."""
-        aged: AgedLoads | None = self.__dict__.get("_aged_loads")
-        if aged is None:
-            from balancer.aging import AgedLoads  # aging reads SubstationView from here
-
-            aged = self.__dict__["_aged_loads"] = AgedLoads(self.substations.values(), skew_s)
-        return aged
 
     def by_name(self, name: str) -> SubstationView | None:
         for view in self.substations.values():

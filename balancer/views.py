@@ -14,7 +14,7 @@ from aiohttp import web
 from balancer.chooser import LedgerChooser
 from balancer.placement import Deadline, Outcome, OutcomeKind, Placement
 from balancer.policy import PolicyError, policy_path
-from balancer.selection import effective_load_kw
+from balancer.selection import aged_loads, effective_load_kw
 from balancer.state import (
     CONFIG,
     HEALTH,
@@ -26,7 +26,7 @@ from balancer.state import (
     SERVING,
     SUBSTATIONS,
 )
-from gridlb.charge import SessionCharge, describe, parse_session_charge
+from gridlb.charge import SessionCharge, describe, horizon_label, parse_session_charge
 from gridlb.errors import ErrorCode
 from gridlb.http import healthz, json_error, json_response, metrics_response, read_json_object
 
@@ -154,6 +154,8 @@ async def show_policy(request: web.Request) -> web.Response:
     app = request.app
     serving, ledger, config = app[SERVING], app[LEDGER], app[CONFIG]
     policy, snapshot = serving.policy, serving.snapshot
+    aged = aged_loads(snapshot, ledger, policy, time.time(), serving.degraded) \
+        if snapshot else None
     substations = []
     for view in (snapshot.substations.values() if snapshot else ()):
         substations.append({
@@ -161,7 +163,8 @@ async def show_policy(request: web.Request) -> web.Response:
             "score": view.score, "load_kw": view.load_kw, "capacity_kw": view.capacity_kw,
             "observed_load_kw": ledger.observed_load_kw(view.instance),
             "pending_kw": ledger.pending_kw(view.instance),
-            "effective_load_kw": effective_load_kw(view, ledger),
+            "effective_load_kw": effective_load_kw(view, ledger, aged),
+            "forecast_kw": {horizon_label(h): kw for h, kw in view.forecast},
             "scraped_at": view.scrape_ts,
         })
     error = serving.last_error
@@ -170,7 +173,8 @@ async def show_policy(request: web.Request) -> web.Response:
         "query": policy.query,
         "result": {"substation_label": policy.substation_label, "better": policy.better.value,
                    "select": policy.select.value,
-                   "pending_adjustment": policy.pending_adjustment.value},
+                   "pending_adjustment": policy.pending_adjustment.value,
+                   "load_aging": policy.load_aging.value},
         "refresh_interval_s": policy.refresh_interval_s,
         "mode": serving.mode,
         "evaluated_at": snapshot.evaluated_at if snapshot else None,

@@ -103,7 +103,7 @@ def refresh_cost(n: int, rounds: int) -> list[dict[str, object]]:
                     break
                 time.sleep(0.5)
             client = make_client(url, timeout_s=10)
-            for name in ("least-utilization", "rate-weighted"):
+            for name in ("least-utilization", "least-forecast-utilization", "rate-weighted"):
                 policy = load_policy(POLICIES / f"{name}.yaml")
                 samples = []
                 for _ in range(rounds):

@@ -150,7 +150,11 @@ OPENAPI: dict[str, Any] = {
                                "routed_to": {"type": "string"},
                                "power_kw": {"type": "number"},
                                "energy_kwh": {"type": "number"},
-                               "delivered_kwh": {"type": "number"}}},
+                               "delivered_kwh": {"type": "number"},
+                               "ends_at": {"type": "number",
+                                           "description": "While charging: when (Unix "
+                                                          "seconds) the declared energy will "
+                                                          "have been delivered"}}},
         },
     },
 }
