@@ -34,7 +34,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from balancer.aging import AgedLoads
-from balancer.snapshot import SubstationView
+from balancer.ledger import PendingLedger
+from balancer.snapshot import Snapshot, SubstationView
 from bench.quality import POWER_WEIGHTS, POWERS_KW
 from bench.stack import API_KEY, TOKEN, BenchStack, bench_stack
 
@@ -346,7 +347,8 @@ def aging_errors(scrapes: Mapping[str, Sequence[Scrape]], sessions: Sequence[Ses
                        if s.started_at <= scrape.ts and s.active_at(t))
             view = SubstationView(name, name, True, scrape.ts, scrape.load_kw, capacity, None,
                                   forecast=scrape.forecast)
-            aged = AgedLoads([view], skew_s)
+            aged = AgedLoads(Snapshot("realstack", t, {name: view}),
+                             PendingLedger(clock_skew_s=skew_s))
             aged.advance(t)
             fit = aged.fit_by_instance.get(name, scrape.load_kw)
             rank = aged.rank_by_instance.get(name, scrape.load_kw)
