@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import json
 import math
 import os
@@ -328,13 +329,14 @@ def aging_errors(scrapes: Mapping[str, Sequence[Scrape]], sessions: Sequence[Ses
     """At each poll, for each substation: its last scrape the balancer could have read (taken
     `visible_after_s` before: half its 1 s refresh), read three ways against what is really
     left of the sessions that scrape counted: as scraped (`stale`), aged by its forecast the
-    way the balancer does for the fit check (`fit`) and for the ranking (`rank`). Errors in
+    way the balancer does for the fit check (`fit`) and for the ranking (`rank`), and read
+    linearly between horizons (`interp`, what the ranking could use instead). Errors in
     utilization points, positive: the reading looks fuller than the truth. Sessions started
     after the scrape are the ledger's part and not counted here."""
     by_sub: dict[str, list[Session]] = {n: [] for n in capacities_kw}
     for s in sessions:
         by_sub.setdefault(s.substation, []).append(s)
-    errors: dict[str, list[float]] = {"stale": [], "fit": [], "rank": []}
+    errors: dict[str, list[float]] = {"stale": [], "fit": [], "rank": [], "interp": []}
     for name, capacity in capacities_kw.items():
         series = sorted(scrapes.get(name, ()), key=lambda x: x.ts)
         times = [x.ts for x in series]
@@ -352,10 +354,24 @@ def aging_errors(scrapes: Mapping[str, Sequence[Scrape]], sessions: Sequence[Ses
             aged.advance(t)
             fit = aged.fit_by_instance.get(name, scrape.load_kw)
             rank = aged.rank_by_instance.get(name, scrape.load_kw)
+            interp = interpolated(scrape, t - scrape.ts - skew_s)
             errors["stale"].append((scrape.load_kw - left) / capacity)
             errors["fit"].append((fit - left) / capacity)
             errors["rank"].append((rank - left) / capacity)
+            errors["interp"].append((interp - left) / capacity)
     return errors
+
+
+def interpolated(scrape: Scrape, age_s: float) -> float:
+    """The forecast read linearly between the horizons around `age_s` (a candidate for the
+    ranking: the balancer holds the midpoint of the two instead)."""
+    points = [(0.0, scrape.load_kw), *scrape.forecast]
+    if age_s <= 0.0:
+        return scrape.load_kw
+    for (h0, f0), (h1, f1) in itertools.pairwise(points):
+        if h0 <= age_s < h1:
+            return f0 + (f1 - f0) * (age_s - h0) / (h1 - h0)
+    return points[-1][1]
 
 
 def read_sessions(stack: BenchStack) -> list[Session]:

@@ -16,6 +16,7 @@ from bench.realstack import (
     Session,
     aging_errors,
     decision_regret,
+    interpolated,
     make_trace,
     mean_request_kw,
     mean_request_points,
@@ -174,5 +175,19 @@ def test_aging_errors_measure_each_reading_against_what_is_left_of_its_sessions(
     assert errors["stale"] == pytest.approx([0.0])
     assert errors["fit"] == pytest.approx([0.0])
     assert errors["rank"] == pytest.approx([-0.25])
+    # Linear between the 2 s (80 kW) and 5 s (30 kW) horizons: 3.5 s -> 55 kW.
+    assert errors["interp"] == pytest.approx([-0.25])
+    # 2.5 s: a sixth of the way from 80 to 30 kW, 71.7 kW read while 80 kW are still left.
+    assert aging_errors(scrapes, sessions, CAPS, [102.5], skew_s=0.0)["interp"] == \
+        pytest.approx([(80.0 - 50.0 / 6.0 - 80.0) / 100.0])
     # A scrape not yet visible to the balancer is not used.
     assert aging_errors(scrapes, sessions, CAPS, [100.2])["stale"] == []
+
+
+def test_the_forecast_read_linearly_between_horizons() -> None:
+    scrape = Scrape(0.0, 100.0, ((1.0, 90.0), (5.0, 50.0), (10.0, 50.0)))
+    assert interpolated(scrape, -1.0) == 100.0
+    assert interpolated(scrape, 0.5) == pytest.approx(95.0)
+    assert interpolated(scrape, 3.0) == pytest.approx(70.0)
+    assert interpolated(scrape, 7.0) == pytest.approx(50.0)
+    assert interpolated(scrape, 60.0) == 50.0     # past the last horizon: the last value
