@@ -1,6 +1,8 @@
 """`make bench`: every benchmark in one run; a results table, and bench/results/latest.json.
 
-    python -m bench [--quick] [part ...]     parts: quality decision refresh throughput memory
+    python -m bench [--quick] [part ...]
+
+parts: quality decision refresh throughput memory realstack
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from bench.decision import run_decision
 from bench.memory import run_memory
 from bench.quality import Plan, run_quality
+from bench.realstack import run_realstack
 from bench.refresh import run_refresh
 from bench.throughput import run_throughput
 
@@ -36,6 +39,7 @@ PARTS: dict[str, Callable[[bool], list[dict[str, object]]]] = {
     "refresh": run_refresh,
     "throughput": run_throughput,
     "memory": run_memory,
+    "realstack": run_realstack,
 }
 
 

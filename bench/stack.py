@@ -6,7 +6,7 @@ import json
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,6 @@ TOKEN = "bench-internal-token"
 API_KEY = "bench-api-key"
 
 
-
 @dataclass
 class BenchStack:
     grid: GridConfig
@@ -43,14 +42,19 @@ class BenchStack:
 
 @contextmanager
 def bench_stack(substations: int = 2, capacity_kw: float = 1e6, speed_factor: float = 3600.0,
-                scrape_interval_s: float = 1.0, durability: str = "full"
-                ) -> Iterator[BenchStack]:
-    """`durability`: "full" (fsync per commit group, the default) or "process"."""
+                scrape_interval_s: float = 1.0, durability: str = "full",
+                capacities_kw: Sequence[float] | None = None,
+                policy: str = "least-utilization") -> Iterator[BenchStack]:
+    """`durability`: "full" (fsync per commit group, the default) or "process".
+    `capacities_kw`: one capacity per substation (then `substations` and `capacity_kw` are
+    not used); `policy`: the balancer's policy file in policies/, without `.yaml`."""
+    capacities = list(capacities_kw) if capacities_kw is not None else \
+        [capacity_kw] * substations
     with tempfile.TemporaryDirectory(prefix="sglb-bench-") as tmp:
         run_dir = Path(tmp)
-        subs = tuple(SubstationSpec(f"s{i}", free_port(), capacity_kw)
-                     for i in range(substations))
-        grid = GridConfig(substations=subs, policy="least-utilization",
+        subs = tuple(SubstationSpec(f"s{i}", free_port(), capacity)
+                     for i, capacity in enumerate(capacities))
+        grid = GridConfig(substations=subs, policy=policy,
                           ingress_port=free_port(), balancer_port=free_port(),
                           prometheus_port=free_port(), scrape_interval_s=scrape_interval_s,
                           speed_factor=speed_factor)
@@ -66,7 +70,7 @@ def bench_stack(substations: int = 2, capacity_kw: float = 1e6, speed_factor: fl
         try:
             for spec in specs:
                 wait_ready(spec.ready_url, group.start(spec))
-            wait_for_balancer(grid, substations)
+            wait_for_balancer(grid, len(subs))
             yield BenchStack(grid, group, run_dir)
         finally:
             group.stop_all()
