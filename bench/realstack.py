@@ -37,8 +37,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from balancer.aging import AgedLoads
 from balancer.ledger import PendingLedger
 from balancer.snapshot import Snapshot, SubstationView
-from bench.quality import POWER_WEIGHTS, POWERS_KW
 from bench.stack import API_KEY, TOKEN, BenchStack, bench_stack
+from bench.workloads import MEAN_KW, POWER_WEIGHTS, POWERS_KW
 
 POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
 # Eight substations, 2,200 kW in all; two of each size.
@@ -76,7 +76,7 @@ def mean_session_s(low: float = MIN_SESSION_S, high: float = MAX_SESSION_S) -> f
 
 
 def mean_request_kw() -> float:
-    return sum(p * w for p, w in zip(POWERS_KW, POWER_WEIGHTS, strict=True)) / sum(POWER_WEIGHTS)
+    return MEAN_KW
 
 
 def make_trace(capacities_kw: Sequence[float], seconds: float, seed: int = SEED, *,

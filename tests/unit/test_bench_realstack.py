@@ -6,7 +6,6 @@ import statistics
 
 import pytest
 
-from bench.quality import POWERS_KW
 from bench.realstack import (
     CAPACITIES_KW,
     MAX_SESSION_S,
@@ -27,6 +26,7 @@ from bench.realstack import (
     spread,
     target_rows,
 )
+from bench.workloads import POWERS_KW
 
 
 def test_the_trace_is_seeded_identical_for_every_run_and_differs_by_seed() -> None:
