@@ -18,9 +18,13 @@ the current values in plain dicts the decision loop reads in O(1), and moves the
 heap of the next crossings: O(log n) per crossing or changed reading and nothing per request
 otherwise, so the decision stays in microseconds at 100 substations.
 
-A substation's own answer (a reading newer than the scrape, ledger.observe) is aged by the
-decline the scrape's forecast gives between the answer and now, counted only for horizons
-wholly after the answer: a lower bound of what really ended since, so again never too low.
+A substation's own answer (a reading newer than the scrape, ledger.observe) carries its own
+forecast (`load_forecast_kw`, the same horizons after the reading): it is aged by that exactly
+as a scrape is, from the moment the answer arrived (the reading was taken before, so this is
+late, never early). An answer without one is aged by the decline the scrape's forecast gives
+between the answer and now, counted only for horizons wholly after the answer: a lower bound
+of what really ended since, so again never too low. (Sessions ending between the answer and
+the next horizon then stay in it until the next scrape: why answers carry a forecast.)
 """
 
 from __future__ import annotations
@@ -43,18 +47,27 @@ class _Curve:
 
 
 def forecast_curve(view: SubstationView, skew_s: float = 0.0) -> _Curve | None:
-    """The view's forecast as steps in absolute time, or None when it has none usable.
+    """The view's forecast as steps in absolute time, or None when it has none usable."""
+    if view.load_kw is None:
+        return None
+    return step_curve(view.scrape_ts + skew_s, view.load_kw, view.forecast)
+
+
+def step_curve(start: float, load_kw: float, forecast: tuple[tuple[float, float], ...]
+               ) -> _Curve | None:
+    """A reading of `load_kw` at `start` and its forecast ((horizon_s, kW), ascending) as steps
+    in absolute time, or None when the forecast has nothing usable.
 
     A forecast above the load or rising with the horizon says something odd about the
     substation; it is read as the most pessimistic consistent curve (no decline there)."""
-    if view.load_kw is None or not view.forecast:
+    if not forecast:
         return None
-    times, fit = [view.scrape_ts + skew_s], [view.load_kw]
-    for horizon_s, load_kw in view.forecast:
-        if horizon_s <= 0.0 or not math.isfinite(load_kw):
+    times, fit = [start], [load_kw]
+    for horizon_s, forecast_kw in forecast:
+        if horizon_s <= 0.0 or not math.isfinite(forecast_kw):
             continue
-        times.append(view.scrape_ts + skew_s + horizon_s)
-        fit.append(min(fit[-1], max(0.0, load_kw)))
+        times.append(start + horizon_s)
+        fit.append(min(fit[-1], max(0.0, forecast_kw)))
     if len(times) == 1:
         return None
     rank = [(a + b) / 2.0 for a, b in pairwise(fit)] + [fit[-1]]
@@ -78,9 +91,14 @@ class AgedLoads:
         skew_s = ledger.clock_skew_s
         self.fit_by_instance: dict[str, float] = {}
         self.rank_by_instance: dict[str, float] = {}
+        self._scrape_curves: dict[str, _Curve] = {}
+        # The curve each instance is aged by now: its scrape's, or its kept answer's own.
         self._curves: dict[str, _Curve] = {}
+        self._answer_at: dict[str, float] = {}      # the answer whose curve is in _curves
         self._step: dict[str, int] = {}
-        self._crossings: list[tuple[float, str, int]] = []
+        # (time, instance, generation, step): a crossing of a curve since replaced is skipped.
+        self._generation: dict[str, int] = {}
+        self._crossings: list[tuple[float, str, int, int]] = []
         self._now = -math.inf
         # (reading time, fit at the first horizon after it, expected load then) per instance
         self._reading_base: dict[str, tuple[float, float, float]] = {}
@@ -88,11 +106,9 @@ class AgedLoads:
             curve = forecast_curve(view, skew_s)
             if curve is None:
                 continue
-            self._curves[view.instance] = curve
-            self._step[view.instance] = 0
-            self._crossings.append((curve.times[1], view.instance, 1))
-            self._recompute(view.instance)
-        heapq.heapify(self._crossings)
+            self._scrape_curves[view.instance] = curve
+            self._generation[view.instance] = 0
+            self._follow(view.instance)
         ledger.readings_changed.clear()
 
     @classmethod
@@ -114,25 +130,54 @@ class AgedLoads:
         changed = self.ledger.readings_changed
         if changed:
             for instance in changed:
-                if instance in self._curves:
-                    self._recompute(instance)
+                if instance in self._scrape_curves:
+                    self._follow(instance)
             changed.clear()
         if now <= self._now:
             return
         self._now = now
-        crossings, curves = self._crossings, self._curves
+        crossings, curves, generations = self._crossings, self._curves, self._generation
         while crossings and crossings[0][0] <= now:
-            _, instance, step = heapq.heappop(crossings)
+            _, instance, generation, step = heapq.heappop(crossings)
+            if generation != generations[instance]:
+                continue
             self._step[instance] = step
             self._recompute(instance)
-            if step + 1 < len(curves[instance].times):
-                heapq.heappush(crossings, (curves[instance].times[step + 1], instance, step + 1))
+            times = curves[instance].times
+            if step + 1 < len(times):
+                heapq.heappush(crossings, (times[step + 1], instance, generation, step + 1))
+
+    def _follow(self, instance: str) -> None:
+        """Age `instance` by the curve its current reading calls for: the kept answer's own
+        forecast when it carried one, else the scrape's. Then recompute it."""
+        ledger = self.ledger
+        forecast = ledger.observed_forecast_by_instance.get(instance)
+        observed = ledger.observed_by_instance.get(instance)
+        curve: _Curve | None = None
+        at = ledger.observed_at_by_instance.get(instance)
+        if forecast and observed is not None and at is not None:
+            curve = step_curve(at, observed, forecast)
+        if curve is None:
+            self._answer_at.pop(instance, None)
+            curve = self._scrape_curves[instance]
+        else:
+            self._answer_at[instance] = at   # type: ignore[assignment]  # set with the curve
+        if self._curves.get(instance) is not curve:
+            self._curves[instance] = curve
+            generation = self._generation[instance] = self._generation[instance] + 1
+            step = max(0, bisect_right(curve.times, self._now) - 1)
+            self._step[instance] = step
+            if step + 1 < len(curve.times):
+                heapq.heappush(self._crossings,
+                               (curve.times[step + 1], instance, generation, step + 1))
+        self._recompute(instance)
 
     def _recompute(self, instance: str) -> None:
         curve, step = self._curves[instance], self._step[instance]
         fit_now, rank_now = curve.fit[step], curve.rank[step]
         observed = self.ledger.observed_by_instance.get(instance)
-        if observed is None:
+        if observed is None or instance in self._answer_at:
+            # The scrape, or an answer aged by its own forecast (its curve starts at it).
             self.fit_by_instance[instance], self.rank_by_instance[instance] = fit_now, rank_now
             return
         at = self.ledger.observed_at_by_instance[instance]

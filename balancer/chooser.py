@@ -27,6 +27,23 @@ def _finite(value: object) -> float | None:
     return None
 
 
+def answer_forecast(value: object) -> tuple[tuple[float, float], ...] | None:
+    """An answer's `load_forecast_kw` ([[horizon_s, kW], ...]) as ascending pairs, or None
+    when it is missing or odd in any way (the reading is then aged by the scrape's forecast)."""
+    if not isinstance(value, list) or not value:
+        return None
+    pairs: list[tuple[float, float]] = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2:
+            return None
+        horizon_s, load_kw = _finite(item[0]), _finite(item[1])
+        if horizon_s is None or load_kw is None or horizon_s <= 0.0 or load_kw < 0.0 or \
+                (pairs and horizon_s <= pairs[-1][0]):
+            return None
+        pairs.append((horizon_s, load_kw))
+    return tuple(pairs)
+
+
 def observe_reply(ledger: PendingLedger, instance: str, reply: Reply | None, now: float) -> None:
     """A substation's answer carries its load right then: the freshest reading there is."""
     if reply is None:
@@ -34,7 +51,8 @@ def observe_reply(ledger: PendingLedger, instance: str, reply: Reply | None, now
     load, seq = _finite(reply.body.get("load_kw")), reply.body.get("load_seq")
     if load is not None:
         ledger.observe(instance, load, now,
-                       seq if isinstance(seq, int) and not isinstance(seq, bool) else None)
+                       seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+                       forecast=answer_forecast(reply.body.get("load_forecast_kw")))
 
 
 class LedgerChooser:

@@ -15,7 +15,9 @@ substation's load includes it:
 A session also stops being load when it ends. An accept may say when (`ends_at`, the end of its
 declared energy, for `load_aging: forecast`): `expire(now)` then stops counting it, both while
 it is pending and inside a substation's answer that included it (until a scrape, whose forecast
-knows its end, replaces that answer). Ends are taken `clock_skew_s` late, never early.
+knows its end, replaces that answer). Ends are taken `clock_skew_s` late, never early. An answer
+that carries its own forecast (`load_forecast_kw`) knows the ends of all it counts: aging.py
+ages it by that, and no end inside it is tracked here.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class PendingLedger:
         self.pending_by_instance: dict[str, float] = {}
         self.observed_by_instance: dict[str, float] = {}   # load_kw the substation reported
         self.observed_at_by_instance: dict[str, float] = {}   # when, on our clock
+        # The answer's own forecast, when it carried one: ((horizon_s, kW), ...) after it.
+        self.observed_forecast_by_instance: dict[str, tuple[tuple[float, float], ...]] = {}
         self._observed_seq: dict[str, int] = {}
         # Event order of reservations and readings: a reading received after a reservation may
         # already include that session (admitted, its answer still on the way).
@@ -149,10 +153,14 @@ class PendingLedger:
             book.pending_kw = max(0.0, book.pending_kw - entry.kw)
             self._set_pending(instance, book)
 
-    def observe(self, instance: str, load_kw: float, at: float, seq: int | None = None) -> bool:
+    def observe(self, instance: str, load_kw: float, at: float, seq: int | None = None,
+                forecast: tuple[tuple[float, float], ...] | None = None) -> bool:
         """The substation answered with its load (reading `seq`, received at `at` on our
         clock): what it had admitted by then is in that number, so it is no longer pending.
-        False, and nothing changes, when a newer reading is already kept."""
+        False, and nothing changes, when a newer reading is already kept.
+
+        `forecast`: the answer's own load forecast ((horizon_s, kW) after the reading), which
+        knows the end of every session in the reading, so no end is tracked here for it."""
         kept = self._observed_seq.get(instance)
         if seq is not None and kept is not None and seq <= kept:
             return False
@@ -160,7 +168,12 @@ class PendingLedger:
         self.observed_at_by_instance[instance] = at
         self.readings_changed.add(instance)
         included = self._included.get(instance)
-        if included:
+        if forecast:
+            self.observed_forecast_by_instance[instance] = forecast
+            self._included.pop(instance, None)
+        else:
+            self.observed_forecast_by_instance.pop(instance, None)
+        if included and not forecast:
             # A session that may have ended before this reading may be missing from it: it is
             # never taken off again (that could count an end twice).
             for key in [k for k, (ends_at, _) in included.items()
@@ -192,6 +205,7 @@ class PendingLedger:
             # The scrape is newer: it is the base again. Sequences keep ordering the answers.
             # (Its tick may stay: doubtful_kw asks only while a reading is kept.)
             del self.observed_by_instance[instance], self.observed_at_by_instance[instance]
+            self.observed_forecast_by_instance.pop(instance, None)
             self._included.pop(instance, None)   # the scrape's forecast knows their ends
             self.readings_changed.add(instance)
         book = self._by_instance.get(instance)
@@ -211,6 +225,7 @@ class PendingLedger:
             entry = book.entries.pop(sid)
             book.pending_kw -= entry.kw
             if into_reading and entry.ends_at is not None and \
+                    instance not in self.observed_forecast_by_instance and \
                     self.surely_before_end(horizon, entry.ends_at):
                 self._include(instance, entry.ends_at, entry.kw)
         self._set_pending(instance, book)
@@ -235,6 +250,7 @@ class PendingLedger:
         for gone in set(self.observed_by_instance) - instances:
             del self.observed_by_instance[gone], self.observed_at_by_instance[gone]
             self._observed_tick.pop(gone, None)
+            self.observed_forecast_by_instance.pop(gone, None)
         for gone in set(self._observed_seq) - instances:
             del self._observed_seq[gone]
         for gone in set(self._included) - instances:

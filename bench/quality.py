@@ -247,16 +247,21 @@ class Simulation:
                                        ends_at=arrival.at + arrival.declared_s)
                     else:
                         ledger.confirm(name, sid, arrival.at)
-                    ledger.observe(name, grid.load[name], arrival.at)
+                    self.observe(ledger, name, arrival.at)
                     placed = True
                     break
                 ledger.release(name, sid)
-                ledger.observe(name, grid.load[name], arrival.at)
+                self.observe(ledger, name, arrival.at)
                 outcome.overload_attempts += 1
                 tried.append(name)
             outcome.refused_requests += not placed
             outcome.spreads.append(grid.spread())
         return outcome
+
+    def observe(self, ledger: PendingLedger, name: str, now: float) -> None:
+        """The substation's answer: its load now and, as the real one's does, its forecast."""
+        ledger.observe(name, self.grid.load[name], now,
+                       forecast=self.grid.forecast(name, now) if self.forecast else None)
 
     # -- strategies -------------------------------------------------------------------------
     def _choose_policy(self, r: Replica, a: Arrival, tried: list[str]) -> str | None:

@@ -1,8 +1,9 @@
 """HTTP views of the substation: thin glue over the session table (substation/charging.py).
 
 Every answer that speaks for a session carries its real state now (a repeat of a session that has
-ended says so) and the substation's load with its sequence number (`load_kw`, `load_seq`), which
-the balancer keeps as a reading fresher than the last scrape.
+ended says so) and the substation's load with its sequence number (`load_kw`, `load_seq`) and
+its forecast (`load_forecast_kw`), which the balancer keeps as a reading fresher than the last
+scrape.
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ _OUTCOME_BY_CODE = {"over_capacity": "over_capacity", "too_many_sessions": "too_
 
 
 def load_fields(app: web.Application) -> dict[str, Any]:
-    table = app[TABLE]
+    """The load now, its reading's number, and its forecast ([horizon_s, kW] pairs, as the
+    substation_load_forecast_kw gauges): the balancer ages this reading by its own forecast."""
+    table, horizons_s = app[TABLE], app[METRICS].forecast_horizons_s
+    forecast = table.forecast_kw(time.time(), horizons_s)
     return {"substation": app[CONFIG].substation_id, "load_kw": table.load_kw,
-            "load_seq": table.load_seq, "capacity_kw": table.capacity_kw}
+            "load_seq": table.load_seq, "capacity_kw": table.capacity_kw,
+            "load_forecast_kw": [[h, kw] for h, kw in zip(horizons_s, forecast, strict=True)]}
 
 
 def session_body(app: web.Application, session: ChargingSession) -> dict[str, Any]:

@@ -13,7 +13,9 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from balancer.aging import AgedLoads, forecast_curve
+from balancer.chooser import answer_forecast, observe_reply
 from balancer.ledger import PendingLedger
+from balancer.placement import Reply
 from balancer.prom import GridQueries, make_client, read_forecasts, read_snapshot
 from balancer.selection import effective_load_kw, select_substation
 from balancer.snapshot import SubstationView
@@ -588,3 +590,122 @@ def test_once_every_session_has_ended_the_forecast_is_exactly_zero() -> None:
     table.admit("a", "ev", 1.4, 1.4 / 60, now=0.0)           # ends at 1 s
     table.admit("b", "ev", 0.1, 0.2 / 60, now=0.0)           # ends at 2 s
     assert table.forecast_kw(0.0, (5.0,)) == [0.0]
+
+
+# -- an answer's own forecast ------------------------------------------------------------------
+
+async def test_every_answer_carries_the_forecast_of_its_reading(client: TestClient[Any, Any]
+                                                                 ) -> None:
+    charge = {"session_id": "s-1", "vehicle_id": "ev", "requested_kw": 60.0, "energy_kwh": 5.0}
+    accepted = await (await client.post("/charge", json=charge)).json()
+    refused = await (await client.post("/charge", json={**charge, "session_id": "s-2"})).json()
+    status = await (await client.get("/status")).json()
+    for body in (accepted, refused, status):
+        forecast = dict(map(tuple, body["load_forecast_kw"]))
+        assert list(forecast) == list(FORECAST_HORIZONS_S)
+        # 60 kW ending 5.2 s after the accept (5 kWh at speed 60, plus the tick)
+        assert (forecast[5.0], forecast[6.0], forecast[120.0]) == (60.0, 0.0, 0.0), body
+    assert refused["error"] == "over_capacity"
+
+
+def test_an_answer_with_its_own_forecast_is_aged_by_it_from_its_arrival() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0, end_margin_s=1.0)
+    aged = aged_loads(aged_view(), ledger=ledger)
+    # At 1003 s: 70 kW, of which 50 kW end within 2 s of the answer and 20 kW within 10 s.
+    # The scrape's forecast could not say whether its 5 s ends are in it; the answer's can.
+    ledger.observe("a", 70.0, at=1003.0, forecast=((1.0, 70.0), (2.0, 20.0), (10.0, 0.0)))
+    for now, fit, rank in ((1003.5, 70.0, 70.0), (1004.0, 70.0, 45.0), (1005.0, 20.0, 10.0),
+                           (1012.9, 20.0, 10.0), (1013.0, 0.0, 0.0)):
+        aged.advance(now)
+        assert (aged.fit_by_instance["a"], aged.rank_by_instance["a"]) == (fit, rank), now
+
+
+def test_the_scrape_curve_stops_once_an_answer_brings_its_own() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0)
+    aged = aged_loads(aged_view(), ledger=ledger)
+    ledger.observe("a", 90.0, at=1000.5, forecast=((100.0, 0.0),))
+    aged.advance(1060.0)    # the scrape's 5 s and 60 s horizons passed: not this answer's
+    assert aged.fit_by_instance["a"] == 90.0
+    aged.advance(1100.5)
+    assert aged.fit_by_instance["a"] == 0.0
+
+
+def test_a_later_answer_without_a_forecast_is_aged_by_the_scrape_again() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0, end_margin_s=0.0)
+    aged = aged_loads(aged_view(), ledger=ledger)
+    ledger.observe("a", 90.0, at=1000.2, seq=1, forecast=((100.0, 0.0),))
+    aged.advance(1000.3)
+    ledger.observe("a", 120.0, at=1000.4, seq=2)      # e.g. a substation of an older release
+    assert "a" not in ledger.observed_forecast_by_instance
+    aged.advance(1006.0)     # the scrape's decline after the answer: 100 -> 60
+    assert aged.fit_by_instance["a"] == 80.0
+
+
+def test_a_scrape_that_replaces_an_answer_drops_its_forecast_too() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0)
+    aged = aged_loads(aged_view(), ledger=ledger)
+    ledger.observe("a", 150.0, at=1000.5, seq=3, forecast=((1.0, 150.0),))
+    ledger.settle("a", scrape_ts=1000.8, seq=4)
+    assert "a" not in ledger.observed_forecast_by_instance
+    aged.advance(1005.0)
+    assert aged.fit_by_instance["a"] == 60.0       # the scrape's forecast at 5 s
+
+
+def test_an_answer_with_a_forecast_tracks_no_end_inside_it() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0, end_margin_s=0.0)
+    ledger.reserve("a", "p1", 50.0)
+    ledger.confirm("a", "p1", 1000.0, seq=1, ends_at=1010.0)
+    ledger.observe("a", 50.0, at=1000.1, seq=1, forecast=((10.0, 0.0),))
+    ledger.expire(1011.0)
+    # The answer's forecast takes the 50 kW off; the ledger must not take them off again.
+    assert ledger.observed_load_kw("a") == 50.0 and ledger.pending_kw("a") == 0.0
+
+
+def test_an_answer_with_a_forecast_drops_the_ends_kept_for_an_earlier_one() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0, end_margin_s=0.0)
+    ledger.reserve("a", "p1", 50.0)
+    ledger.confirm("a", "p1", 1000.0, seq=1, ends_at=1010.0)
+    ledger.observe("a", 50.0, at=1000.1, seq=1)          # no forecast: the end is kept here
+    ledger.observe("a", 60.0, at=1000.2, seq=2, forecast=((10.0, 10.0),))
+    ledger.expire(1011.0)
+    assert ledger.observed_load_kw("a") == 60.0
+
+
+def test_a_forgotten_substation_forgets_its_answers_forecast() -> None:
+    ledger = PendingLedger()
+    ledger.observe("a", 50.0, at=1000.0, forecast=((1.0, 0.0),))
+    ledger.forget_except({"b"})
+    assert ledger.observed_forecast_by_instance == {}
+
+
+@pytest.mark.parametrize("value", [
+    pytest.param(None, id="missing"),
+    pytest.param("60", id="not-a-list"),
+    pytest.param([], id="empty"),
+    pytest.param([[1.0, 5.0, 2.0]], id="not-a-pair"),
+    pytest.param([{"h": 1, "kw": 5}], id="pair-as-object"),
+    pytest.param([[True, 5.0]], id="boolean"),
+    pytest.param([[1.0, float("nan")]], id="nan"),
+    pytest.param([[1.0, "5"]], id="text"),
+    pytest.param([[1.0, -5.0]], id="negative-load"),
+    pytest.param([[0.0, 5.0]], id="zero-horizon"),
+    pytest.param([[2.0, 5.0], [1.0, 5.0]], id="horizons-not-ascending"),
+    pytest.param([[1.0, 5.0], [1.0, 4.0]], id="horizon-twice"),
+])
+def test_an_odd_answer_forecast_is_ignored_as_a_whole(value: object) -> None:
+    assert answer_forecast(value) is None
+
+
+def test_an_answer_forecast_is_read_as_ascending_pairs() -> None:
+    assert answer_forecast([[1, 5], [2.5, 0]]) == ((1.0, 5.0), (2.5, 0.0))
+
+
+def test_the_reply_forecast_reaches_the_ledger() -> None:
+    ledger = PendingLedger()
+    body = {"load_kw": 5.0, "load_seq": 2, "load_forecast_kw": [[1.0, 5.0], [2.0, 0.0]]}
+    observe_reply(ledger, "a", Reply(True, 200, body), now=1000.0)
+    assert ledger.observed_forecast_by_instance["a"] == ((1.0, 5.0), (2.0, 0.0))
+    observe_reply(ledger, "a", Reply(True, 200, {**body, "load_seq": 3, "load_forecast_kw": "x"}),
+                  now=1001.0)
+    assert "a" not in ledger.observed_forecast_by_instance
+    assert ledger.observed_load_kw("a") == 5.0

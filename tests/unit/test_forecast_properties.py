@@ -35,13 +35,22 @@ def true_load(table: SessionTable, at: float) -> float:
     return table.load_kw
 
 
+def own_forecast(table: SessionTable, at: float, carried: bool
+                 ) -> tuple[tuple[float, float], ...] | None:
+    """The answer's load_forecast_kw as the substation sends it (when `carried`)."""
+    if not carried:
+        return None
+    return tuple(zip(FORECAST_HORIZONS_S, table.forecast_kw(at, FORECAST_HORIZONS_S),
+                     strict=True))
+
+
 @settings(max_examples=300, deadline=None)
 @given(arrivals=sessions, scrape_at=st.floats(30.0, 40.0),
-       answer_after=st.one_of(st.none(), st.floats(0.0, 60.0)),
+       answer_after=st.one_of(st.none(), st.floats(0.0, 60.0)), carried=st.booleans(),
        decisions=st.lists(st.floats(0.0, 150.0), min_size=1, max_size=8))
 def test_the_aged_fit_load_is_never_below_the_true_load(
         arrivals: list[tuple[float, float, float]], scrape_at: float,
-        answer_after: float | None, decisions: list[float]) -> None:
+        answer_after: float | None, carried: bool, decisions: list[float]) -> None:
     table = substation(arrivals)
     for i, (start, kw, kwh) in enumerate(sorted(arrivals)):
         table.advance(start)
@@ -61,7 +70,8 @@ def test_the_aged_fit_load_is_never_below_the_true_load(
             # The substation's own answer, newer than the scrape (no new session: an answer
             # to a refusal, or another balancer's work is not modelled here).
             at = scrape_at + answer_after
-            ledger.observe("a", true_load(table, at), at)
+            ledger.observe("a", true_load(table, at), at,
+                           forecast=own_forecast(table, at, carried))
             answered = True
         aged.advance(now)
         truth = true_load(table, now)
@@ -79,13 +89,15 @@ placements = st.lists(
 
 @settings(max_examples=300, deadline=None)
 @given(arrivals=sessions, scrape_at=st.floats(30.0, 40.0), placed=placements,
-       decisions=st.lists(st.floats(0.0, 150.0), min_size=1, max_size=8))
+       carried=st.booleans(), decisions=st.lists(st.floats(0.0, 150.0), min_size=1, max_size=8))
 def test_placements_since_the_scrape_are_counted_until_they_really_end(
         arrivals: list[tuple[float, float, float]], scrape_at: float,
-        placed: list[tuple[float, float, float, bool]], decisions: list[float]) -> None:
+        placed: list[tuple[float, float, float, bool]], carried: bool,
+        decisions: list[float]) -> None:
     """This balancer's own placements after the scrape: pending until an answer counts them,
-    then inside that answer; each stops counting at its announced end. The effective load of
-    the fit check (aged reading + pending) never drops below the truth."""
+    then inside that answer; each stops counting at its announced end (or, when the answer
+    carries its own forecast, by that). The effective load of the fit check (aged reading +
+    pending) never drops below the truth."""
     table = substation(arrivals)
     for i, (start, kw, kwh) in enumerate(sorted(arrivals)):
         table.advance(start)
@@ -107,7 +119,8 @@ def test_placements_since_the_scrape_are_counted_until_they_really_end(
             session = table.admit(f"p{n}", "ev", kw, kwh, now=now).session
             ledger.confirm("a", f"p{n}", now, seq=table.load_seq, ends_at=table.ends_at(session))
             if read:
-                ledger.observe("a", table.load_kw, now, seq=table.load_seq)
+                ledger.observe("a", table.load_kw, now, seq=table.load_seq,
+                               forecast=own_forecast(table, now, carried))
             continue
         aged = AgedLoads.for_decision(snapshot, ledger, now)
         assert aged is not None
