@@ -25,6 +25,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
+_MEAN_WEIGHT = 0.01
+
 
 @dataclass
 class _Entry:
@@ -80,6 +82,9 @@ class PendingLedger:
         # the state aging.py derives from this ledger: each ledger (replica) has its own.
         self.readings_changed: set[str] = set()
         self.aging_state: object | None = None
+        # The mean requested kW (moving average over about the last 100 requests): what each
+        # of the other replicas may have sent the best candidate meanwhile (selection.py).
+        self.mean_request_kw: float | None = None
 
     def pending_kw(self, instance: str) -> float:
         return self.pending_by_instance.get(instance, 0.0)
@@ -99,6 +104,8 @@ class PendingLedger:
         book = self._by_instance.setdefault(instance, _SubstationLedger())
         if session_id in book.entries:
             return
+        mean = self.mean_request_kw
+        self.mean_request_kw = kw if mean is None else mean + _MEAN_WEIGHT * (kw - mean)
         self._tick += 1
         book.entries[session_id] = _Entry(kw=kw, reserved_tick=self._tick)
         book.pending_kw += kw

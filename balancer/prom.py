@@ -158,6 +158,7 @@ class GridQueries:
     """The fixed queries that say which substations exist and how loaded they are."""
 
     job: str = "substation"
+    balancer_job: str = "balancer"
 
     @property
     def up(self) -> str:
@@ -170,6 +171,10 @@ class GridQueries:
     @property
     def load(self) -> str:
         return self.latest_scrape("substation_load")
+
+    @property
+    def balancers(self) -> str:
+        return f'count(up{{job="{self.balancer_job}"}} == 1)'
 
     @property
     def load_seq(self) -> str:
@@ -190,6 +195,23 @@ class GridQueries:
         selector = f'{metric}{{job="{self.job}"}}'
         return (f"{selector} and (timestamp({selector}) "
                 f">= on (job, instance) group_left {self.scrape_time})")
+
+
+def read_balancers(result: list[dict[str, Any]]) -> tuple[int, list[str]]:
+    """count(up{job="balancer"} == 1) -> the number of balancer replicas up. No answer (no
+    balancer scraped, as in a setup that does not scrape them) means this one alone: 1. An odd
+    answer (several series, not a whole number >= 1) is reported and read as 1 as well: spreading
+    over replicas that may not exist costs balance, never safety."""
+    if not result:
+        return 1, []
+    values = [sample.get("value", [None, None])[1] for sample in result]
+    try:
+        count = float(values[0]) if len(values) == 1 else math.nan
+    except (TypeError, ValueError):
+        count = math.nan
+    if not (math.isfinite(count) and count >= 1.0 and count == int(count)):
+        return 1, [f"balancer replicas: {values!r} is not one whole number >= 1; read as 1"]
+    return int(count), []
 
 
 def read_forecasts(result: list[dict[str, Any]]
@@ -268,6 +290,7 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
     if policy.load_aging is LoadAging.FORECAST:
         # Queried only for a policy that ages loads: the others cost no query more.
         forecasts, p_forecast = read_forecasts(run_query(client, queries.forecast, params))
+    balancers, p_balancers = read_balancers(run_query(client, queries.balancers, params))
     names = {inst: (cap_labels.get(inst) or load_labels.get(inst) or {}).get("substation", inst)
              for inst in up}
     what = f"policy {policy.name}"
@@ -281,7 +304,7 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
     scores, _, p_score = read_vector(result, policy.substation_label, worst, what)
     by_name = {name: inst for inst, name in names.items()}
     scores_by_instance = {by_name.get(key, key): value for key, value in scores.items()}
-    problems = p_up + p_ts + p_load + p_seq + p_cap + p_forecast + p_left + p_score
+    problems = p_up + p_ts + p_load + p_seq + p_cap + p_forecast + p_balancers + p_left + p_score
     problems += [f"{what}: {key!r} is not a substation Prometheus scrapes now; ignored"
                  for key in scores if by_name.get(key, key) not in up]
     if failed is not None:
@@ -300,7 +323,7 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
         for inst in up
     }
     snapshot = Snapshot(policy_name=policy.name, evaluated_at=at, substations=views,
-                        problems=tuple(problems))
+                        problems=tuple(problems), balancers=balancers)
     if failed is not None:
         raise PolicyQueryFailed(failed, snapshot)
     return snapshot

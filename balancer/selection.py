@@ -11,9 +11,12 @@ and a request for `requested_kw`, choose a substation:
 2. Scored: the policy's score, corrected for the kW the load moved since the scrape
    (effective - scraped) as the policy declares (`pending_adjustment`), so a burst between two
    scrapes spreads like water-filling instead of herding onto the apparently least loaded one.
-3. Chosen: `best` takes the best score, breaking ties (within `tie_tolerance`) at random, so
-   several balancer replicas do not herd together; `weighted` draws at random with probability
-   proportional to the score.
+3. Chosen: `best` takes the best score, breaking ties (within `tie_tolerance`) at random;
+   `weighted` draws at random with probability proportional to the score. With several balancer
+   replicas up (`snapshot.balancers`, from Prometheus) and no tie_tolerance, `best` draws among
+   the candidates better than the best one would be with a mean request from each other
+   replica on it (weighted by how much better): every replica decides on the same stale view,
+   and without that they would all land on the same substation.
 
 4. Nothing fits, but only because of kW that may be counted twice (a reading that may already
    include forwards whose answers are on the way, ledger.doubtful_kw): try the substation that
@@ -141,6 +144,7 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
     sign = 1.0 if policy.better is Better.LOWER else -1.0
     adjust = _ADJUSTERS[policy.pending_adjustment]
     tolerance = policy.tie_tolerance
+    replicas = snapshot.balancers
     random_ = rng.random
     best = _Reservoir()        # scored candidates: lowest key
     fallback = _Reservoir()    # unscored candidates: lowest effective utilization
@@ -178,7 +182,7 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
         if weighted:
             drawn.append(view)
             weights.append(score if score > 0.0 else 0.0)
-        elif tolerance:
+        elif tolerance or replicas > 1:
             near.append((sign * score, view, load, score))
         else:
             best.offer_lowest(sign * score, view, load, score, random_)
@@ -189,6 +193,8 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
         load = effective_load_kw(view, ledger, aged) or 0.0
         return Candidate(view.instance, view.name, load, view.capacity_kw or 0.0,
                          adjusted_score(view, policy, load - (view.load_kw or 0.0)))
+    if near and replicas > 1 and not tolerance:
+        return _spread_over_replicas(near, ledger, requested_kw, replicas, rng, sign, adjust)
     if near:
         low = min(row[0] for row in near)
         _, view, load, score = rng.choice([r for r in near if r[0] <= low + tolerance])
@@ -198,6 +204,26 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
         return None
     return Candidate(chosen.view.instance, chosen.view.name, chosen.load,
                      chosen.view.capacity_kw or 0.0, chosen.score)
+
+
+def _spread_over_replicas(near: list[tuple[float, SubstationView, float, float]],
+                          ledger: PendingLedger, requested_kw: float, replicas: int,
+                          rng: random.Random, sign: float,
+                          adjust: Callable[[float, float, float, float, float], float]
+                          ) -> Candidate:
+    """With `replicas` balancers deciding on the same stale view, the best candidate may by now
+    carry replicas - 1 more requests (of the mean size) from the others. Every candidate
+    better than that is a fair choice: drawn with weight by how much better, so the replicas
+    spread a burst over them instead of all landing on the best one."""
+    _, best, _, best_score = min(near, key=lambda row: row[0])
+    others_kw = (replicas - 1) * (ledger.mean_request_kw or requested_kw)
+    threshold = sign * adjust(best_score, others_kw, best.capacity_kw or 1.0, best.load_kw or 0.0,
+                              sign)
+    rows = [row for row in near if row[0] < threshold] or [min(near, key=lambda r: r[0])]
+    weights = [threshold - row[0] for row in rows]
+    _, view, load, score = rng.choices(rows, weights=weights)[0] if sum(weights) > 0 \
+        else rows[0]
+    return Candidate(view.instance, view.name, load, view.capacity_kw or 0.0, score)
 
 
 class _Reservoir:

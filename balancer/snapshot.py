@@ -30,6 +30,9 @@ class Snapshot:
     evaluated_at: float                       # when the queries ran (local clock)
     substations: Mapping[str, SubstationView]  # by instance
     problems: tuple[str, ...] = field(default=())
+    # Balancer replicas Prometheus sees up (1 when it sees none): each decides on this same
+    # stale view, so the decision spreads a burst over more candidates (selection.py).
+    balancers: int = 1
 
     @cached_property
     def usable(self) -> tuple[tuple[str, float, float, float | None, float, SubstationView], ...]:

@@ -179,6 +179,7 @@ async def show_policy(request: web.Request) -> web.Response:
         "mode": serving.mode,
         "evaluated_at": snapshot.evaluated_at if snapshot else None,
         "age_s": serving.snapshot_age_s(),
+        "balancer_replicas": snapshot.balancers if snapshot else None,
         "substations": substations,
         "ejected": app[HEALTH].ejected(),
         "problems": list(snapshot.problems) if snapshot else [],

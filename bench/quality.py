@@ -46,8 +46,9 @@ class Grid:
     to end (the substation's forecast) and really ends."""
 
     def __init__(self, capacity: dict[str, float],
-                 horizons_s: tuple[float, ...] = HORIZONS_S) -> None:
+                 horizons_s: tuple[float, ...] = HORIZONS_S, replicas: int = 1) -> None:
         self.capacity = capacity
+        self.replicas = replicas   # the balancer replicas the scrapes show
         self.horizons_s = horizons_s
         self.load = dict.fromkeys(capacity, 0.0)
         # Per substation, its sessions charging now as (declared end, id, kW), sorted.
@@ -114,7 +115,7 @@ class Grid:
         else:
             views = {n: SubstationView(n, n, True, at, self.load[n], self.capacity[n], scores(n))
                      for n in self.capacity}
-        return Snapshot("sim", at, views)
+        return Snapshot("sim", at, views, balancers=self.replicas)
 
     def fresh_snapshot(self, at: float) -> Snapshot:
         """The truth now, scored as least-utilization would (rebuilding changed views only)."""
@@ -179,7 +180,7 @@ class Simulation:
 
     def __init__(self, capacity: dict[str, float], scrape_s: float, seed: int,
                  replicas: int = 1, horizons_s: tuple[float, ...] = HORIZONS_S) -> None:
-        self.grid = Grid(dict(capacity), horizons_s)
+        self.grid = Grid(dict(capacity), horizons_s, replicas)
         self.scrape_s = scrape_s
         # One replica draws from Random(seed) exactly as the single balancer always did.
         self.replicas = [Replica(PendingLedger(clock_skew_s=0.0), random.Random(seed + 7919 * i))

@@ -1,0 +1,154 @@
+"""Several balancer replicas on one stale view: how many Prometheus sees, and how the decision
+spreads a burst over the candidates instead of every replica landing on the same one."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from balancer.ledger import PendingLedger
+from balancer.prom import read_balancers
+from balancer.selection import select_substation
+from tests.conftest import make_policy, make_snapshot, series, view
+from tests.unit.test_prom_answers import Q, snapshot_from, vector
+
+UTILIZATION = make_policy(result={"pending_adjustment": "utilization"})
+
+
+# -- how many replicas: count(up{job="balancer"} == 1) ----------------------------------------
+
+async def test_the_snapshot_counts_the_balancer_replicas_up(aiohttp_raw_server: Any) -> None:
+    snapshot = await snapshot_from(aiohttp_raw_server, {Q.balancers: vector(series(3))})
+    assert snapshot.balancers == 3 and snapshot.problems == ()
+
+
+async def test_no_balancer_scraped_means_this_one_alone(aiohttp_raw_server: Any) -> None:
+    snapshot = await snapshot_from(aiohttp_raw_server, {})
+    assert snapshot.balancers == 1 and snapshot.problems == ()
+
+
+def test_the_replica_query_counts_only_replicas_that_are_up() -> None:
+    assert Q.balancers == 'count(up{job="balancer"} == 1)'
+
+
+@pytest.mark.parametrize("result", [
+    pytest.param([series(float("nan"))], id="nan"),
+    pytest.param([series(0)], id="zero"),
+    pytest.param([series(2.5)], id="fraction"),
+    pytest.param([series(2), series(3)], id="several-series"),
+    pytest.param([{"metric": {}, "value": [1.0, "many"]}], id="not-a-number"),
+    pytest.param([{"metric": {}}], id="no-value"),
+])
+def test_an_odd_replica_count_is_reported_and_read_as_one(result: list[dict[str, Any]]) -> None:
+    count, problems = read_balancers(result)
+    assert count == 1
+    assert len(problems) == 1 and problems[0].startswith("balancer replicas: ")
+    assert problems[0].endswith("is not one whole number >= 1; read as 1")
+
+
+def test_a_replica_count_is_read_as_a_whole_number() -> None:
+    assert read_balancers([series(4)]) == (4, [])
+
+
+# -- spreading over replicas ---------------------------------------------------------------
+
+def grid(n: int = 10, balancers: int = 1, loads: tuple[float, ...] = ()) -> Any:
+    views = [view(f"s{i}", loads[i] if i < len(loads) else 0.0, 100.0,
+                  score=(loads[i] if i < len(loads) else 0.0) / 100.0) for i in range(n)]
+    return dataclasses.replace(make_snapshot(*views), balancers=balancers)
+
+
+def first_choices(snapshot: Any, draws: int = 400, kw: float = 10.0) -> Counter[str]:
+    """Where a fresh replica (nothing pending) sends its first request, over many replicas."""
+    rng = random.Random(1)
+    choices: Counter[str] = Counter()
+    for _ in range(draws):
+        choice = select_substation(snapshot, PendingLedger(), UTILIZATION, kw, rng)
+        assert choice is not None
+        choices[choice.instance] += 1
+    return choices
+
+
+def test_alone_a_balancer_takes_the_best_candidate_every_time() -> None:
+    assert first_choices(grid(loads=(50, 5, 50, 50, 50, 50, 50, 50, 50, 50))) == {"s1": 400}
+
+
+def test_with_replicas_the_first_request_is_drawn_among_those_close_to_the_best() -> None:
+    # s1 at 5 %, s2 at 15 %, s3 at 25 %, the rest at 50 %; with 4 replicas a mean request of
+    # 10 kW from each other one could take s1 to 35 %: s1, s2 and s3 are fair choices,
+    # s1 the likeliest; the others never.
+    loads = (50, 5, 15, 25, 50, 50, 50, 50, 50, 50)
+    choices = first_choices(grid(balancers=4, loads=loads))
+    assert set(choices) == {"s1", "s2", "s3"}
+    assert choices["s1"] > choices["s2"] > choices["s3"]
+    # weights by how much better than 35 %: 30 : 20 : 10
+    assert choices["s1"] / 400 == pytest.approx(0.5, abs=0.08)
+
+
+def test_the_spread_reaches_as_far_as_the_other_replicas_mean_request() -> None:
+    loads = (50, 5, 15, 25, 50, 50, 50, 50, 50, 50)
+    ledger = PendingLedger()
+    ledger.reserve("elsewhere", "earlier", 25.0)       # the mean request so far: 25 kW
+    rng = random.Random(2)
+    chosen = {c.instance for c in (select_substation(grid(balancers=2, loads=loads), ledger,
+                                                     UTILIZATION, 10.0, rng)
+                                   for _ in range(300)) if c is not None}
+    # one other replica, 25 kW: the best may be at 30 %: s2 and s3 (15 %, 25 %) qualify
+    assert chosen == {"s1", "s2", "s3"}
+    ledger2 = PendingLedger()
+    ledger2.reserve("elsewhere", "earlier", 5.0)        # 5 kW: only s1 (5 %) is below 10 %
+    chosen = {c.instance for c in (select_substation(grid(balancers=2, loads=loads), ledger2,
+                                                     UTILIZATION, 10.0, rng)
+                                   for _ in range(300)) if c is not None}
+    assert chosen == {"s1"}
+
+
+def test_a_burst_from_four_replicas_lands_on_more_substations_than_from_one_each() -> None:
+    """Four replicas with their own ledgers place a burst on one stale view: alone in the
+    world each would send all of its first requests to the same substations."""
+    def burst(balancers: int) -> int:
+        # no ties: 0, 1, 2 ... 19 kW
+        snapshot = grid(n=20, balancers=balancers, loads=tuple(float(i) for i in range(20)))
+        rng = random.Random(3)
+        ledgers = [PendingLedger() for _ in range(4)]
+        placed: Counter[str] = Counter()
+        for i in range(8):
+            ledger = ledgers[i % 4]
+            choice = select_substation(snapshot, ledger, UTILIZATION, 20.0, rng)
+            assert choice is not None
+            ledger.reserve(choice.instance, f"r{i}", 20.0)
+            placed[choice.instance] += 1
+        return max(placed.values())
+    assert burst(1) == 4          # each replica's first two go to the same two substations
+    assert burst(4) < 4
+
+
+def test_a_tie_tolerance_keeps_its_own_meaning_with_replicas() -> None:
+    policy = make_policy(tie_tolerance=0.001, result={"pending_adjustment": "utilization"})
+    loads = (50, 5, 15, 25, 50, 50, 50, 50, 50, 50)
+    rng = random.Random(4)
+    chosen = {c.instance for c in (select_substation(grid(balancers=4, loads=loads),
+                                                     PendingLedger(), policy, 10.0, rng)
+                                   for _ in range(100)) if c is not None}
+    assert chosen == {"s1"}
+
+
+def test_the_spread_never_chooses_a_substation_the_request_does_not_fit() -> None:
+    loads = (50, 95, 5, 92, 50, 50, 50, 50, 50, 50)   # s1 and s3: 10 kW do not fit
+    assert {"s1", "s3"}.isdisjoint(first_choices(grid(balancers=4, loads=loads)))
+
+
+def test_the_mean_request_follows_the_requests_reserved() -> None:
+    ledger = PendingLedger()
+    assert PendingLedger().mean_request_kw is None
+    ledger.reserve("a", "1", 10.0)
+    assert ledger.mean_request_kw == 10.0
+    for i in range(500):
+        ledger.reserve("a", f"x{i}", 30.0)
+    assert ledger.mean_request_kw == pytest.approx(30.0, abs=0.2)
+    ledger.reserve("a", "x0", 1000.0)                 # a repeat is not a new request
+    assert ledger.mean_request_kw == pytest.approx(30.0, abs=0.2)
