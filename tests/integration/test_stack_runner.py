@@ -269,6 +269,13 @@ def test_balancer_replicas_are_supervised_and_charges_keep_succeeding_when_one_i
     wait_for(lambda: balancer_targets_up() == dict.fromkeys(instances, 1.0),
              "Prometheus to scrape both replicas under the balancer job")
 
+    def replicas_seen(url: str) -> object:
+        status, body = http_json("GET", f"{url}/policy")
+        return body.get("balancer_replicas") if status == 200 else None
+    # Each replica learns from Prometheus that it is one of two (and spreads its choices).
+    wait_for(lambda: all(replicas_seen(url) == 2 for url in replica_urls),
+             "each replica to see two balancer replicas up")
+
     api = {"Authorization": f"Bearer {runner.token('dev-api-key')}"}
     finals: dict[str, tuple[int, Any]] = {}
     retried: list[str] = []
