@@ -14,9 +14,9 @@ and a request for `requested_kw`, choose a substation:
 3. Chosen: `best` takes the best score, breaking ties (within `tie_tolerance`) at random;
    `weighted` draws at random with probability proportional to the score. With several balancer
    replicas up (`snapshot.balancers`, from Prometheus) and no tie_tolerance, `best` draws among
-   the candidates better than the best one would be with a mean request from each other
-   replica on it (weighted by how much better): every replica decides on the same stale view,
-   and without that they would all land on the same substation.
+   the candidates better than the best one would be with one more mean request on it (from
+   another replica; weighted by how much better): every replica decides on the same stale
+   view, and without that they would all land on the same substation.
 
 4. Nothing fits, but only because of kW that may be counted twice (a reading that may already
    include forwards whose answers are on the way, ledger.doubtful_kw): try the substation that
@@ -194,7 +194,7 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
         return Candidate(view.instance, view.name, load, view.capacity_kw or 0.0,
                          adjusted_score(view, policy, load - (view.load_kw or 0.0)))
     if near and replicas > 1 and not tolerance:
-        return _spread_over_replicas(near, ledger, requested_kw, replicas, rng, sign, adjust)
+        return _spread_over_replicas(near, ledger, requested_kw, rng, sign, adjust)
     if near:
         low = min(row[0] for row in near)
         _, view, load, score = rng.choice([r for r in near if r[0] <= low + tolerance])
@@ -207,16 +207,18 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
 
 
 def _spread_over_replicas(near: list[tuple[float, SubstationView, float, float]],
-                          ledger: PendingLedger, requested_kw: float, replicas: int,
+                          ledger: PendingLedger, requested_kw: float,
                           rng: random.Random, sign: float,
                           adjust: Callable[[float, float, float, float, float], float]
                           ) -> Candidate:
-    """With `replicas` balancers deciding on the same stale view, the best candidate may by now
-    carry replicas - 1 more requests (of the mean size) from the others. Every candidate
-    better than that is a fair choice: drawn with weight by how much better, so the replicas
-    spread a burst over them instead of all landing on the best one."""
+    """With several balancers deciding on the same stale view, the best candidate may by now
+    carry another mean request from one of the others. Every candidate better than that is a
+    fair choice: drawn with weight by how much better, so the replicas spread a burst over
+    them instead of all landing on the best one. (Assuming a request from each other replica
+    cut refusals further at 4 replicas but drew so widely that the p99 spread grew:
+    docs/benchmarks.md.)"""
     _, best, _, best_score = min(near, key=lambda row: row[0])
-    others_kw = (replicas - 1) * (ledger.mean_request_kw or requested_kw)
+    others_kw = ledger.mean_request_kw or requested_kw
     threshold = sign * adjust(best_score, others_kw, best.capacity_kw or 1.0, best.load_kw or 0.0,
                               sign)
     rows = [row for row in near if row[0] < threshold] or [min(near, key=lambda r: r[0])]

@@ -78,14 +78,14 @@ def test_alone_a_balancer_takes_the_best_candidate_every_time() -> None:
 
 
 def test_with_replicas_the_first_request_is_drawn_among_those_close_to_the_best() -> None:
-    # s1 at 5 %, s2 at 15 %, s3 at 25 %, the rest at 50 %; with 4 replicas a mean request of
-    # 10 kW from each other one could take s1 to 35 %: s1, s2 and s3 are fair choices,
-    # s1 the likeliest; the others never.
-    loads = (50, 5, 15, 25, 50, 50, 50, 50, 50, 50)
+    # s1 at 5 %, s2 at 8 %, s3 at 12 %, s4 at 15 %, the rest at 50 %; with 4 replicas another
+    # mean request of 10 kW could take s1 to 15 %: s1, s2 and s3 are fair choices, s1 the
+    # likeliest; s4 and the others never.
+    loads = (50, 5, 8, 12, 15, 50, 50, 50, 50, 50)
     choices = first_choices(grid(balancers=4, loads=loads))
     assert set(choices) == {"s1", "s2", "s3"}
     assert choices["s1"] > choices["s2"] > choices["s3"]
-    # weights by how much better than 35 %: 30 : 20 : 10
+    # weights by how much better than 15 %: 10 : 7 : 3
     assert choices["s1"] / 400 == pytest.approx(0.5, abs=0.08)
 
 
