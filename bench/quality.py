@@ -86,8 +86,9 @@ class Grid:
     def forecast(self, name: str, at: float, horizons: Iterable[float] | None = None
                  ) -> Forecast:
         """As the substation exports it: for each horizon h, its load minus the kW of the
-        sessions charging now whose declared end is at or before at + h (a session running
-        longer than declared counts as ending at once)."""
+        sessions charging now whose declared end is after `at` and at or before at + h. A
+        session still charging past its declared end (running long) is not forecast to end:
+        the substation cannot know when it will."""
         ends, load = self.charging[name], self.load[name]
         if not ends:
             return tuple((h, 0.0) for h in (self.horizons_s if horizons is None else horizons))
@@ -99,11 +100,12 @@ class Grid:
                 cumulative.append(total)
             cached = self._ends_cache[name] = ([e[0] for e in ends], cumulative)
         times, cumulative = cached
-        last = len(times)
+        last, overdue = len(times), bisect_right(times, at)
         out = []
         for h in self.horizons_s if horizons is None else horizons:
             ended = bisect_right(times, at + h)
-            out.append((h, 0.0 if ended == last else max(0.0, load - cumulative[ended])))
+            gone = cumulative[ended] - cumulative[overdue]
+            out.append((h, 0.0 if ended == last and not overdue else max(0.0, load - gone)))
         return tuple(out)
 
     def snapshot(self, at: float, scores: Callable[[str], float | None],

@@ -162,16 +162,21 @@ class SessionTable:
         """The load expected `h` seconds after `now` for each h in `horizons_s` (ascending) if
         every session charging now runs to its declared energy and nothing new arrives: the
         substation's future as a handful of numbers, whatever the number of sessions.
-        Non-increasing in h; a session that stops early makes it pessimistic, one that runs
-        long (a restart, a late tick) optimistic, which the capacity check still catches."""
-        ends = sorted((self.ends_at(s), s.power_kw) for s in self.active.values())
+        Non-increasing in h; a session that stops early makes it pessimistic; one already past
+        its end is kept at every horizon (pessimistic too); only a forecast that is read late
+        can be optimistic, which the capacity check still catches."""
+        # A session already past its end (its tick is late) is not forecast to end: when it
+        # will is not known, and late is the safe side.
+        ends = sorted((end, s.power_kw) for s in self.active.values()
+                      if (end := self.ends_at(s)) > now)
+        overdue = len(self.active) - len(ends)
         forecast: list[float] = []
         load, ended = self.load_kw, 0
         for horizon in horizons_s:
             while ended < len(ends) and ends[ended][0] <= now + horizon:
                 load -= ends[ended][1]
                 ended += 1
-            forecast.append(0.0 if ended == len(ends) else max(0.0, load))
+            forecast.append(0.0 if ended == len(ends) and not overdue else max(0.0, load))
         return forecast
 
     def fence(self, session_id: str, epoch: int, now: float) -> ChargingSession | None:

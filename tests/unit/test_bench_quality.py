@@ -50,13 +50,13 @@ def test_forecast_subtracts_sessions_by_their_declared_end() -> None:
     grid.advance(10.0)   # the 50 kW one (ends 3.0) is gone; the long runner (declared 8.5) is not
     assert grid.load["a"] == pytest.approx(22 + 11 + 7.4 + 150 + 22)
     forecast = dict(grid.forecast("a", 10.0))
-    # Overdue by its declaration, the long runner counts as ending at once.
-    assert forecast[1.0] == pytest.approx(22 + 11 + 7.4 + 150)
-    assert forecast[2.0] == pytest.approx(22 + 11 + 7.4 + 150)   # the 22 kW one: at 12.1
-    assert forecast[5.0] == pytest.approx(11 + 7.4 + 150)
-    assert forecast[30.0] == pytest.approx(11 + 7.4 + 150)       # these two: at 40.2, 40.3
-    assert forecast[45.0] == pytest.approx(150)
-    assert forecast[120.0] == pytest.approx(150)
+    # Overdue by its declaration, the long runner (22 kW) is not forecast to end at all.
+    assert forecast[1.0] == pytest.approx(22 + 11 + 7.4 + 150 + 22)
+    assert forecast[2.0] == pytest.approx(22 + 11 + 7.4 + 150 + 22)   # the 22 kW one: at 12.1
+    assert forecast[5.0] == pytest.approx(11 + 7.4 + 150 + 22)
+    assert forecast[30.0] == pytest.approx(11 + 7.4 + 150 + 22)       # these two: at 40.2, 40.3
+    assert forecast[45.0] == pytest.approx(150 + 22)
+    assert forecast[120.0] == pytest.approx(150 + 22)
     assert dict(grid.forecast("b", 10.0))[120.0] == 50.0
     grid.advance(2000.0)
     assert grid.load == {"a": 0.0, "b": 0.0}

@@ -66,6 +66,15 @@ def test_a_forecast_waits_one_tick_more_than_the_declared_end() -> None:
     assert table.forecast_kw(0.0, (1.0, 1.2)) == pytest.approx([60.0, 0.0])
 
 
+def test_a_session_past_its_end_is_not_forecast_to_end() -> None:
+    # Its tick is late (or it runs long): when it leaves is not known, so it stays at every
+    # horizon; the others still end on time.
+    table = table_with(("a", 60.0, 1.0), ("b", 30.0, 6.0))    # a due at 1 s, b at 12 s
+    assert table.forecast_kw(2.0, (1.0, 20.0, 120.0)) == pytest.approx([90.0, 60.0, 60.0])
+    table.advance(2.0)                     # the tick comes: a is gone, and so is the doubt
+    assert table.forecast_kw(2.0, (20.0,)) == [0.0]
+
+
 def test_an_empty_substation_forecasts_exactly_zero() -> None:
     assert table_with().forecast_kw(0.0, FORECAST_HORIZONS_S) == [0.0] * len(FORECAST_HORIZONS_S)
 
