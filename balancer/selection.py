@@ -194,7 +194,7 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
         return Candidate(view.instance, view.name, load, view.capacity_kw or 0.0,
                          adjusted_score(view, policy, load - (view.load_kw or 0.0)))
     if near and replicas > 1 and not tolerance:
-        return _spread_over_replicas(near, ledger, requested_kw, rng, sign, adjust)
+        return _spread_over_replicas(near, ledger, requested_kw, rng, sign, adjust, replicas)
     if near:
         low = min(row[0] for row in near)
         _, view, load, score = rng.choice([r for r in near if r[0] <= low + tolerance])
@@ -209,12 +209,13 @@ def select_substation(snapshot: Snapshot, ledger: PendingLedger, policy: Policy,
 def _spread_over_replicas(near: list[tuple[float, SubstationView, float, float]],
                           ledger: PendingLedger, requested_kw: float,
                           rng: random.Random, sign: float,
-                          adjust: Callable[[float, float, float, float, float], float]
-                          ) -> Candidate:
+                          adjust: Callable[[float, float, float, float, float], float],
+                          replicas: int) -> Candidate:
     """With several balancers deciding on the same stale view, the best candidate may by now
     carry another mean request from one of the others. Every candidate better than that is a
     fair choice: drawn with weight by how much better, so the replicas spread a burst over
-    them instead of all landing on the best one. (Assuming a request from each other replica
+    them instead of all landing on the best one, as long as there are at least as many fair
+    choices as replicas. (Assuming a request from each other replica
     cut refusals further at 4 replicas but drew so widely that the p99 spread grew:
     docs/benchmarks.md.)"""
     _, best, _, best_score = min(near, key=lambda row: row[0])
@@ -222,6 +223,10 @@ def _spread_over_replicas(near: list[tuple[float, SubstationView, float, float]]
     threshold = sign * adjust(best_score, others_kw, best.capacity_kw or 1.0, best.load_kw or 0.0,
                               sign)
     rows = [row for row in near if row[0] < threshold] or [min(near, key=lambda r: r[0])]
+    if len(rows) < replicas:
+        # Fewer fair choices than replicas: some land together whatever the draw, which
+        # would only add its own error (measured at 2 substations, docs/benchmarks.md).
+        rows = [min(near, key=lambda r: r[0])]
     weights = [threshold - row[0] for row in rows]
     _, view, load, score = rng.choices(rows, weights=weights)[0] if sum(weights) > 0 \
         else rows[0]

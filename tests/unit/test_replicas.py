@@ -78,15 +78,21 @@ def test_alone_a_balancer_takes_the_best_candidate_every_time() -> None:
 
 
 def test_with_replicas_the_first_request_is_drawn_among_those_close_to_the_best() -> None:
-    # s1 at 5 %, s2 at 8 %, s3 at 12 %, s4 at 15 %, the rest at 50 %; with 4 replicas another
+    # s1 at 5 %, s2 at 8 %, s3 at 12 %, s4 at 16 %, the rest at 50 %; with 3 replicas another
     # mean request of 10 kW could take s1 to 15 %: s1, s2 and s3 are fair choices, s1 the
     # likeliest; s4 and the others never.
-    loads = (50, 5, 8, 12, 15, 50, 50, 50, 50, 50)
-    choices = first_choices(grid(balancers=4, loads=loads))
+    loads = (50, 5, 8, 12, 16, 50, 50, 50, 50, 50)
+    choices = first_choices(grid(balancers=3, loads=loads))
     assert set(choices) == {"s1", "s2", "s3"}
     assert choices["s1"] > choices["s2"] > choices["s3"]
     # weights by how much better than 15 %: 10 : 7 : 3
     assert choices["s1"] / 400 == pytest.approx(0.5, abs=0.08)
+
+
+def test_with_fewer_fair_choices_than_replicas_the_best_is_taken() -> None:
+    # the same three fair choices, but four replicas: some would land together anyway
+    loads = (50, 5, 8, 12, 16, 50, 50, 50, 50, 50)
+    assert first_choices(grid(balancers=4, loads=loads)) == {"s1": 400}
 
 
 def test_the_spread_reaches_as_far_as_the_other_replicas_mean_request() -> None:
