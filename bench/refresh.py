@@ -121,9 +121,10 @@ def refresh_cost(n: int, rounds: int) -> list[dict[str, object]]:
 
 
 def queries_per_second_vs_request_rate(seconds: float = 8.0) -> list[dict[str, object]]:
-    """Prometheus's own count of instant queries while requests flow at two rates."""
+    """Prometheus's own count of instant queries while requests flow at two rates, with the
+    forecast policy (the one that queries most: the grid, the replicas, the forecast, itself)."""
     rows: list[dict[str, object]] = []
-    with bench_stack() as stack:
+    with bench_stack(policy="least-forecast-utilization") as stack:
         prom = stack.grid.prometheus_url
         total = 'sum(prometheus_http_requests_total{handler="/api/v1/query"})'
         for rate in (10, 100):
