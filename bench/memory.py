@@ -23,7 +23,7 @@ def rss_mib(pid: int) -> float:
 
 
 async def push_sessions(ingress: str, count: int, concurrency: int = 32) -> int:
-    body = {"vehicle_id": "ev", "requested_kw": 0.001, "energy_kwh": 0.0005}
+    body = {"vehicle_id": "ev", "requested_kw": 1.4, "energy_kwh": 0.0005}   # the minimum power
     headers = {"Authorization": f"Bearer {API_KEY}"}
     ok = 0
     remaining = iter(range(count))

@@ -137,7 +137,7 @@ def queries_per_second_vs_request_rate(seconds: float = 8.0) -> list[dict[str, o
 
 
 def _drive(ingress: str, rate: int, seconds: float) -> int:
-    body = json.dumps({"vehicle_id": "ev", "requested_kw": 0.001,
+    body = json.dumps({"vehicle_id": "ev", "requested_kw": 1.4,
                        "energy_kwh": 0.001}).encode()
     sent, started = 0, time.monotonic()
     while (elapsed := time.monotonic() - started) < seconds:
