@@ -14,6 +14,7 @@ anywhere, and may place it itself.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -116,6 +117,13 @@ class SessionTable:
         # A session leaves the load at the first tick after its energy is delivered, up to one
         # tick late: its forecast end includes that lag, so a forecast never runs early.
         self.end_lag_s = end_lag_s
+        # The charging sessions by end, kept sorted as they come and go (an end does not move
+        # while a session charges: what it is credited, it has delivered), so that a forecast,
+        # asked for on every answer, costs a few bisections, not a sort of every session.
+        self._end_times: list[float] = []
+        self._end_powers: list[float] = []
+        self._end_ids: list[str] = []
+        self._end_by_id: dict[str, float] = {}
 
     def _changed(self) -> None:
         self.load_seq += 1
@@ -146,6 +154,7 @@ class SessionTable:
         session = ChargingSession(session_id, vehicle_id, power_kw, energy_kwh, 0.0, CHARGING,
                                   started_at=now)
         self.active[session_id] = session
+        self._track_end(session)
         self.fences.pop(session_id, None)
         self.load_kw += power_kw
         self._changed()
@@ -167,17 +176,36 @@ class SessionTable:
         can be optimistic, which the capacity check still catches."""
         # A session already past its end (its tick is late) is not forecast to end: when it
         # will is not known, and late is the safe side.
-        ends = sorted((end, s.power_kw) for s in self.active.values()
-                      if (end := self.ends_at(s)) > now)
-        overdue = len(self.active) - len(ends)
+        times, powers = self._end_times, self._end_powers
+        first = next_end = bisect_right(times, now)
         forecast: list[float] = []
-        load, ended = self.load_kw, 0
+        ended_kw = 0.0
         for horizon in horizons_s:
-            while ended < len(ends) and ends[ended][0] <= now + horizon:
-                load -= ends[ended][1]
-                ended += 1
-            forecast.append(0.0 if ended == len(ends) and not overdue else max(0.0, load))
+            by = bisect_right(times, now + horizon, next_end)
+            if by > next_end:
+                ended_kw += sum(powers[next_end:by])
+                next_end = by
+            forecast.append(0.0 if by == len(times) and not first
+                            else max(0.0, self.load_kw - ended_kw))
         return forecast
+
+    def _track_end(self, session: ChargingSession) -> None:
+        if session.session_id in self._end_by_id:
+            self._untrack_end(session.session_id)
+        end = self._end_by_id[session.session_id] = self.ends_at(session)
+        at = bisect_right(self._end_times, end)
+        self._end_times.insert(at, end)
+        self._end_powers.insert(at, session.power_kw)
+        self._end_ids.insert(at, session.session_id)
+
+    def _untrack_end(self, session_id: str) -> None:
+        end = self._end_by_id.pop(session_id, None)
+        if end is None:
+            return
+        at = bisect_left(self._end_times, end)
+        while self._end_ids[at] != session_id:   # sessions ending at the same instant
+            at += 1
+        del self._end_times[at], self._end_powers[at], self._end_ids[at]
 
     def fence(self, session_id: str, epoch: int, now: float) -> ChargingSession | None:
         """The session if it is here (in any state); otherwise None, and from now on copies
@@ -196,6 +224,7 @@ class SessionTable:
         session.credited_at = now
         if session.state == CHARGING:
             self.active[session.session_id] = session
+            self._track_end(session)
             self.load_kw += session.power_kw
             self._changed()
         else:
@@ -243,6 +272,7 @@ class SessionTable:
 
     def _end(self, session: ChargingSession, state: str, now: float) -> None:
         del self.active[session.session_id]
+        self._untrack_end(session.session_id)
         self.load_kw -= session.power_kw
         if not self.active:
             self.load_kw = 0.0    # no float drift survives an empty substation

@@ -75,6 +75,36 @@ def test_a_session_past_its_end_is_not_forecast_to_end() -> None:
     assert table.forecast_kw(2.0, (20.0,)) == [0.0]
 
 
+def brute_force_forecast(table: SessionTable, now: float, horizons: tuple[float, ...]
+                         ) -> list[float]:
+    ends = [(table.ends_at(s), s.power_kw) for s in table.active.values()]
+    overdue = any(end <= now for end, _ in ends)
+    out = []
+    for h in horizons:
+        left = sum(kw for end, kw in ends if end <= now or end > now + h)
+        out.append(0.0 if not left and not overdue else left)
+    return out
+
+
+def test_the_kept_order_of_ends_follows_admits_stops_ends_and_resumes() -> None:
+    table = SessionTable(10_000.0, speed_factor=60.0, end_lag_s=0.2)
+    for i, (kw, kwh) in enumerate([(60, 1), (60, 1), (30, 2), (11, 5), (22, 0.5), (7.4, 9)]):
+        table.admit(f"s{i}", "ev", kw, kwh, now=0.0)      # s0 and s1 end at the same instant
+    horizons = (0.5, 1.0, 1.5, 3.0, 5.0, 30.0, 120.0)
+    assert table.forecast_kw(0.0, horizons) == pytest.approx(brute_force_forecast(table, 0.0,
+                                                                                  horizons))
+    table.stop("s1", now=0.5)                  # one of two equal ends goes; the other stays
+    table.advance(1.4)                         # s0 (1 s) and s4 (1.36 s) complete
+    assert set(table.active) == {"s2", "s3", "s5"}
+    resumed = table.active.pop("s3")            # as after a restart: credited from 2.0 on
+    table.load_kw -= resumed.power_kw
+    table._untrack_end("s3")
+    table.resume(resumed, now=2.0)
+    for now in (1.4, 2.0, 4.1):
+        assert table.forecast_kw(now, horizons) == pytest.approx(
+            brute_force_forecast(table, now, horizons)), now
+
+
 def test_an_empty_substation_forecasts_exactly_zero() -> None:
     assert table_with().forecast_kw(0.0, FORECAST_HORIZONS_S) == [0.0] * len(FORECAST_HORIZONS_S)
 
