@@ -94,7 +94,7 @@ class AgedLoads:
         self._scrape_curves: dict[str, _Curve] = {}
         # The curve each instance is aged by now: its scrape's, or its kept answer's own.
         self._curves: dict[str, _Curve] = {}
-        self._answer_at: dict[str, float] = {}      # the answer whose curve is in _curves
+        self._aged_by_answer: set[str] = set()   # whose curve is their kept answer's own
         self._step: dict[str, int] = {}
         # (time, instance, generation, step): a crossing of a curve since replaced is skipped.
         self._generation: dict[str, int] = {}
@@ -151,32 +151,28 @@ class AgedLoads:
         """Age `instance` by the curve its current reading calls for: the kept answer's own
         forecast when it carried one, else the scrape's. Then recompute it."""
         ledger = self.ledger
+        # The ledger keeps an answer's forecast only together with that answer's reading.
         forecast = ledger.observed_forecast_by_instance.get(instance)
-        observed = ledger.observed_by_instance.get(instance)
-        curve: _Curve | None = None
-        at = ledger.observed_at_by_instance.get(instance)
-        if forecast and observed is not None and at is not None:
-            curve = step_curve(at, observed, forecast)
-        if curve is None:
-            self._answer_at.pop(instance, None)
-            curve = self._scrape_curves[instance]
+        curve = forecast and step_curve(ledger.observed_at_by_instance[instance],
+                                        ledger.observed_by_instance[instance], forecast)
+        if curve:
+            self._aged_by_answer.add(instance)
         else:
-            self._answer_at[instance] = at   # type: ignore[assignment]  # set with the curve
-        if self._curves.get(instance) is not curve:
-            self._curves[instance] = curve
-            generation = self._generation[instance] = self._generation[instance] + 1
-            step = max(0, bisect_right(curve.times, self._now) - 1)
-            self._step[instance] = step
-            if step + 1 < len(curve.times):
-                heapq.heappush(self._crossings,
-                               (curve.times[step + 1], instance, generation, step + 1))
+            self._aged_by_answer.discard(instance)
+            curve = self._scrape_curves[instance]
+        # A new generation even for the same curve: the crossing pushed below supersedes any.
+        self._curves[instance] = curve
+        generation = self._generation[instance] = self._generation[instance] + 1
+        step = self._step[instance] = max(0, bisect_right(curve.times, self._now) - 1)
+        if step + 1 < len(curve.times):
+            heapq.heappush(self._crossings, (curve.times[step + 1], instance, generation, step + 1))
         self._recompute(instance)
 
     def _recompute(self, instance: str) -> None:
         curve, step = self._curves[instance], self._step[instance]
         fit_now, rank_now = curve.fit[step], curve.rank[step]
         observed = self.ledger.observed_by_instance.get(instance)
-        if observed is None or instance in self._answer_at:
+        if observed is None or instance in self._aged_by_answer:
             # The scrape, or an answer aged by its own forecast (its curve starts at it).
             self.fit_by_instance[instance], self.rank_by_instance[instance] = fit_now, rank_now
             return

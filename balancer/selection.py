@@ -218,18 +218,20 @@ def _spread_over_replicas(near: list[tuple[float, SubstationView, float, float]]
     choices as replicas. (Assuming a request from each other replica
     cut refusals further at 4 replicas but drew so widely that the p99 spread grew:
     docs/benchmarks.md.)"""
-    _, best, _, best_score = min(near, key=lambda row: row[0])
+    best_row = min(near, key=lambda row: row[0])
+    _, best, _, best_score = best_row
     others_kw = ledger.mean_request_kw or requested_kw
     threshold = sign * adjust(best_score, others_kw, best.capacity_kw or 1.0, best.load_kw or 0.0,
                               sign)
-    rows = [row for row in near if row[0] < threshold] or [min(near, key=lambda r: r[0])]
+    rows = [row for row in near if row[0] < threshold]
     if len(rows) < replicas:
-        # Fewer fair choices than replicas: some land together whatever the draw, which
-        # would only add its own error (measured at 2 substations, docs/benchmarks.md).
-        rows = [min(near, key=lambda r: r[0])]
-    weights = [threshold - row[0] for row in rows]
-    _, view, load, score = rng.choices(rows, weights=weights)[0] if sum(weights) > 0 \
-        else rows[0]
+        # Fewer fair choices than replicas (none at all for a score that ignores pending kW):
+        # some land together whatever the draw, which would only add its own error (measured
+        # at 2 substations, docs/benchmarks.md).
+        chosen = best_row
+    else:
+        chosen = rng.choices(rows, weights=[threshold - row[0] for row in rows])[0]
+    _, view, load, score = chosen
     return Candidate(view.instance, view.name, load, view.capacity_kw or 0.0, score)
 
 

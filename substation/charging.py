@@ -182,15 +182,14 @@ class SessionTable:
         ended_kw = 0.0
         for horizon in horizons_s:
             by = bisect_right(times, now + horizon, next_end)
-            if by > next_end:
-                ended_kw += sum(powers[next_end:by])
-                next_end = by
+            ended_kw += sum(powers[next_end:by])
+            next_end = by
             forecast.append(0.0 if by == len(times) and not first
                             else max(0.0, self.load_kw - ended_kw))
         return forecast
 
     def _track_end(self, session: ChargingSession) -> None:
-        if session.session_id in self._end_by_id:
+        if session.session_id in self._end_by_id:   # resumed twice: one end, the newest
             self._untrack_end(session.session_id)
         end = self._end_by_id[session.session_id] = self.ends_at(session)
         at = bisect_right(self._end_times, end)
@@ -199,12 +198,10 @@ class SessionTable:
         self._end_ids.insert(at, session.session_id)
 
     def _untrack_end(self, session_id: str) -> None:
-        end = self._end_by_id.pop(session_id, None)
-        if end is None:
-            return
-        at = bisect_left(self._end_times, end)
-        while self._end_ids[at] != session_id:   # sessions ending at the same instant
-            at += 1
+        # Every charging session is tracked, from admit or resume until it ends.
+        end = self._end_by_id.pop(session_id)
+        # The first of the sessions ending at that instant, then this one among them.
+        at = self._end_ids.index(session_id, bisect_left(self._end_times, end))
         del self._end_times[at], self._end_powers[at], self._end_ids[at]
 
     def fence(self, session_id: str, epoch: int, now: float) -> ChargingSession | None:

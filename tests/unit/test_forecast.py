@@ -748,3 +748,69 @@ def test_the_reply_forecast_reaches_the_ledger() -> None:
                   now=1001.0)
     assert "a" not in ledger.observed_forecast_by_instance
     assert ledger.observed_load_kw("a") == 5.0
+
+
+def test_back_on_the_scrape_curve_at_the_same_instant_it_is_read_where_time_is() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0)
+    snapshot = make_snapshot(aged_view())
+    aged = AgedLoads.for_decision(snapshot, ledger, 1006.0)     # past the 5 s horizon: 60 kW
+    assert aged is not None and aged.fit_by_instance["a"] == 60.0
+    ledger.observe("a", 90.0, at=1006.0, seq=1, forecast=((100.0, 0.0),))
+    AgedLoads.for_decision(snapshot, ledger, 1006.0)
+    assert aged.fit_by_instance["a"] == 90.0
+    ledger.settle("a", scrape_ts=1006.0, seq=2)                 # the scrape is the base again
+    AgedLoads.for_decision(snapshot, ledger, 1006.0)
+    assert aged.fit_by_instance["a"] == 60.0
+    AgedLoads.for_decision(snapshot, ledger, 1060.0)            # and it moves on from there
+    assert aged.fit_by_instance["a"] == 0.0
+
+
+def test_switching_curves_after_the_last_horizon_stays_at_its_end() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0)
+    snapshot = make_snapshot(aged_view())
+    AgedLoads.for_decision(snapshot, ledger, 2000.0)
+    ledger.observe("a", 40.0, at=1999.0, seq=1, forecast=((1.0, 40.0), (2.0, 10.0)))
+    aged = AgedLoads.for_decision(snapshot, ledger, 2000.0)
+    assert aged is not None and aged.fit_by_instance["a"] == 40.0
+    aged = AgedLoads.for_decision(snapshot, ledger, 2001.0)     # the answer's last horizon
+    assert aged is not None and aged.fit_by_instance["a"] == 10.0
+    ledger.settle("a", scrape_ts=2001.5, seq=2)
+    aged = AgedLoads.for_decision(snapshot, ledger, 2002.0)     # the scrape's, long ended
+    assert aged is not None and aged.fit_by_instance["a"] == 0.0
+
+
+def test_after_a_switch_the_next_crossing_moves_the_load_down_not_back_up() -> None:
+    ledger = PendingLedger(clock_skew_s=0.0)
+    snapshot = make_snapshot(aged_view())
+    AgedLoads.for_decision(snapshot, ledger, 1000.5)
+    ledger.observe("a", 80.0, at=1000.5, seq=1,
+                   forecast=((1.0, 80.0), (2.0, 50.0), (3.0, 20.0)))
+    for now, fit in ((1000.6, 80.0), (1001.5, 80.0), (1002.5, 50.0), (1003.5, 20.0)):
+        aged = AgedLoads.for_decision(snapshot, ledger, now)
+        assert aged is not None and aged.fit_by_instance["a"] == fit, now
+
+
+def test_resuming_a_session_twice_keeps_one_end() -> None:
+    table = table_with(("a", 60.0, 1.0), ("b", 30.0, 6.0))      # ends at 1 s and 12 s
+    session = table.active["b"]
+    table.resume(session, now=0.0)                               # already charging: same end
+    table.load_kw -= session.power_kw                            # resume counted it again
+    assert table.forecast_kw(0.0, (2.0, 20.0)) == pytest.approx([30.0, 0.0])
+
+
+def test_the_ends_of_sessions_ending_together_are_removed_one_by_one() -> None:
+    table = table_with(("early", 60.0, 0.5), ("x", 60.0, 1.0), ("y", 60.0, 1.0),
+                       ("z", 60.0, 1.0), ("late", 60.0, 10.0))
+    table.stop("z", now=0.1)
+    table.stop("x", now=0.1)
+    assert table.forecast_kw(0.1, (0.5, 1.0, 20.0)) == pytest.approx([120.0, 60.0, 0.0])
+    table.stop("y", now=0.2)
+    assert table.forecast_kw(0.2, (0.5, 20.0)) == pytest.approx([60.0, 0.0])
+
+
+def test_the_forecast_is_exactly_zero_whatever_order_the_powers_add_up_in() -> None:
+    # admitted 1.1, 2.2, 3.3 (load 6.6000000000000005), ending 3.3 first (ended 6.6)
+    table = SessionTable(100.0, speed_factor=60.0)
+    for sid, kw, kwh in (("a", 1.1, 1.1), ("b", 2.2, 1.1), ("c", 3.3, 1.1)):
+        table.admit(sid, "ev", kw, kwh, now=0.0)
+    assert table.forecast_kw(0.0, (120.0,)) == [0.0]

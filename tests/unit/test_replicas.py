@@ -158,3 +158,74 @@ def test_the_mean_request_follows_the_requests_reserved() -> None:
     assert ledger.mean_request_kw == pytest.approx(30.0, abs=0.2)
     ledger.reserve("a", "x0", 1000.0)                 # a repeat is not a new request
     assert ledger.mean_request_kw == pytest.approx(30.0, abs=0.2)
+
+
+def kw_grid(balancers: int, loads: tuple[float, ...]) -> Any:
+    """Scores in kW (least-load): thresholds land exactly on whole kilowatts."""
+    views = [view(f"s{i}", load, 100.0, score=load) for i, load in enumerate(loads)]
+    return dataclasses.replace(make_snapshot(*views), balancers=balancers)
+
+
+LEAST_LOAD = make_policy(result={"pending_adjustment": "kw"})
+
+
+def test_a_candidate_exactly_one_mean_request_from_the_best_is_not_a_fair_choice() -> None:
+    # best 10 kW, others 12 and 14, one at exactly 10 + 10 = 20 kW: three fair choices for four
+    # replicas, so the best is taken (counting the fourth would draw among them).
+    snapshot, rng = kw_grid(4, (10.0, 12.0, 14.0, 20.0, 60.0)), random.Random(5)
+    chosen = {c.instance for c in (select_substation(snapshot, PendingLedger(), LEAST_LOAD,
+                                                     10.0, rng) for _ in range(200)) if c}
+    assert chosen == {"s0"}
+
+
+def test_the_drawn_candidate_carries_its_own_load_capacity_and_score() -> None:
+    views = [view("a", 8.0, 100.0, score=0.08, name="sub-a"),
+             view("b", 11.0, 200.0, score=0.055, name="sub-b")]
+    snapshot = dataclasses.replace(make_snapshot(*views), balancers=2)
+    ledger = PendingLedger()
+    # b: 15 kW effective, score 0.055 + 4/200; the mean request so far (4 kW) puts the
+    # threshold at 0.075 + 4/200 = 0.095: a (0.08) is a fair choice too
+    ledger.reserve("b", "p1", 4.0)
+    seen = {}
+    rng = random.Random(6)
+    for _ in range(100):
+        c = select_substation(snapshot, ledger, UTILIZATION, 10.0, rng)
+        assert c is not None
+        seen[c.instance] = (c.name, c.effective_load_kw, c.capacity_kw,
+                            round(c.score or 0.0, 9))
+    assert seen == {"a": ("sub-a", 8.0, 100.0, 0.08), "b": ("sub-b", 15.0, 200.0, 0.075)}
+
+
+def test_two_candidates_tied_at_the_best_are_compared_by_score_alone() -> None:
+    # a tie at the best: the draw must not try to order the substations themselves
+    loads = (5, 5, 8, 12, 50, 50, 50, 50, 50, 50)
+    choices = first_choices(grid(balancers=2, loads=loads))
+    assert set(choices) == {"s0", "s1", "s2", "s3"}
+
+
+def test_a_headroom_score_spreads_by_the_headroom_another_request_would_take() -> None:
+    # rate-weighted style: higher is better, pending kW shrink the headroom. The best has 90 kW
+    # of headroom (score 90); another mean request of 10 kW would leave it 80: b (85) and c
+    # (82) are fair choices, d (80) and e (70) are not.
+    policy = make_policy(result={"better": "higher", "pending_adjustment": "headroom"})
+    views = [view(n, 100.0 - s, 100.0, score=s) for n, s in
+             (("a", 90.0), ("b", 85.0), ("c", 82.0), ("d", 80.0), ("e", 70.0))]
+    snapshot, rng = dataclasses.replace(make_snapshot(*views), balancers=3), random.Random(7)
+    chosen = Counter(c.instance for c in (select_substation(snapshot, PendingLedger(), policy,
+                                                            10.0, rng) for _ in range(300)) if c)
+    assert set(chosen) == {"a", "b", "c"}
+    assert chosen["a"] > chosen["b"] > chosen["c"]
+
+
+def test_a_score_that_ignores_pending_kw_takes_the_best_with_replicas_too() -> None:
+    policy = make_policy(result={"pending_adjustment": "none"})
+    snapshot, rng = kw_grid(4, (10.0, 12.0, 14.0, 16.0, 18.0)), random.Random(8)
+    assert {c.instance for c in (select_substation(snapshot, PendingLedger(), policy, 10.0, rng)
+                                 for _ in range(50)) if c} == {"s0"}
+
+
+def test_the_mean_request_is_a_running_mean_not_the_last_request() -> None:
+    ledger = PendingLedger()
+    for i in range(1000):
+        ledger.reserve("a", f"r{i}", 10.0 if i % 2 else 30.0)
+    assert ledger.mean_request_kw == pytest.approx(20.0, abs=0.5)
