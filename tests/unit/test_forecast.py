@@ -809,8 +809,10 @@ def test_the_ends_of_sessions_ending_together_are_removed_one_by_one() -> None:
 
 
 def test_the_forecast_is_exactly_zero_whatever_order_the_powers_add_up_in() -> None:
-    # admitted 1.1, 2.2, 3.3 (load 6.6000000000000005), ending 3.3 first (ended 6.6)
+    # admitted 1.4, 3.7, 11 kW; ending 11 (6 s), 3.7 (12 s), 1.4 (30 s): summed in that order
+    # the ended kW fall 3.6e-15 short of the load
     table = SessionTable(100.0, speed_factor=60.0)
-    for sid, kw, kwh in (("a", 1.1, 1.1), ("b", 2.2, 1.1), ("c", 3.3, 1.1)):
+    for sid, kw, kwh in (("a", 1.4, 0.7), ("b", 3.7, 0.74), ("c", 11.0, 1.1)):
         table.admit(sid, "ev", kw, kwh, now=0.0)
+    assert table.load_kw - sum([11.0, 3.7, 1.4]) > 0.0
     assert table.forecast_kw(0.0, (120.0,)) == [0.0]

@@ -205,11 +205,11 @@ def test_two_candidates_tied_at_the_best_are_compared_by_score_alone() -> None:
 
 def test_a_headroom_score_spreads_by_the_headroom_another_request_would_take() -> None:
     # rate-weighted style: higher is better, pending kW shrink the headroom. The best has 90 kW
-    # of headroom (score 90); another mean request of 10 kW would leave it 80: b (85) and c
-    # (82) are fair choices, d (80) and e (70) are not.
+    # of headroom (score 90, 10 kW load); another mean request of 10 kW would leave it 80: b
+    # (85) and c (80.5) are fair choices, d (80) and e (70) are not.
     policy = make_policy(result={"better": "higher", "pending_adjustment": "headroom"})
     views = [view(n, 100.0 - s, 100.0, score=s) for n, s in
-             (("a", 90.0), ("b", 85.0), ("c", 82.0), ("d", 80.0), ("e", 70.0))]
+             (("a", 90.0), ("b", 85.0), ("c", 80.5), ("d", 80.0), ("e", 70.0))]
     snapshot, rng = dataclasses.replace(make_snapshot(*views), balancers=3), random.Random(7)
     chosen = Counter(c.instance for c in (select_substation(snapshot, PendingLedger(), policy,
                                                             10.0, rng) for _ in range(300)) if c)
@@ -229,3 +229,14 @@ def test_the_mean_request_is_a_running_mean_not_the_last_request() -> None:
     for i in range(1000):
         ledger.reserve("a", f"r{i}", 10.0 if i % 2 else 30.0)
     assert ledger.mean_request_kw == pytest.approx(20.0, abs=0.5)
+
+
+def test_an_empty_best_leaves_its_whole_capacity_as_headroom() -> None:
+    # 0 kW load, score 100: another 10 kW would leave 90; 89.95 is not a fair choice
+    policy = make_policy(result={"better": "higher", "pending_adjustment": "headroom"})
+    views = [view(n, 100.0 - s, 100.0, score=s) for n, s in
+             (("a", 100.0), ("b", 95.0), ("c", 92.0), ("d", 89.95))]
+    snapshot, rng = dataclasses.replace(make_snapshot(*views), balancers=3), random.Random(9)
+    chosen = {c.instance for c in (select_substation(snapshot, PendingLedger(), policy, 10.0, rng)
+                                   for _ in range(300)) if c}
+    assert chosen == {"a", "b", "c"}
