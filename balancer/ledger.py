@@ -82,8 +82,8 @@ class PendingLedger:
         # the state aging.py derives from this ledger: each ledger (replica) has its own.
         self.readings_changed: set[str] = set()
         self.aging_state: object | None = None
-        # The mean requested kW (moving average over about the last 100 requests): what each
-        # of the other replicas may have sent the best candidate meanwhile (selection.py).
+        # The mean requested kW (moving average over about the last 100 requests): what another
+        # replica may have sent the best candidate meanwhile (selection.py).
         self.mean_request_kw: float | None = None
 
     def pending_kw(self, instance: str) -> float:

@@ -204,11 +204,12 @@ def read_balancers(result: list[dict[str, Any]]) -> tuple[int, list[str]]:
     over replicas that may not exist costs balance, never safety."""
     if not result:
         return 1, []
-    values = [sample.get("value", [None, None])[1] for sample in result]
     try:
+        values = [sample["value"][1] for sample in result]
         count = float(values[0]) if len(values) == 1 else math.nan
-    except (TypeError, ValueError):
-        count = math.nan
+    except (KeyError, IndexError, TypeError, ValueError):
+        values, count = [sample.get("value") if isinstance(sample, dict) else sample
+                         for sample in result], math.nan
     if not (math.isfinite(count) and count >= 1.0 and count == int(count)):
         return 1, [f"balancer replicas: {values!r} is not one whole number >= 1; read as 1"]
     return int(count), []

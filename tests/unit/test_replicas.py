@@ -42,6 +42,9 @@ def test_the_replica_query_counts_only_replicas_that_are_up() -> None:
     pytest.param([series(2), series(3)], id="several-series"),
     pytest.param([{"metric": {}, "value": [1.0, "many"]}], id="not-a-number"),
     pytest.param([{"metric": {}}], id="no-value"),
+    pytest.param([{"metric": {}, "value": [1.0]}], id="value-without-a-number"),
+    pytest.param([{"metric": {}, "value": None}], id="value-null"),
+    pytest.param(["3"], id="not-a-sample"),
 ])
 def test_an_odd_replica_count_is_reported_and_read_as_one(result: list[dict[str, Any]]) -> None:
     count, problems = read_balancers(result)
