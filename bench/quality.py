@@ -192,10 +192,6 @@ class Simulation:
         self.policy: Policy | None = None
         self.forecast = False
 
-    @property
-    def rng(self) -> random.Random:
-        return self.replicas[0].rng
-
     def scrape(self, now: float) -> None:
         """The last scrape at or before `now`, as every replica's refresher reads it. Only the
         last one matters: a later scrape settles all an earlier one would."""

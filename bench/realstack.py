@@ -75,10 +75,6 @@ def mean_session_s(low: float = MIN_SESSION_S, high: float = MAX_SESSION_S) -> f
     return (high - low) / math.log(high / low)
 
 
-def mean_request_kw() -> float:
-    return MEAN_KW
-
-
 def make_trace(capacities_kw: Sequence[float], seconds: float, seed: int = SEED, *,
                speed_factor: float = SPEED_FACTOR, utilization: float = UTILIZATION,
                burst_every_s: float = BURST_EVERY_S, burst_share: float = BURST_SHARE,
@@ -89,7 +85,7 @@ def make_trace(capacities_kw: Sequence[float], seconds: float, seed: int = SEED,
     most `max_requests`, the first ones."""
     rng = random.Random(seed)
     capacity = sum(capacities_kw)
-    mean_kw, mean_s = mean_request_kw(), mean_session_s(min_s, max_s)
+    mean_kw, mean_s = MEAN_KW, mean_session_s(min_s, max_s)
     burst_load = burst_share * capacity * mean_s / burst_every_s
     rate = max(utilization * capacity - burst_load, 0.0) / (mean_kw * mean_s)
 

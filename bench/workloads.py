@@ -38,10 +38,6 @@ class Arrival:
     declared_s: float   # from the declared energy: when the substation expects it to end
     actual_s: float     # how long it really charges
 
-    @property
-    def duration_s(self) -> float:
-        return self.actual_s
-
 
 Durations = Callable[[random.Random], float]
 

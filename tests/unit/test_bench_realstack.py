@@ -17,7 +17,6 @@ from bench.realstack import (
     decision_regret,
     interpolated,
     make_trace,
-    mean_request_kw,
     mean_request_points,
     mean_session_s,
     offered_utilization,
@@ -26,7 +25,7 @@ from bench.realstack import (
     spread,
     target_rows,
 )
-from bench.workloads import POWERS_KW
+from bench.workloads import MEAN_KW, POWERS_KW
 
 
 def test_the_trace_is_seeded_identical_for_every_run_and_differs_by_seed() -> None:
@@ -64,7 +63,7 @@ def test_bursts_arrive_every_interval_within_a_second() -> None:
     # Bursts offer more than 10 % on their own: the Poisson part is empty, only bursts remain.
     starts = sorted({int(c.at) for c in trace})
     assert starts == [20, 40, 60, 80]
-    per_burst = round(0.15 * sum(CAPACITIES_KW) / mean_request_kw())
+    per_burst = round(0.15 * sum(CAPACITIES_KW) / MEAN_KW)
     assert len(trace) == 4 * per_burst
 
 
@@ -103,7 +102,7 @@ def test_mean_request_in_utilization_points() -> None:
     trace = make_trace(CAPACITIES_KW, 600.0, seed=6)
     points = mean_request_points(trace, CAPACITIES_KW)
     assert points == pytest.approx(statistics.mean(c.kw for c in trace) / 275.0)
-    assert points == pytest.approx(mean_request_kw() / 275.0, rel=0.15)
+    assert points == pytest.approx(MEAN_KW / 275.0, rel=0.15)
 
 
 def test_the_target_compares_each_policys_15_s_p99_with_its_1_s_run() -> None:
