@@ -15,6 +15,7 @@ from balancer.health import OutlierDetector
 from balancer.ledger import PendingLedger
 from balancer.metrics import BalancerMetrics
 from balancer.placement import Reply
+from balancer.policy import LoadAging
 from balancer.selection import select_despite_doubt, select_substation
 from balancer.serving import ServingState
 from gridlb.charge import SessionCharge
@@ -94,9 +95,12 @@ class LedgerChooser:
         # A session found by a fence was reserved by an earlier dispatch, maybe by another
         # balancer: reserving it here is what its load is until a reading includes it.
         self.reserve(instance)
+        # The end matters only to a policy that ages loads; only forecast aging drains the
+        # ledger's ends (ledger.expire), so for any other policy they are not kept at all.
+        ages = self.serving.policy.load_aging is LoadAging.FORECAST
         self.ledger.confirm(instance, self.charge.session_id, now,
                             seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
-                            _finite(reply.body.get("ends_at")))
+                            _finite(reply.body.get("ends_at")) if ages else None)
         observe_reply(self.ledger, instance, reply, now)
         self.health.record_success(instance)
 

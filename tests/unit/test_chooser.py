@@ -12,6 +12,7 @@ from balancer.chooser import LedgerChooser
 from balancer.health import OutlierDetector
 from balancer.ledger import PendingLedger
 from balancer.metrics import BalancerMetrics
+from balancer.placement import Reply
 from balancer.serving import ServingState
 from gridlb.charge import SessionCharge
 from tests.conftest import make_policy, make_snapshot, view
@@ -38,3 +39,29 @@ def test_in_degraded_mode_the_doubt_path_ranks_unscored_substations_too() -> Non
     assert serving.degraded
     assert chooser.choose(()) == "b"
     assert chooser.choose({"b"}) is None
+
+
+def accept_many(policy_result: dict[str, str], count: int) -> PendingLedger:
+    """`count` sessions accepted through the chooser, each answer announcing its end."""
+    policy, ledger, health = make_policy(result=policy_result), PendingLedger(), OutlierDetector()
+    serving = ServingState(policy, Path("policies/test-policy.yaml"), ledger, health,
+                           BalancerMetrics(CollectorRegistry()), max_snapshot_age_s=15.0,
+                           clock=lambda: 1000.0)
+    assert serving.install(make_snapshot(view("a", 0.0, 1e6), at=1000.0), evaluated_with=policy)
+    for i in range(count):
+        chooser = LedgerChooser(SessionCharge("ev", 11.0, 1.0, session_id=f"s{i}"), serving,
+                                ledger, health, serving.metrics, random.Random(0),
+                                clock=lambda: 1000.0)
+        chooser.accepted("a", Reply(True, 200, {"ends_at": 1010.0 + i, "load_kw": 11.0 * i,
+                                                "load_seq": i}))
+    return ledger
+
+
+def test_ends_are_kept_only_for_a_policy_that_ages_loads() -> None:
+    # Only forecast aging drains the ends (ledger.expire): kept for any other policy, they
+    # would pile up for as long as the balancer runs.
+    plain = accept_many({"pending_adjustment": "utilization"}, 50)
+    aging = accept_many({"pending_adjustment": "utilization", "load_aging": "forecast"}, 50)
+    assert len(plain._ends) == 0
+    # each end twice: as a pending entry, and inside the answer that counts it
+    assert len(aging._ends) == 100
