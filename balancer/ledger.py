@@ -115,12 +115,19 @@ class PendingLedger:
                 ends_at: float | None = None) -> None:
         book = self._by_instance.get(instance)
         entry = book.entries.get(session_id) if book else None
-        if entry is not None:
-            entry.confirmed_at, entry.confirmed_seq = now, seq
-            if ends_at is not None and ends_at - now <= self.end_horizon_s:
-                entry.ends_at = ends_at
-                heapq.heappush(self._ends, (ends_at + self.clock_skew_s, 0, instance,
-                                            session_id))
+        if entry is None or book is None:
+            return
+        entry.confirmed_at, entry.confirmed_seq = now, seq
+        if ends_at is not None and ends_at - now <= self.end_horizon_s:
+            entry.ends_at = ends_at
+            heapq.heappush(self._ends, (ends_at + self.clock_skew_s, 0, instance, session_id))
+        base_seq = self._observed_seq.get(instance)
+        if seq is not None and base_seq is not None and seq <= base_seq:
+            # Its accept arrived after a newer reading (an answer or a scrape) that counts it:
+            # pending until the next reading, it would be counted twice meanwhile.
+            reading_at = self.observed_at_by_instance.get(instance)
+            self._drop_confirmed(instance, book, now if reading_at is None else reading_at,
+                                 base_seq, into_reading=reading_at is not None)
 
     def expire(self, now: float) -> None:
         """Stop counting sessions that have ended by `now` (by the ends their accepts said).
@@ -208,6 +215,12 @@ class PendingLedger:
             scrape_is_newer = kept_seq <= seq
         else:
             scrape_is_newer = observed_at is not None and observed_at <= horizon
+        if seq is not None and (observed_at is None or scrape_is_newer) and \
+                (kept_seq is None or kept_seq < seq):
+            # The scrape is the base: an answer older than it, arriving after it, must not
+            # become the base again (it misses what the scrape counts and the ledger, settled,
+            # no longer holds), and an accept it counts is settled when it arrives.
+            self._observed_seq[instance] = seq
         if observed_at is not None and scrape_is_newer:
             # The scrape is newer: it is the base again. Sequences keep ordering the answers.
             # (Its tick may stay: doubtful_kw asks only while a reading is kept.)

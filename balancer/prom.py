@@ -280,10 +280,14 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
     up, _, p_up = read_vector(run_query(client, queries.up, params), "instance", min, "up")
     scraped, _, p_ts = read_vector(run_query(client, queries.scrape_time, params), "instance",
                                    min, "scrape time")
-    load, load_labels, p_load = read_vector(run_query(client, queries.load, params), "instance",
-                                            max, "load")
+    # The reading number before the load: a scrape that lands between the two queries then
+    # makes the load newer than its number (kW counted twice until the next refresh, the safe
+    # side), never older (the ledger would drop kW that load does not count yet: a burst would
+    # overfill that substation). Later queries see at least what earlier ones saw.
     seqs, _, p_seq = read_vector(run_query(client, queries.load_seq, params), "instance", min,
                                  "load sequence")
+    load, load_labels, p_load = read_vector(run_query(client, queries.load, params), "instance",
+                                            max, "load")
     capacity, cap_labels, p_cap = read_vector(run_query(client, queries.capacity, params),
                                               "instance", min, "capacity")
     forecasts: dict[str, tuple[tuple[float, float], ...]] = {}

@@ -274,3 +274,45 @@ def test_nothing_of_a_departed_substation_is_kept() -> None:
     traces = [name for name, value in vars(ledger).items()
               if isinstance(value, dict) and "gone" in value]
     assert traces == []
+
+
+def test_an_answer_older_than_the_scrape_arriving_after_it_does_not_become_the_base() -> None:
+    ledger = PendingLedger()
+    ledger.observe("s", 10.0, at=999.0, seq=10)
+    ledger.reserve("s", "x", 11.0)   # admitted at reading 13
+    ledger.reserve("s", "y", 11.0)   # admitted at reading 15
+    ledger.confirm("s", "y", now=999.5, seq=15)
+    ledger.settle("s", scrape_ts=1000.0, seq=15)     # counts x and y: 32 kW
+    assert ledger.observed_load_kw("s") is None and ledger.pending_kw("s") == 11.0
+    # x's accept (reading 13: 21 kW, without y) arrives only now. Taken as the base, it would
+    # drop y's 11 kW, which the ledger no longer holds: 11 kW undercounted.
+    ledger.confirm("s", "x", now=1000.1, seq=13)
+    assert not ledger.observe("s", 21.0, at=1000.1, seq=13)
+    assert ledger.observed_load_kw("s") is None and ledger.pending_kw("s") == 0.0
+
+
+def test_an_accept_arriving_after_a_reading_that_counts_it_is_settled_at_once() -> None:
+    ledger = PendingLedger()
+    ledger.reserve("s", "x", 11.0)
+    ledger.reserve("s", "y", 7.0)
+    ledger.confirm("s", "y", now=1.0, seq=21)
+    ledger.observe("s", 18.0, at=1.0, seq=21)        # y's answer: it counts x (seq 20) too
+    assert ledger.pending_kw("s") == 11.0            # x: in flight, maybe in the reading
+    ledger.confirm("s", "x", now=1.1, seq=20)
+    assert not ledger.observe("s", 11.0, at=1.1, seq=20)
+    assert ledger.pending_kw("s") == 0.0 and ledger.observed_load_kw("s") == 18.0
+    ledger.reserve("s", "z", 5.0)
+    ledger.confirm("s", "z", now=1.2, seq=22)        # newer than the reading: still pending
+    assert ledger.pending_kw("s") == 5.0
+
+
+def test_a_scrape_sets_the_number_only_where_it_is_the_base() -> None:
+    # An unnumbered answer newer by time than the scrape stays the base: the scrape's number
+    # says nothing about what that answer counts, so an accept numbered below it stays pending.
+    ledger = PendingLedger(clock_skew_s=0.0)
+    ledger.observe("s", 30.0, at=1002.0)
+    ledger.settle("s", scrape_ts=1000.0, seq=40)
+    assert ledger.observed_load_kw("s") == 30.0
+    ledger.reserve("s", "x", 11.0)
+    ledger.confirm("s", "x", now=1003.0, seq=39)
+    assert ledger.pending_kw("s") == 11.0

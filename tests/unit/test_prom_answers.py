@@ -21,7 +21,7 @@ from balancer.prom import (
     read_snapshot,
 )
 from balancer.snapshot import Snapshot
-from tests.conftest import make_policy, series
+from tests.conftest import FakeQueryClient, make_policy, series
 
 Q = GridQueries()
 A, B = "127.0.0.1:9101", "127.0.0.1:9102"
@@ -256,3 +256,26 @@ async def test_a_failing_grid_query_fails_the_evaluation(aiohttp_raw_server: Any
     with pytest.raises(QueryFailure) as caught:
         await snapshot_from(aiohttp_raw_server, {Q.capacity: (503, error_body("timeout", "x"))})
     assert not isinstance(caught.value, PolicyQueryFailed)
+
+
+@pytest.mark.parametrize("lands_after_query", range(9))
+def test_a_scrape_landing_between_the_queries_never_makes_the_load_older_than_its_number(
+        lands_after_query: int) -> None:
+    # Each query is its own evaluation: a scrape (load 10 kW at reading 5 -> 20 kW at reading
+    # 6) may commit between any two of them. The ledger drops the kW of every accept the
+    # reading number counts, so a load older than its number would undercount 10 kW.
+    labels = {"job": "substation", "substation": "s1"}
+
+    def prometheus(query: str) -> Any:
+        newer = len(client.calls) > lands_after_query
+        answers = {Q.up: [series(1, instance=A, **labels)],
+                   Q.scrape_time: [series(1000.0 if newer else 999.0, instance=A)],
+                   Q.load: [series(20 if newer else 10, instance=A, **labels)],
+                   Q.load_seq: [series(6 if newer else 5, instance=A, **labels)],
+                   Q.capacity: [series(100, instance=A, **labels)],
+                   POLICY.query: [series(0.2 if newer else 0.1, instance=A)]}
+        return answers.get(query, [])
+
+    client = FakeQueryClient(default=prometheus)
+    view = read_snapshot(client, POLICY, Q, 1000.5).substations[A]
+    assert (view.load_kw, view.load_seq) in {(10.0, 5), (20.0, 5), (20.0, 6)}
