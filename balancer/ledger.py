@@ -12,6 +12,13 @@ substation's load includes it:
   at least that of the accept that confirmed it. This keeps the view fresh between scrapes, and
   while Prometheus is down (degraded mode) it stops the ledger from only growing.
 
+The invariant (tests/unit/test_ledger_properties.py): the load a decision counts, the base
+reading plus pending kW, is never below the substation's true load, and above it only by kW
+whose answers are still on the way. The base's number is the kept answer's or, once a scrape
+replaced it, the scrape's: an older answer arriving later never becomes the base again (it
+misses what the scrape counts and the ledger no longer holds), and an accept arriving after a
+reading that counts it leaves the ledger at once (else counted twice until the next reading).
+
 A session also stops being load when it ends. An accept may say when (`ends_at`, the end of its
 declared energy, for `load_aging: forecast`): `expire(now)` then stops counting it, both while
 it is pending and inside a substation's answer that included it (until a scrape, whose forecast
