@@ -132,9 +132,9 @@ class PendingLedger:
         if seq is not None and base_seq is not None and seq <= base_seq:
             # Its accept arrived after a newer reading (an answer or a scrape) that counts it:
             # pending until the next reading, it would be counted twice meanwhile.
-            reading_at = self.observed_at_by_instance.get(instance)
-            self._drop_confirmed(instance, book, now if reading_at is None else reading_at,
-                                 base_seq, into_reading=reading_at is not None)
+            # Only this entry: what the base counts of the others was settled with it.
+            self._absorb(instance, book, session_id, self.observed_at_by_instance.get(instance))
+            self._set_pending(instance, book)
 
     def expire(self, now: float) -> None:
         """Stop counting sessions that have ended by `now` (by the ends their accepts said).
@@ -208,7 +208,7 @@ class PendingLedger:
             self._observed_seq[instance] = seq
         book = self._by_instance.get(instance)
         if book is not None:
-            self._drop_confirmed(instance, book, at, seq, into_reading=True)
+            self._drop_confirmed(instance, book, at, seq, reading_at=at)
         return True
 
     def settle(self, instance: str, scrape_ts: float, seq: int | None = None) -> None:
@@ -237,10 +237,12 @@ class PendingLedger:
             self.readings_changed.add(instance)
         book = self._by_instance.get(instance)
         if book is not None:
-            self._drop_confirmed(instance, book, horizon, seq)
+            self._drop_confirmed(instance, book, horizon, seq, reading_at=None)
 
     def _drop_confirmed(self, instance: str, book: _SubstationLedger, horizon: float,
-                        seq: int | None = None, into_reading: bool = False) -> None:
+                        seq: int | None, reading_at: float | None) -> None:
+        """Drop the confirmed entries a reading counts: numbered up to `seq`, or (unnumbered)
+        confirmed by `horizon`. `reading_at`: when the reading is a kept answer, its time."""
         def included(e: _Entry) -> bool:
             if e.confirmed_at is None:
                 return False
@@ -249,13 +251,20 @@ class PendingLedger:
             return e.confirmed_at <= horizon
         seen = [sid for sid, e in book.entries.items() if included(e)]
         for sid in seen:
-            entry = book.entries.pop(sid)
-            book.pending_kw -= entry.kw
-            if into_reading and entry.ends_at is not None and \
-                    instance not in self.observed_forecast_by_instance and \
-                    self.surely_before_end(horizon, entry.ends_at):
-                self._include(instance, entry.ends_at, entry.kw)
+            self._absorb(instance, book, sid, reading_at)
         self._set_pending(instance, book)
+
+    def _absorb(self, instance: str, book: _SubstationLedger, session_id: str,
+                reading_at: float | None) -> None:
+        """The base reading counts this entry: it is no longer pending. When that reading is a
+        kept answer (taken at `reading_at`) without a forecast of its own, the entry's end is
+        tracked inside it; a scrape's forecast knows the end already."""
+        entry = book.entries.pop(session_id)
+        book.pending_kw -= entry.kw
+        if reading_at is not None and entry.ends_at is not None and \
+                instance not in self.observed_forecast_by_instance and \
+                self.surely_before_end(reading_at, entry.ends_at):
+            self._include(instance, entry.ends_at, entry.kw)
 
     def surely_before_end(self, reading_at: float, ends_at: float) -> bool:
         """Whether a reading at `reading_at` (our clock) surely still counted a session that

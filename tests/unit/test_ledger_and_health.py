@@ -316,3 +316,29 @@ def test_a_scrape_sets_the_number_only_where_it_is_the_base() -> None:
     ledger.reserve("s", "x", 11.0)
     ledger.confirm("s", "x", now=1003.0, seq=39)
     assert ledger.pending_kw("s") == 11.0
+
+
+def test_an_accept_absorbed_by_a_reading_it_arrived_after_still_ends_in_that_reading() -> None:
+    ledger = PendingLedger(clock_skew_s=0.5, end_margin_s=1.0)
+    ledger.reserve("s", "x", 11.0)
+    ledger.reserve("s", "y", 7.0)
+    ledger.confirm("s", "y", now=100.0, seq=21)
+    ledger.observe("s", 18.0, at=100.0, seq=21)      # no forecast of its own: counts x too
+    ledger.confirm("s", "x", now=100.2, seq=20, ends_at=130.0)
+    assert ledger.pending_kw("s") == 0.0
+    ledger.expire(130.4)
+    assert ledger.observed_load_kw("s") == 18.0      # not yet: ends are taken late
+    ledger.expire(130.5)
+    assert ledger.observed_load_kw("s") == 7.0       # x ended inside the reading
+
+
+def test_an_accept_absorbed_at_arrival_leaves_unnumbered_entries_pending() -> None:
+    # Only the accept the base's number counts leaves: an unnumbered one (a substation that
+    # does not number its answers) is settled by time, at the next scrape.
+    ledger = PendingLedger(clock_skew_s=0.0)
+    ledger.reserve("s", "unnumbered", 5.0)
+    ledger.confirm("s", "unnumbered", now=99.0)
+    ledger.reserve("s", "x", 11.0)
+    ledger.settle("s", scrape_ts=98.0, seq=30)
+    ledger.confirm("s", "x", now=100.0, seq=29)
+    assert ledger.pending_kw("s") == 5.0
