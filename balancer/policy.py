@@ -104,7 +104,10 @@ def show(value: object) -> str:
         return repr(value) if abs(value) < 10**20 else "a huge integer"
     if isinstance(value, str):
         text = value if len(value) <= 60 else value[:57] + "..."
-        return repr(text)
+        quoted = repr(text)
+        # Control and unusual characters quote as escapes of up to 10 characters each: the
+        # quote itself is bounded too (62 = 60 plain characters and the quotes).
+        return quoted if len(quoted) <= 62 else quoted[:58] + "...'"
     kinds = {list: "a list", dict: "a mapping"}
     return next((name for kind, name in kinds.items() if isinstance(value, kind)),
                 f"a {type(value).__name__}")

@@ -241,6 +241,8 @@ def test_a_policy_file_is_found_by_name() -> None:
     (None, "None"), (True, "True"), (1.5, "1.5"), (1000, "1000"), (10**20 - 1, repr(10**20 - 1)),
     (10**20, "a huge integer"), (-(10**20), "a huge integer"),
     ("x" * 60, repr("x" * 60)), ("x" * 61, repr("x" * 57 + "...")),
+    ("\x1f" * 15, "'" + "\\x1f" * 15 + "'"), ("\x1f" * 16, "'" + "\\x1f" * 14 + "\\...'"),
+    ("\U0001019d" * 6 + "0", "'" + "\\U0001019d" * 5 + "\\U00010...'"),
     ([1], "a list"), ({"a": 1}, "a mapping"), ({1}, "a set"), (b"x", "a bytes"),
 ])
 def test_values_are_quoted_short_and_never_as_a_structure(value: object, shown: str) -> None:

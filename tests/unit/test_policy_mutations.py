@@ -203,6 +203,8 @@ files = st.builds(
 @example(yaml.safe_dump({**GOOD, "tie_tolerance": float("nan")}).encode())
 @example(yaml.safe_dump({**GOOD, "refresh_interval": float("inf")}).encode())
 @example(yaml.safe_dump({**GOOD, "description": "\ud800"}).encode())
+# An unknown key that quotes as escapes: the message stays short (found by CI).
+@example(yaml.safe_dump({**GOOD, "0\x1f\x08" + "\U0001019d" * 8: 1.0}).encode())
 @given(files)
 def test_a_mangled_policy_is_installed_and_works_or_refused_naming_file_and_field(
         balancer: RunningBalancer, content: bytes) -> None:
