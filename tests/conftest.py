@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from balancer.policy import Policy, parse_policy
 from balancer.snapshot import Snapshot, SubstationView
+
+# CI (.ci/run sets HYPOTHESIS_PROFILE=ci) tries the same examples on every run, so a red CI means
+# the change broke something, not that this run happened to draw a new input. Runs elsewhere
+# draw new examples each time, which is how such inputs are found: a failure prints its example,
+# which then becomes an explicit @example of its test.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "explore"))
 
 
 class FakeQueryClient:
