@@ -20,12 +20,11 @@ from typing import Any
 import promql_parser
 import yaml
 
-from gridlb.grid import ConfigError
+from gridlb.grid import ConfigError, show, unknown_keys
 
 # Patterns are used with fullmatch: `$` alone would let a trailing newline through.
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _DURATION_RE = re.compile(r"(\d{1,9}(?:\.\d{1,9})?)(ms|s|m)")
-_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")   # shown as is in messages; else quoted
 _LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,127}")
 MAX_FILE_BYTES = 64 * 1024
 MAX_QUERY_CHARS = 10_000
@@ -93,24 +92,6 @@ class Policy:
 
 class PolicyError(ConfigError):
     """A policy file was refused; `problems` lists each bad field."""
-
-
-def show(value: object) -> str:
-    """A value as an error message may quote it: short, and never the repr of a structure
-    (YAML aliases can make a small file expand into a huge nested one)."""
-    if value is None or isinstance(value, (bool, float)):
-        return repr(value)
-    if isinstance(value, int):
-        return repr(value) if abs(value) < 10**20 else "a huge integer"
-    if isinstance(value, str):
-        text = value if len(value) <= 60 else value[:57] + "..."
-        quoted = repr(text)
-        # Control and unusual characters quote as escapes of up to 10 characters each: the
-        # quote itself is bounded too (62 = 60 plain characters and the quotes).
-        return quoted if len(quoted) <= 62 else quoted[:58] + "...'"
-    kinds = {list: "a list", dict: "a mapping"}
-    return next((name for kind, name in kinds.items() if isinstance(value, kind)),
-                f"a {type(value).__name__}")
 
 
 def _number(value: object) -> float | None:
@@ -187,14 +168,6 @@ def _enum_field(raw: dict[Any, Any], key: str, enum: type[Enum], default: Enum,
         return default
 
 
-def _unknown_keys(raw: dict[Any, Any], known: set[str], where: str,
-                  problems: list[str]) -> None:
-    # Keys may be anything YAML allows (numbers, null, booleans): sort them by how they print.
-    for key in sorted((k for k in raw if k not in known), key=show):
-        shown = key if isinstance(key, str) and _KEY_RE.fullmatch(key) else show(key)
-        problems.append(f"{where}{shown}: unknown field (known: {', '.join(sorted(known))})")
-
-
 def _check_query(raw: dict[Any, Any], problems: list[str]) -> str:
     query = _text(raw, "query", MAX_QUERY_CHARS, problems, required=True)
     if not query:
@@ -210,7 +183,7 @@ def _check_result(raw: dict[Any, Any], problems: list[str]) -> dict[Any, Any]:
     if not isinstance(result, dict):
         problems.append(f"result: must be a mapping, got {show(result)}")
         return {}
-    _unknown_keys(result, _KNOWN_RESULT_FIELDS, "result.", problems)
+    unknown_keys(result, _KNOWN_RESULT_FIELDS, "result.", problems)
     label = result.get("substation_label", "instance")
     if not isinstance(label, str) or not _LABEL_RE.fullmatch(label):
         problems.append("result.substation_label: must be a Prometheus label name, "
@@ -244,7 +217,7 @@ def parse_policy(raw: object, source: str) -> Policy:
         raise PolicyError(source, ["top level: must be a mapping with name, query and result, "
                                    f"got {show(raw)}"])
     problems: list[str] = []
-    _unknown_keys(raw, _KNOWN_FIELDS, "", problems)
+    unknown_keys(raw, _KNOWN_FIELDS, "", problems)
     name = raw.get("name")
     stem = Path(source).stem
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):

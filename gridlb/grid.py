@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,37 @@ class ConfigError(ValueError):
         self.path = str(path)
         self.problems = problems
         super().__init__(f"{path}: " + "; ".join(problems))
+
+
+def show(value: object) -> str:
+    """A value as an error message may quote it: short, and never the repr of a structure
+    (YAML aliases can make a small file expand into a huge nested one)."""
+    if value is None or isinstance(value, (bool, float)):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if abs(value) < 10**20 else "a huge integer"
+    if isinstance(value, str):
+        text = value if len(value) <= 60 else value[:57] + "..."
+        quoted = repr(text)
+        # Control and unusual characters quote as escapes of up to 10 characters each: the
+        # quote itself is bounded too (62 = 60 plain characters and the quotes).
+        return quoted if len(quoted) <= 62 else quoted[:58] + "...'"
+    kinds = {list: "a list", dict: "a mapping"}
+    return next((name for kind, name in kinds.items() if isinstance(value, kind)),
+                f"a {type(value).__name__}")
+
+
+_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")   # shown as is in messages; else quoted
+
+
+def unknown_keys(raw: dict[Any, Any], known: set[str], where: str,
+                 problems: list[str]) -> None:
+    """One problem per key of `raw` not in `known`, named as the file has it (`where` is
+    the path to `raw`, e.g. 'result.')."""
+    # Keys may be anything YAML allows (numbers, null, booleans): sort them by how they print.
+    for key in sorted((k for k in raw if k not in known), key=show):
+        shown = key if isinstance(key, str) and _KEY_RE.fullmatch(key) else show(key)
+        problems.append(f"{where}{shown}: unknown field (known: {', '.join(sorted(known))})")
 
 
 @dataclass(frozen=True)
@@ -50,7 +81,6 @@ class GridConfig:
     speed_factor: float = 60.0
     policy_dir: str = "policies"
     source: str = DEFAULT_GRID_FILE
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def prometheus_url(self) -> str:
@@ -94,7 +124,7 @@ def load_grid(path: str | Path | None = None) -> GridConfig:
 def _port(raw: dict[str, Any], key: str, default: int, problems: list[str], where: str) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        problems.append(f"{where}{key}: must be an integer port 1-65535, got {value!r}")
+        problems.append(f"{where}{key}: must be an integer port 1-65535, got {show(value)}")
         return default
     return value
 
@@ -106,7 +136,7 @@ def _positive(raw: dict[str, Any], key: str, default: float | None, problems: li
         problems.append(f"{where}{key}: is required")
         return 0.0
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        problems.append(f"{where}{key}: must be a positive number, got {value!r}")
+        problems.append(f"{where}{key}: must be a positive number, got {show(value)}")
         return 0.0
     return float(value)
 
@@ -115,10 +145,13 @@ def parse_grid(raw: object, source: str = DEFAULT_GRID_FILE) -> GridConfig:
     if not isinstance(raw, dict):
         raise ConfigError(source, ["top level: must be a mapping with 'substations' and 'policy'"])
     problems: list[str] = []
+    # A misspelt key (`scrape_interval:`) would otherwise be ignored without a word.
+    unknown_keys(raw, _KNOWN_KEYS, "", problems)
     ports = raw.get("ports") or {}
     if not isinstance(ports, dict):
         problems.append(f"ports: must be a mapping, got {type(ports).__name__}")
         ports = {}
+    unknown_keys(ports, _PORT_KEYS, "ports.", problems)
     subs_raw = raw.get("substations")
     substations: list[SubstationSpec] = []
     if not isinstance(subs_raw, list) or not subs_raw:
@@ -131,12 +164,14 @@ def parse_grid(raw: object, source: str = DEFAULT_GRID_FILE) -> GridConfig:
         if not isinstance(item, dict):
             problems.append(f"substations[{i}]: must be a mapping with id, port, capacity_kw")
             continue
+        unknown_keys(item, _SUBSTATION_KEYS, where, problems)
         sid = item.get("id")
         if not isinstance(sid, str) or not _ID_RE.match(sid):
-            problems.append(f"{where}id: must be 1-63 letters, digits, '_', '.', '-', got {sid!r}")
+            problems.append(f"{where}id: must be 1-63 letters, digits, '_', '.', '-', "
+                            f"got {show(sid)}")
             sid = f"#{i}"
         elif sid in seen_ids:
-            problems.append(f"{where}id: duplicate id {sid!r}")
+            problems.append(f"{where}id: duplicate id {show(sid)}")
         seen_ids.add(sid)
         port = _port(item, "port", 0, problems, where) if "port" in item else 0
         if "port" not in item:
@@ -149,17 +184,21 @@ def parse_grid(raw: object, source: str = DEFAULT_GRID_FILE) -> GridConfig:
     policy = raw.get("policy")
     if not isinstance(policy, str) or not policy:
         problems.append("policy: must name a policy file in policies/ (without .yaml), "
-                        f"got {policy!r}")
+                        f"got {show(policy)}")
         policy = ""
     host = raw.get("host", "127.0.0.1")
     if not isinstance(host, str) or not host:
-        problems.append(f"host: must be a host name or address, got {host!r}")
+        problems.append(f"host: must be a host name or address, got {show(host)}")
         host = "127.0.0.1"
+    policy_dir = raw.get("policy_dir", "policies")
+    if not isinstance(policy_dir, str) or not policy_dir:
+        problems.append(f"policy_dir: must be a directory path, got {show(policy_dir)}")
+        policy_dir = "policies"
     replicas = raw.get("balancer_replicas", 1)
     if isinstance(replicas, bool) or not isinstance(replicas, int) or \
             not 1 <= replicas <= MAX_BALANCER_REPLICAS:
         problems.append(f"balancer_replicas: must be an integer 1-{MAX_BALANCER_REPLICAS}, "
-                        f"got {replicas!r}")
+                        f"got {show(replicas)}")
         replicas = 1
     grid = GridConfig(
         substations=tuple(substations),
@@ -171,9 +210,8 @@ def parse_grid(raw: object, source: str = DEFAULT_GRID_FILE) -> GridConfig:
         balancer_replicas=replicas,
         scrape_interval_s=_positive(raw, "scrape_interval_s", 1.0, problems, ""),
         speed_factor=_positive(raw, "speed_factor", 60.0, problems, ""),
-        policy_dir=str(raw.get("policy_dir", "policies")),
+        policy_dir=policy_dir,
         source=source,
-        extra={k: v for k, v in raw.items() if k not in _KNOWN_KEYS},
     )
     service_ports = {grid.ingress_port, grid.prometheus_port, *grid.balancer_ports}
     for clash in sorted(seen_ports & service_ports):
@@ -197,3 +235,5 @@ def parse_grid(raw: object, source: str = DEFAULT_GRID_FILE) -> GridConfig:
 
 _KNOWN_KEYS = {"substations", "policy", "host", "ports", "scrape_interval_s", "speed_factor",
                "policy_dir", "balancer_replicas"}
+_PORT_KEYS = {"ingress", "balancer", "prometheus"}
+_SUBSTATION_KEYS = {"id", "port", "capacity_kw"}

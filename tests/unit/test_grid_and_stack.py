@@ -64,6 +64,16 @@ def test_the_shipped_grid_file_has_two_equal_substations_and_default_ports() -> 
      r"clashes with ports\.ingress"),
     ({"ports": {"balancer": 9090}}, r"ports\.balancer: port 9090 clashes with ports\.prometheus"),
     ({"ports": {"ingress": 9090}}, r"ports: ingress and prometheus both use port 9090"),
+    ({"scrape_interval": 15}, r"grid\.yaml: scrape_interval: unknown field \(known: "
+     r"balancer_replicas, host, policy, policy_dir, ports, scrape_interval_s, speed_factor, "
+     r"substations\)"),
+    ({"ports": {"ingres": 8000}}, r"ports\.ingres: unknown field \(known: balancer, ingress, "
+     r"prometheus\)"),
+    ({"substations": [{"id": "a", "port": 9101, "capacity_kw": 1, "capacity": 5}]},
+     r"substations\[0\]\.capacity: unknown field \(known: capacity_kw, id, port\)"),
+    ({"policy_dir": ["x"]}, r"policy_dir: must be a directory path, got a list"),
+    ({"policy_dir": ""}, r"policy_dir: must be a directory path, got ''"),
+    ({"host": {"a": 1}}, r"host: must be a host name or address, got a mapping$"),
 ])
 def test_each_bad_grid_field_is_named(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -160,3 +170,25 @@ def test_reset_refuses_while_make_up_runs(tmp_path: Path) -> None:
         runner.wait()
     assert running_stack_pid(tmp_path) is None      # a stale PID file does not block
     assert reset(tmp_path) == 0
+
+
+def test_a_grid_file_of_nested_aliases_is_refused_in_a_short_message(tmp_path: Path) -> None:
+    # Nine levels of ten aliases: a billion leaves if anything expanded it (a repr would).
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    lines += ["policy: *a8", "host: *a8", "substations: *a8", "ports: {ingress: *a8}"]
+    path = tmp_path / "grid.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"policy: must name a policy file .*got a list") as e:
+        load_grid(path)
+    assert len(str(e.value)) < 4000   # one line per problem, no value expanded
+    assert "a0: unknown field" in str(e.value)
+
+
+def test_a_valid_grid_with_every_field_is_read_as_written() -> None:
+    grid = parse_grid({**GOOD, "host": "127.0.0.2", "policy_dir": "/etc/grid/policies",
+                       "scrape_interval_s": 5, "speed_factor": 1, "balancer_replicas": 2,
+                       "ports": {"ingress": 8000, "balancer": 8001, "prometheus": 8100}})
+    assert (grid.host, grid.policy_dir, grid.scrape_interval_s, grid.speed_factor,
+            grid.balancer_ports, grid.ingress_port, grid.prometheus_port) == \
+        ("127.0.0.2", "/etc/grid/policies", 5.0, 1.0, (8001, 8002), 8000, 8100)

@@ -16,8 +16,8 @@ from balancer.policy import (
     parse_duration,
     parse_policy,
     policy_path,
-    show,
 )
+from gridlb.grid import show
 from tests.conftest import make_policy
 
 REPO = Path(__file__).resolve().parents[2]
