@@ -17,7 +17,7 @@ from gridlb.tasks import background
 from ingress.balancers import BalancerReplicas, Resolve, resolve_a_records
 from ingress.config import IngressConfig
 from ingress.metrics import IngressMetrics, metrics_middleware
-from ingress.state import BALANCERS, CONFIG, HTTP, IN_PROGRESS, METRICS, STORE
+from ingress.state import BALANCERS, CONFIG, HTTP, IN_PROGRESS, METRICS, MOVED_TO, STORE
 from ingress.store import IngressStore
 from ingress.views import setup_routes
 
@@ -80,6 +80,7 @@ def create_app(config: IngressConfig, registry: CollectorRegistry | None = None,
     app[CONFIG] = config
     app[METRICS] = metrics
     app[IN_PROGRESS] = set()
+    app[MOVED_TO] = {}
     app.cleanup_ctx.append(store)
     app.cleanup_ctx.append(http_session)
     app.cleanup_ctx.append(balancer_replicas(resolve))

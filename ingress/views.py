@@ -39,7 +39,7 @@ from ingress.idempotency import (
     next_step,
 )
 from ingress.openapi import IDEMPOTENCY_KEY_PATTERN, MAX_IDEMPOTENCY_KEY, openapi_document
-from ingress.state import BALANCERS, CONFIG, HTTP, IN_PROGRESS, METRICS, STORE
+from ingress.state import BALANCERS, CONFIG, HTTP, IN_PROGRESS, METRICS, MOVED_TO, STORE
 from ingress.store import SessionRoute
 
 # The balancer gets this much less than the ingress's own timeout, so that it answers (even
@@ -171,12 +171,18 @@ async def _proxy_session(request: web.Request, method: str, action: str = "") ->
     if route is None or route.tenant != bearer_identity(request):
         return json_error(404, ErrorCode.UNKNOWN_SESSION,
                           f"no session {session_id!r} was started with this API key")
-    answer = await _ask_substation(app, route.routed_to, method, session_id)
+    moved = app[MOVED_TO].get(route.substation)
+    asked = moved[0] if moved is not None and moved[1] > route.created_at else route.routed_to
+    answer = await _ask_substation(app, asked, method, session_id)
     if not _is_holder(answer, route.substation):
-        # It may have moved (a recreated container, a replaced machine): where is it now?
+        # It may have moved (a recreated container, a replaced machine): where is it now? An
+        # old address may not answer at all (each ask waits out its timeout), so where it was
+        # found is remembered for the substation's other sessions.
         moved_to = await locate_substation(app[HTTP], app[BALANCERS].urls(), route.substation)
-        if moved_to is not None and moved_to != route.routed_to:
+        if moved_to is not None and moved_to != asked:
             answer = await _ask_substation(app, moved_to, method, session_id)
+            if _is_holder(answer, route.substation):
+                app[MOVED_TO][route.substation] = (moved_to, time.time())
     if isinstance(answer, BaseException):
         return json_error(503, ErrorCode.SUBSTATION_UNAVAILABLE,
                           f"{route.substation} cannot be reached now{action}: "
@@ -197,6 +203,10 @@ async def _proxy_session(request: web.Request, method: str, action: str = "") ->
 
 
 SubstationAnswer = tuple[int, bytes, str]   # status, body, the address that answered
+# A substation's address that nothing holds any more (a container gone with its network
+# address) may not even refuse the connection: waiting 5 s to connect would only delay the
+# search for where it moved.
+_SUBSTATION_TIMEOUT = aiohttp.ClientTimeout(total=5, sock_connect=1)
 
 
 async def _ask_substation(app: web.Application, address: str, method: str, session_id: str
@@ -204,7 +214,7 @@ async def _ask_substation(app: web.Application, address: str, method: str, sessi
     url = f"http://{address}/sessions/{urllib.parse.quote(session_id, safe='')}"
     try:
         async with app[HTTP].request(method, url, headers=_internal_headers(app),
-                                     timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                                     timeout=_SUBSTATION_TIMEOUT) as resp:
             return resp.status, await resp.read(), address
     except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
         return exc

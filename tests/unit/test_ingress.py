@@ -376,10 +376,14 @@ async def test_sessions_are_read_and_stopped_at_their_substation(make_client: An
     assert body["error"] == "method_not_allowed" and resp.headers["Allow"]
 
 
-def named_substation(name: str, holds: set[str]) -> web.Application:
-    """A substation called `name` that knows the sessions in `holds`, and no other."""
+def named_substation(name: str, holds: set[str], asked: list[str] | None = None
+                     ) -> web.Application:
+    """A substation called `name` that knows the sessions in `holds`, and no other; the
+    sessions it is asked about go to `asked`."""
     async def session(request: web.Request) -> web.Response:
         sid = request.match_info["id"]
+        if asked is not None:
+            asked.append(sid)
         if sid not in holds:
             return web.json_response({"error": "unknown_session", "detail": "no",
                                       "substation": name}, status=404)
@@ -420,6 +424,36 @@ async def test_a_session_is_found_where_its_substation_moved(
         ("charging", "sub-1", f"127.0.0.1:{moved.port}")
     resp = await client.post(f"/sessions/{sid}/stop", headers=AUTH)
     assert resp.status == 200 and (await resp.json())["state"] == "stopped"
+
+
+async def test_where_a_moved_substation_was_found_is_asked_first_for_its_older_sessions(
+        make_client: Any, backends: FakeBackends, aiohttp_server: Any) -> None:
+    # An old address may not answer at all (each ask then waits out its timeout): after one
+    # session was found at the new address, the others placed before are asked there first.
+    client = await make_client()
+    sessions = [(await post(client, {**CHARGE, "vehicle_id": f"ev-{i}"}))[1]["session_id"]
+                for i in range(3)]
+    old_asked: list[str] = []
+    new_asked: list[str] = []
+    old: TestServer = await aiohttp_server(named_substation("sub-2", set(), old_asked),
+                                           host="127.0.0.1")
+    moved: TestServer = await aiohttp_server(
+        named_substation("sub-1", set(sessions), new_asked), host="127.0.0.1")
+    backends.policy_rows = [{"substation": "sub-1", "instance": f"127.0.0.1:{moved.port}",
+                             "up": True}]
+    for sid in sessions:
+        await client.app[STORE].save(route=dataclasses.replace(
+            client.app[STORE].route(sid), routed_to=f"127.0.0.1:{old.port}"))
+    for sid in sessions:
+        resp = await client.get(f"/sessions/{sid}", headers=AUTH)
+        assert resp.status == 200 and (await resp.json())["routed_to"] == \
+            f"127.0.0.1:{moved.port}"
+    assert old_asked == sessions[:1] and new_asked == sessions
+    # A session placed after the move (at an address newer than what was learned) is asked
+    # where it was placed.
+    newer = (await post(client, {**CHARGE, "vehicle_id": "ev-new"}))[1]["session_id"]
+    resp = await client.get(f"/sessions/{newer}", headers=AUTH)
+    assert resp.status == 200 and (await resp.json())["routed_to"] == backends.substation_address
 
 
 async def test_a_session_whose_substation_no_balancer_knows_is_unavailable(
