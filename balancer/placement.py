@@ -135,6 +135,23 @@ class Chooser(Protocol):
         """It did not take the session: drop the pending kW; `failed` counts for ejection."""
 
 
+class ResolveOnly:
+    """The Chooser of a resolve that places nothing (the ingress's reconciler): it never
+    chooses, and a session found where it was placed is already in that substation's load."""
+
+    def choose(self, exclude: Collection[str]) -> str | None:
+        return None
+
+    def reserve(self, instance: str) -> None:
+        raise AssertionError("a resolve-only placement forwards nothing")
+
+    def accepted(self, instance: str, reply: Reply) -> None:
+        pass
+
+    def released(self, instance: str, reply: Reply | None, failed: bool) -> None:
+        pass
+
+
 class OutcomeKind(str, enum.Enum):
     PLACED = "placed"
     ENDED = "ended"
@@ -143,6 +160,7 @@ class OutcomeKind(str, enum.Enum):
     REJECTED = "rejected"
     SUPERSEDED = "superseded"
     DEADLINE = "deadline"
+    ABSENT = "absent"          # resolve only: the session is nowhere, fenced everywhere asked
 
 
 @dataclass(frozen=True)
@@ -153,6 +171,9 @@ class Outcome:
     may_be_at: tuple[str, ...] = ()      # UNKNOWN: where the session may exist
     attempts: int = 0
     tried: tuple[str, ...] = ()
+    # A resolve ran and every substation asked answered "absent" (fenced): the evidence the
+    # ingress needs before it may stop treating an earlier dispatch as possibly placed.
+    resolved: bool = False
 
     @property
     def session_may_exist(self) -> bool:
@@ -192,17 +213,29 @@ class Placement:
         self.tried: list[str] = []
         self.attempts = 0
 
+        self.resolved = False
+
     def _outcome(self, kind: OutcomeKind, instance: str | None = None,
                  reply: Reply | None = None, may_be_at: Sequence[str] = ()) -> Outcome:
-        return Outcome(kind, instance, reply, tuple(may_be_at), self.attempts, tuple(self.tried))
+        return Outcome(kind, instance, reply, tuple(may_be_at), self.attempts, tuple(self.tried),
+                       self.resolved)
 
-    async def run(self, resolve_at: Sequence[str] = ()) -> Outcome:
-        """Place the charge. `resolve_at`: every substation an earlier dispatch of this session
-        may have reached (all of them); empty for a session never dispatched before."""
-        if resolve_at:
-            resolved = await self._resolve(resolve_at)
-            if resolved is not None:
-                return resolved
+    async def run(self, resolve_at: Sequence[str] | None = None, *, place: bool = True
+                  ) -> Outcome:
+        """Place the charge. `resolve_at`: None for a session never dispatched before (or known
+        to exist nowhere); otherwise every substation an earlier dispatch may have reached. An
+        empty `resolve_at` checks nothing, so the outcome stays UNKNOWN: a resolve that asked no
+        one has no evidence that the session is absent. `place=False` only resolves: ABSENT
+        when the session is nowhere (and fenced everywhere asked)."""
+        if resolve_at is not None:
+            found = await self._resolve(resolve_at)
+            if found is not None:
+                return found
+            self.resolved = True
+            if not place:
+                return self._outcome(OutcomeKind.ABSENT)
+        elif not place:
+            raise ValueError("place=False needs the substations to resolve at")
         while self.attempts < self.max_attempts:
             instance = self.chooser.choose(self.tried)
             if instance is None:
@@ -222,7 +255,7 @@ class Placement:
         """RESOLVING: fence every substation at this dispatch's epoch; None when the session is
         absent everywhere (and can no longer be started by any older dispatch)."""
         timeout = self.deadline.timeout(self.forward_timeout_s)
-        if timeout is None:
+        if timeout is None or not instances:
             return self._outcome(OutcomeKind.UNKNOWN, may_be_at=instances)
         replies = await asyncio.gather(*(
             self.substations.fence(i, self.charge.session_id, self.charge.epoch, timeout)

@@ -159,6 +159,10 @@ class GridQueries:
 
     job: str = "substation"
     balancer_job: str = "balancer"
+    # How far back a resolve looks for substations that may hold a session: longer than a
+    # pending record lives before the ingress's reconciler resolves it (seconds, unless a
+    # substation stays unreachable), and within Prometheus's retention.
+    roster_window_s: int = 900
 
     @property
     def up(self) -> str:
@@ -188,6 +192,14 @@ class GridQueries:
     def capacity(self) -> str:
         return self.latest_scrape("substation_capacity_kw")
 
+    @property
+    def roster(self) -> str:
+        """Every substation (instance and `substation` label) scraped within the window,
+        including targets since dropped from discovery: their series went stale, but their
+        samples are still in the window."""
+        return (f'last_over_time(substation_capacity_kw{{job="{self.job}"}}'
+                f'[{self.roster_window_s}s])')
+
     def latest_scrape(self, metric: str) -> str:
         """`metric`'s series from each target's latest scrape only. All samples of one scrape
         share `up`'s timestamp; a series older than that was not in the latest scrape: it is
@@ -195,6 +207,27 @@ class GridQueries:
         selector = f'{metric}{{job="{self.job}"}}'
         return (f"{selector} and (timestamp({selector}) "
                 f">= on (job, instance) group_left {self.scrape_time})")
+
+
+def read_roster(result: list[dict[str, Any]], listed: Mapping[str, str]) -> dict[str, str]:
+    """last_over_time(substation_capacity_kw[window]) -> {instance: name} of the substations
+    seen in the window whose name is not listed now (a listed name is asked at its current
+    address: a substation's sessions go where its name goes). A series without an instance is
+    of no use to a fence and is skipped; one without a name is named by its instance."""
+    names_now = set(listed.values())
+    recent: dict[str, str] = {}
+    for series in result:
+        metric = series.get("metric") if isinstance(series, dict) else None
+        if not isinstance(metric, dict):
+            continue
+        instance = metric.get("instance")
+        if not isinstance(instance, str) or not instance or instance in listed:
+            continue
+        name = metric.get("substation")
+        name = name if isinstance(name, str) and name else instance
+        if name not in names_now:
+            recent[instance] = name
+    return recent
 
 
 def read_balancers(result: list[dict[str, Any]]) -> tuple[int, list[str]]:
@@ -298,6 +331,7 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
     balancers, p_balancers = read_balancers(run_query(client, queries.balancers, params))
     names = {inst: (cap_labels.get(inst) or load_labels.get(inst) or {}).get("substation", inst)
              for inst in up}
+    recent = read_roster(run_query(client, queries.roster, params), names)
     what = f"policy {policy.name}"
     failed: QueryFailure | None = None
     try:
@@ -328,7 +362,7 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
         for inst in up
     }
     snapshot = Snapshot(policy_name=policy.name, evaluated_at=at, substations=views,
-                        problems=tuple(problems), balancers=balancers)
+                        problems=tuple(problems), balancers=balancers, recent=recent)
     if failed is not None:
         raise PolicyQueryFailed(failed, snapshot)
     return snapshot

@@ -33,6 +33,15 @@ class Snapshot:
     # Balancer replicas Prometheus sees up (1 when it sees none): each decides on this same
     # stale view, so the decision spreads a burst over more candidates (selection.py).
     balancers: int = 1
+    # Substations Prometheus saw within the roster window (GridQueries.roster) that are not
+    # listed now under their name, instance -> name: one may still hold a session an earlier
+    # dispatch placed (a target dropped from discovery keeps charging), so a resolve asks it.
+    recent: Mapping[str, str] = field(default_factory=dict)
+
+    def resolve_targets(self) -> list[str]:
+        """Every substation a session placed within the roster window may be at: the listed
+        ones (up or not) and the recently seen ones listed no more."""
+        return [*self.substations, *(i for i in self.recent if i not in self.substations)]
 
     @cached_property
     def usable(self) -> tuple[tuple[str, float, float, float | None, float, SubstationView], ...]:

@@ -12,9 +12,10 @@ from typing import Any
 from aiohttp import web
 
 from balancer.chooser import LedgerChooser
-from balancer.placement import Deadline, Outcome, OutcomeKind, Placement
+from balancer.placement import Deadline, Outcome, OutcomeKind, Placement, ResolveOnly
 from balancer.policy import PolicyError, policy_path
 from balancer.selection import aged_loads, effective_load_kw
+from balancer.snapshot import Snapshot
 from balancer.state import (
     CONFIG,
     HEALTH,
@@ -26,7 +27,13 @@ from balancer.state import (
     SERVING,
     SUBSTATIONS,
 )
-from gridlb.charge import SessionCharge, describe, horizon_label, parse_session_charge
+from gridlb.charge import (
+    MAX_SESSION_ID,
+    SessionCharge,
+    describe,
+    horizon_label,
+    parse_session_charge,
+)
 from gridlb.errors import ErrorCode
 from gridlb.http import healthz, json_error, json_response, metrics_response, read_json_object
 
@@ -93,8 +100,22 @@ async def _place(app: web.Application, charge: SessionCharge, resolve: bool,
     placement = Placement(charge, app[SUBSTATIONS], chooser, deadline,
                           forward_timeout_s=config.forward_timeout_s,
                           max_attempts=config.max_attempts)
-    outcome = await placement.run(resolve_at=list(snapshot.substations) if resolve else ())
-    return _answer(app, charge, outcome, chooser.name)
+    outcome = await placement.run(resolve_at=snapshot.resolve_targets() if resolve else None)
+    return _answer(app, charge, outcome, _namer(snapshot))
+
+
+def _namer(snapshot: Snapshot) -> Callable[[str], str]:
+    """instance -> the substation's name, for listed and recently seen substations alike."""
+    def name(instance: str) -> str:
+        view = snapshot.substations.get(instance)
+        return view.name if view is not None else snapshot.recent.get(instance, instance)
+    return name
+
+
+def _largest_capacity_kw(snapshot: Snapshot | None) -> float | None:
+    capacities = [v.capacity_kw for v in (snapshot.substations.values() if snapshot else ())
+                  if v.capacity_kw is not None and math.isfinite(v.capacity_kw)]
+    return max(capacities) if capacities else None
 
 
 def _answer(app: web.Application, charge: SessionCharge, outcome: Outcome,
@@ -102,6 +123,9 @@ def _answer(app: web.Application, charge: SessionCharge, outcome: Outcome,
     """The HTTP answer for a placement's outcome."""
     policy, metrics = app[SERVING].policy, app[METRICS]
     kind, may_exist = outcome.kind, outcome.session_may_exist
+    # Internal fields for the ingress: whether the session may exist after this dispatch, and
+    # whether a resolve found it absent everywhere it asked (the evidence ingress records need).
+    internal: dict[str, Any] = {"session_may_exist": may_exist, "resolved": outcome.resolved}
     if kind in (OutcomeKind.PLACED, OutcomeKind.ENDED):
         assert outcome.instance is not None and outcome.reply is not None
         session = outcome.reply.body
@@ -117,32 +141,89 @@ def _answer(app: web.Application, charge: SessionCharge, outcome: Outcome,
     if kind is OutcomeKind.REJECTED:
         assert outcome.reply is not None
         metrics.decisions.labels(policy.name, "none", "rejected").inc()
-        return json_response({**outcome.reply.body, "session_may_exist": may_exist},
-                             status=outcome.reply.status)
+        return json_response({**outcome.reply.body, **internal}, status=outcome.reply.status)
     if kind is OutcomeKind.UNKNOWN:
         where = [name(i) for i in outcome.may_be_at]
         metrics.decisions.labels(policy.name, "none", "unknown").inc()
+        at = f"at {', '.join(where)}, which could not confirm or rule it out" if where else \
+            "somewhere: no substation is listed to ask (Prometheus lists none now)"
         return json_error(503, ErrorCode.OUTCOME_UNKNOWN,
-                          f"session {charge.session_id} may exist at {', '.join(where)}, which "
-                          "could not confirm or rule it out; retry the same request (same "
-                          "Idempotency-Key) later", headers={"Retry-After": "2"},
-                          may_be_at=where, session_may_exist=may_exist)
+                          f"session {charge.session_id} may exist {at}; retry the same request "
+                          "(same Idempotency-Key) later", headers={"Retry-After": "2"},
+                          may_be_at=where, **internal)
     if kind is OutcomeKind.SUPERSEDED:
         return json_error(409, ErrorCode.SUPERSEDED,
                           f"a newer dispatch of session {charge.session_id} owns it",
-                          session_may_exist=may_exist)
+                          **internal)
     if kind is OutcomeKind.DEADLINE:
         metrics.decisions.labels(policy.name, "none", "deadline").inc()
         return json_error(503, ErrorCode.DEADLINE_EXCEEDED,
                           f"the caller's deadline passed after {outcome.attempts} attempt(s); "
                           "the session was not started", headers={"Retry-After": "1"},
-                          session_may_exist=may_exist)
+                          **internal)
+    largest = _largest_capacity_kw(app[SERVING].snapshot)
+    if largest is not None and charge.requested_kw > largest:
+        # No retry can help while the grid stays as it is: a definite answer, no Retry-After.
+        metrics.decisions.labels(policy.name, "none", "exceeds_capacity").inc()
+        return json_error(422, ErrorCode.EXCEEDS_CAPACITY,
+                          f"{charge.requested_kw:g} kW is more than any substation can take: "
+                          f"the largest capacity listed is {largest:g} kW",
+                          largest_capacity_kw=largest, **internal)
     metrics.decisions.labels(policy.name, "none", "no_capacity").inc()
     retry_after = str(max(1, math.ceil(policy.refresh_interval_s)))
     return json_error(503, ErrorCode.NO_CAPACITY,
                       f"no substation can take {charge.requested_kw:g} kW now (tried "
                       f"{len(outcome.tried)})", headers={"Retry-After": retry_after},
-                      session_may_exist=may_exist)
+                      **internal)
+
+
+async def resolve(request: web.Request) -> web.StreamResponse:
+    """POST /resolve {"session_id", "epoch", "timeout_s"?}: where is this session? Fences it at
+    `epoch` on every substation it may be at (listed or recently seen) and places nothing. The
+    ingress's reconciler asks this for records whose outcome is unknown: 200 with the session
+    (charging or ended) where found; 404 `unknown_session` with `resolved: true` when it is
+    absent everywhere asked (and no older copy can start it any more); 503 otherwise."""
+    app = request.app
+    body = await read_json_object(request)
+    if isinstance(body, web.Response):
+        return body
+    session_id, epoch = body.get("session_id"), body.get("epoch")
+    if not isinstance(session_id, str) or not 0 < len(session_id) <= MAX_SESSION_ID or \
+            isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= 2**31 \
+            or set(body) - {"session_id", "epoch", "timeout_s"}:
+        return json_error(422, ErrorCode.INVALID_REQUEST,
+                          'the body must be {"session_id": <text>, "epoch": <integer from 1 to '
+                          '2^31>, "timeout_s": <seconds, optional>}')
+    options = _dispatch_options({"timeout_s": body.get("timeout_s",
+                                                       app[CONFIG].dispatch_budget_s)},
+                                app[CONFIG].dispatch_budget_s)
+    if isinstance(options, str):
+        return json_error(422, ErrorCode.INVALID_REQUEST, options)
+    deadline = Deadline(options[1], time.monotonic)
+    inflight = app[INFLIGHT]
+    if not await inflight.acquire(session_id, max(0.0, deadline.remaining() - 0.1)):
+        return json_error(409, ErrorCode.DISPATCH_IN_PROGRESS,
+                          f"session {session_id} is being placed by an earlier request",
+                          headers={"Retry-After": "1"}, session_may_exist=True)
+    try:
+        snapshot = app[SERVING].snapshot
+        if snapshot is None:
+            return json_error(503, ErrorCode.NO_SNAPSHOT,
+                              "the balancer has not read Prometheus yet",
+                              headers={"Retry-After": "1"}, session_may_exist=True)
+        charge = SessionCharge(vehicle_id="", requested_kw=0.0, energy_kwh=0.0,
+                               session_id=session_id, epoch=epoch)
+        placement = Placement(charge, app[SUBSTATIONS], ResolveOnly(), deadline,
+                              forward_timeout_s=app[CONFIG].forward_timeout_s, max_attempts=0)
+        outcome = await placement.run(resolve_at=snapshot.resolve_targets(), place=False)
+    finally:
+        inflight.release(session_id)
+    if outcome.kind is OutcomeKind.ABSENT:
+        return json_error(404, ErrorCode.UNKNOWN_SESSION,
+                          f"session {session_id} is at none of the substations asked "
+                          f"({len(snapshot.resolve_targets())}), and fenced at each",
+                          session_may_exist=False, resolved=True)
+    return _answer(app, charge, outcome, _namer(snapshot))
 
 
 def graph_url(base: str, promql: str) -> str:
@@ -241,6 +322,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/dispatch", dispatch)
+    app.router.add_post("/resolve", resolve)
     app.router.add_get("/policy", show_policy)
     app.router.add_post("/-/reload", reload_policy)
     app.router.add_get("/readyz", readyz)

@@ -32,6 +32,7 @@ class ErrorCode(str, Enum):
     BALANCER_TIMEOUT = "balancer_timeout"
     # Balancer: placement outcomes
     NO_CAPACITY = "no_capacity"
+    EXCEEDS_CAPACITY = "exceeds_capacity"
     NO_SUBSTATIONS = "no_substations"
     NO_SNAPSHOT = "no_snapshot"
     OUTCOME_UNKNOWN = "outcome_unknown"

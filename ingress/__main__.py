@@ -42,21 +42,25 @@ def parse_args(argv: list[str] | None = None) -> IngressConfig:
                              "always kept)")
     parser.add_argument("--prune-interval", type=float, default=3600.0,
                         help="seconds between prunings of expired or evicted records")
+    parser.add_argument("--reconcile-interval", type=float, default=2.0,
+                        help="seconds between rounds of resolving records whose outcome is "
+                             "unknown (ingress/reconciler.py)")
     args = parser.parse_args(argv)
     urls = tuple(u.strip().rstrip("/") for u in args.balancer_url.split(",") if u.strip())
     if not urls:
         parser.error("--balancer-url: name at least one balancer")
     if not args.request_timeout > 1.0 or not args.min_kw > 0 or args.max_keys < 0 or \
-            not args.prune_interval > 0:
-        parser.error("--request-timeout must be above 1 s, --min-kw and --prune-interval "
-                     "above 0, --max-keys >= 0")
+            not args.prune_interval > 0 or not args.reconcile_interval > 0:
+        parser.error("--request-timeout must be above 1 s, --min-kw, --prune-interval and "
+                     "--reconcile-interval above 0, --max-keys >= 0")
     return IngressConfig(balancer_urls=urls, host=args.host, port=args.port,
                          api_keys=api_keys(args.api_keys_file),
                          internal_token=os.environ.get("GRID_INTERNAL_TOKEN") or None,
                          store_path=args.store_path, request_timeout_s=args.request_timeout,
                          durability=Durability(args.durability),
                          limits=ChargeLimits(min_kw=args.min_kw), max_keys=args.max_keys,
-                         prune_interval_s=args.prune_interval)
+                         prune_interval_s=args.prune_interval,
+                         reconcile_interval_s=args.reconcile_interval)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,12 +14,20 @@ from prometheus_client import CollectorRegistry
 
 from gridlb.http import bearer_token_middleware, json_errors_middleware
 from gridlb.tasks import background
-from ingress.balancers import BalancerReplicas, Resolve, resolve_a_records
+from ingress.balancers import (
+    BalancerAnswer,
+    BalancerReplicas,
+    Resolve,
+    dispatch,
+    resolve_a_records,
+)
 from ingress.config import IngressConfig
+from ingress.idempotency import KeyRecord
 from ingress.metrics import IngressMetrics, metrics_middleware
+from ingress.reconciler import Reconciler
 from ingress.state import BALANCERS, CONFIG, HTTP, IN_PROGRESS, METRICS, MOVED_TO, STORE
 from ingress.store import IngressStore
-from ingress.views import setup_routes
+from ingress.views import internal_headers, setup_routes
 
 log = logging.getLogger(__name__)
 _OPEN_PATHS = ("/metrics", "/healthz", "/readyz", "/openapi.json")
@@ -70,6 +78,31 @@ async def prune_store(app: web.Application) -> None:
         await asyncio.sleep(app[CONFIG].prune_interval_s)
 
 
+async def reconcile(app: web.Application) -> None:
+    """Resolve PENDING records every reconcile_interval_s (ingress/reconciler.py)."""
+    config, metrics = app[CONFIG], app[METRICS]
+
+    async def resolve(record: KeyRecord) -> BalancerAnswer:
+        budget = max(0.1, config.request_timeout_s - 0.5)
+        return await dispatch(app[HTTP], app[BALANCERS].urls(),
+                              {"session_id": record.session_id, "epoch": record.epoch,
+                               "timeout_s": budget}, internal_headers(config),
+                              config.request_timeout_s, path="/resolve")
+
+    reconciler = Reconciler(app[STORE], resolve, app[IN_PROGRESS], time.time,
+                            min_age_s=config.reconcile_min_age_s)
+    while True:
+        await asyncio.sleep(config.reconcile_interval_s)
+        try:
+            results = await reconciler.round()
+        except Exception:                  # a bug or a broken disk: say so, try again later
+            log.exception("reconciling pending idempotency records failed")
+            metrics.reconciled.labels("error").inc()
+            continue
+        for result, count in results.items():
+            metrics.reconciled.labels(result).inc(count)
+
+
 def create_app(config: IngressConfig, registry: CollectorRegistry | None = None,
                resolve: Resolve = resolve_a_records) -> web.Application:
     metrics = IngressMetrics(registry or CollectorRegistry())
@@ -86,5 +119,6 @@ def create_app(config: IngressConfig, registry: CollectorRegistry | None = None,
     app.cleanup_ctx.append(balancer_replicas(resolve))
     app.cleanup_ctx.append(background(resolve_balancers, "resolve-balancers"))
     app.cleanup_ctx.append(background(prune_store, "prune-store"))
+    app.cleanup_ctx.append(background(reconcile, "reconcile"))
     setup_routes(app)
     return app

@@ -121,8 +121,10 @@ class BalancerAnswer:
 
 
 async def dispatch(session: aiohttp.ClientSession, urls: Sequence[str],
-                   payload: dict[str, Any], headers: Mapping[str, str], timeout_s: float
-                   ) -> BalancerAnswer:
+                   payload: dict[str, Any], headers: Mapping[str, str], timeout_s: float,
+                   path: str = "/dispatch") -> BalancerAnswer:
+    """POST `payload` to `path` of the session's replica (the next ones only when nothing could
+    be sent): /dispatch places a charge, /resolve only finds where a session is."""
     loop = asyncio.get_running_loop()
     until = loop.time() + timeout_s
     errors: list[str] = []
@@ -135,7 +137,7 @@ async def dispatch(session: aiohttp.ClientSession, urls: Sequence[str],
         # The last replica gets all the time left, connecting included.
         connect_s = min(left, CONNECT_TIMEOUT_S) if i < len(order) - 1 else None
         try:
-            async with session.post(f"{url}/dispatch", data=orjson.dumps(payload),
+            async with session.post(f"{url}{path}", data=orjson.dumps(payload),
                                     headers={"Content-Type": "application/json", **headers},
                                     timeout=aiohttp.ClientTimeout(total=left,
                                                                   sock_connect=connect_s)

@@ -32,3 +32,7 @@ class IngressConfig:
     # sessions whose outcome is unknown never are.
     max_keys: int = 1_000_000
     prune_interval_s: float = 3600.0
+    # The reconciler (ingress/reconciler.py) looks for PENDING records this often, and takes
+    # those not written for reconcile_min_age_s (a client retrying now settles its own).
+    reconcile_interval_s: float = 2.0
+    reconcile_min_age_s: float = 2.0

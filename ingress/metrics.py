@@ -31,6 +31,15 @@ class IngressMetrics:
         self.records = Gauge("ingress_idempotency_records",
                              "Idempotency records by state (pending: outcome unknown)",
                              ["state"], registry=registry)
+        self.oldest_pending = Gauge(
+            "ingress_idempotency_pending_oldest_age_seconds",
+            "Age of the oldest record whose outcome is unknown (0 when there is none): the "
+            "reconciler resolves them within seconds unless a substation stays unreachable",
+            registry=registry)
+        self.reconciled = Counter("ingress_reconciled_records",
+                                  "Pending records the reconciler tried, by result (found, "
+                                  "absent, pending, skipped, error)", ["result"],
+                                  registry=registry)
 
 
 def metrics_middleware(metrics: IngressMetrics) -> Middleware:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gridlb.durable import Durability, GroupCommitDB
 from ingress.idempotency import KeyRecord, RecordState
@@ -65,6 +67,11 @@ def _record_row(r: KeyRecord) -> tuple[object, ...]:
             None if r.response is None else json.dumps(r.response), r.created_at, r.updated_at)
 
 
+def _record(row: Sequence[Any]) -> KeyRecord:
+    return KeyRecord(row[0], row[1], row[2], row[3], row[4], RecordState(row[5]), row[6],
+                     None if row[7] is None else json.loads(row[7]), row[8], row[9])
+
+
 class IngressStore:
     def __init__(self, path: str | Path, durability: Durability = Durability.FULL,
                  key_ttl_s: float = 24 * 3600.0, session_ttl_s: float = 7 * 24 * 3600.0,
@@ -77,10 +84,7 @@ class IngressStore:
     def record(self, tenant: str, key: str) -> KeyRecord | None:
         row = self.db.reader.execute("SELECT * FROM key_records WHERE tenant = ? AND key = ?",
                                      (tenant, key)).fetchone()
-        if row is None:
-            return None
-        return KeyRecord(row[0], row[1], row[2], row[3], row[4], RecordState(row[5]), row[6],
-                         None if row[7] is None else json.loads(row[7]), row[8], row[9])
+        return None if row is None else _record(row)
 
     async def save(self, record: KeyRecord | None = None, route: SessionRoute | None = None
                    ) -> None:
@@ -115,6 +119,19 @@ class IngressStore:
                       (now - self.session_ttl_s,))
             return int(gone)
         return await self.db.write(prune)
+
+    def pending(self, updated_before: float, limit: int) -> list[KeyRecord]:
+        """PENDING records last written before `updated_before`, least recently first."""
+        rows = self.db.reader.execute(
+            "SELECT * FROM key_records WHERE state = ? AND updated_at < ? ORDER BY updated_at "
+            "LIMIT ?", (RecordState.PENDING.value, updated_before, limit)).fetchall()
+        return [_record(row) for row in rows]
+
+    def oldest_pending_at(self) -> float | None:
+        """When the oldest PENDING record was created, or None when there is none."""
+        row = self.db.reader.execute("SELECT min(created_at) FROM key_records WHERE state = ?",
+                                     (RecordState.PENDING.value,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def counts(self) -> dict[str, int]:
         return {state: n for state, n in self.db.reader.execute(

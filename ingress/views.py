@@ -28,13 +28,17 @@ from gridlb.http import (
     metrics_response,
     read_json_object,
 )
+from ingress.answers import client_answer
 from ingress.balancers import BalancerAnswer, dispatch, locate_substation
+from ingress.config import IngressConfig
 from ingress.idempotency import (
     Dispatch,
+    Evidence,
     RecordState,
     Replay,
     Reused,
     after_answer,
+    evidence_of,
     fingerprint,
     next_step,
 )
@@ -45,12 +49,15 @@ from ingress.store import SessionRoute
 # The balancer gets this much less than the ingress's own timeout, so that it answers (even
 # "unknown") before the ingress gives up on it.
 _BALANCER_MARGIN_S = 0.5
-_INTERNAL_FIELDS = ("session_may_exist",)
+
+
+def internal_headers(config: IngressConfig) -> dict[str, str]:
+    token = config.internal_token
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _internal_headers(app: web.Application) -> dict[str, str]:
-    token = app[CONFIG].internal_token
-    return {"Authorization": f"Bearer {token}"} if token else {}
+    return internal_headers(app[CONFIG])
 
 
 async def charge(request: web.Request) -> web.Response:
@@ -85,16 +92,18 @@ async def _without_key(app: web.Application, req: Charge, tenant: str) -> web.Re
     session_id = uuid.uuid4().hex
     payload = {"session_id": session_id, "epoch": 1, "resolve": False}
     answer = await _ask_balancer(app, req, payload)
-    response, status, headers, _ = _client_answer(answer, req, session_id)
-    if status == 200:
-        await app[STORE].save(route=_route(response, req, tenant))
+    response, status, headers = client_answer(answer, session_id, req.requested_kw,
+                                              req.energy_kwh)
+    if evidence_of(answer.failure, answer.status, answer.body, False) is Evidence.FOUND:
+        await app[STORE].save(route=_route(response, req.vehicle_id, tenant))
     return json_response(response, status=status, headers=headers)
 
 
 async def _with_key(app: web.Application, req: Charge, tenant: str, key: str
                     ) -> web.Response:
     store = app[STORE]
-    step = next_step(store.record(tenant, key), tenant, key, fingerprint(req), time.time())
+    before = store.record(tenant, key)
+    step = next_step(before, tenant, key, fingerprint(req), time.time())
     if isinstance(step, Reused):
         return json_error(422, ErrorCode.IDEMPOTENCY_KEY_REUSED,
                           "this Idempotency-Key was used with a different request")
@@ -108,9 +117,11 @@ async def _with_key(app: web.Application, req: Charge, tenant: str, key: str
     payload = {"session_id": record.session_id, "epoch": record.epoch,
                "resolve": step.resolve}
     answer = await _ask_balancer(app, req, payload)
-    response, status, headers, may_exist = _client_answer(answer, req, record.session_id)
-    settled = after_answer(record, status, response, may_exist, time.time())
-    route = _route(response, req, tenant) if status == 200 else None
+    response, status, headers = client_answer(answer, record.session_id, req.requested_kw,
+                                              req.energy_kwh)
+    evidence = evidence_of(answer.failure, answer.status, answer.body, step.resolve)
+    settled = after_answer(before, record, evidence, status, response, time.time())
+    route = _route(response, req.vehicle_id, tenant) if evidence is Evidence.FOUND else None
     if settled != record or route is not None:
         await store.save(settled, route)
     return json_response(response, status=status, headers=headers)
@@ -126,41 +137,9 @@ async def _ask_balancer(app: web.Application, req: Charge, payload: dict[str, An
                           config.request_timeout_s)
 
 
-def _client_answer(answer: BalancerAnswer, req: Charge, session_id: str
-                   ) -> tuple[dict[str, Any], int, dict[str, str] | None, bool]:
-    """(body, status, headers, whether the session may exist) for the client."""
-    if answer.failure == "unreachable":
-        return (_error(ErrorCode.BALANCER_UNAVAILABLE, "cannot reach the balancer: "
-                       f"{answer.detail}; retry with the same Idempotency-Key"),
-                503, {"Retry-After": "1"}, False)
-    if answer.failure:
-        # It may have placed the session before it stopped answering.
-        return (_error(ErrorCode.BALANCER_TIMEOUT if answer.failure == "timeout"
-                       else ErrorCode.BALANCER_UNAVAILABLE,
-                       f"the balancer did not answer ({answer.detail}); retry with the same "
-                       "Idempotency-Key"), 504 if answer.failure == "timeout" else 503,
-                {"Retry-After": "1"}, True)
-    body, status = answer.body, answer.status
-    if not isinstance(body, dict) or status in (401, 403) or (status >= 500 and status != 503):
-        return (_error(ErrorCode.BAD_GATEWAY, f"the balancer answered HTTP {status}"), 502,
-                None, True)
-    if status == 200:
-        return ({"status": body.get("status"), "session_id": session_id,
-                 "substation": body.get("substation"), "routed_to": body.get("routed_to"),
-                 "policy": body.get("policy"), "requested_kw": req.requested_kw,
-                 "energy_kwh": req.energy_kwh}, 200, None, True)
-    may_exist = body.get("session_may_exist") is not False
-    public = {k: v for k, v in body.items() if k not in _INTERNAL_FIELDS}
-    return public, status, dict(answer.headers) or None, may_exist
-
-
-def _error(code: ErrorCode, detail: str) -> dict[str, Any]:
-    return {"error": code.value, "detail": detail}
-
-
-def _route(response: dict[str, Any], req: Charge, tenant: str) -> SessionRoute:
+def _route(response: dict[str, Any], vehicle_id: str, tenant: str) -> SessionRoute:
     return SessionRoute(response["session_id"], tenant, str(response["substation"]),
-                        str(response["routed_to"]), req.vehicle_id, str(response["policy"]),
+                        str(response["routed_to"]), vehicle_id, str(response["policy"]),
                         time.time())
 
 
@@ -250,9 +229,12 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    metrics, counts = request.app[METRICS], request.app[STORE].counts()
+    metrics, store = request.app[METRICS], request.app[STORE]
+    counts = store.counts()
     for state in RecordState:
         metrics.records.labels(state.value).set(counts.get(state.value, 0))
+    oldest = store.oldest_pending_at()
+    metrics.oldest_pending.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
     return metrics_response(metrics.registry)
 
 

@@ -30,7 +30,11 @@ def parse_args(argv: list[str] | None = None) -> SubstationConfig:
                         help="sessions charging at once, at most")
     parser.add_argument("--min-kw", type=float, default=DEFAULT_MIN_KW,
                         help="the smallest charging power accepted")
+    parser.add_argument("--retention-s", type=float, default=600.0,
+                        help="seconds an ended session stays readable before it is forgotten")
     args = parser.parse_args(argv)
+    if not args.retention_s > 0:
+        parser.error("--retention-s must be above 0")
     if args.capacity_kw <= 0 or args.speed_factor <= 0:
         parser.error("--capacity-kw and --speed-factor must be positive")
     if args.max_sessions < 1 or not args.min_kw > 0:
@@ -38,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> SubstationConfig:
     return SubstationConfig(substation_id=args.id, capacity_kw=args.capacity_kw,
                             host=args.host, port=args.port, speed_factor=args.speed_factor,
                             state_path=args.state_path, durability=Durability(args.durability),
-                            max_sessions=args.max_sessions,
+                            max_sessions=args.max_sessions, retention_s=args.retention_s,
                             limits=ChargeLimits(min_kw=args.min_kw),
                             internal_token=os.environ.get("GRID_INTERNAL_TOKEN") or None)
 

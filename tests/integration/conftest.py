@@ -92,6 +92,15 @@ class Prometheus:
     def set_targets(self, job: str, addresses: list[str]) -> None:
         write_targets(self.prom_dir, job, addresses)
 
+    def forget(self, job: str) -> None:
+        """Delete every series of `job`. Tests share this Prometheus, and a resolve asks every
+        substation seen within its roster window (balancer/prom.py, GridQueries.roster): the
+        stopped substations of earlier tests would otherwise leave every outcome unknown."""
+        selector = urllib.parse.urlencode({"match[]": f'{{job="{job}"}}'})
+        status, body = http_json("POST", f"{self.url}/api/v1/admin/tsdb/delete_series?"
+                                 f"{selector}")
+        assert status == 204, body
+
 
 @pytest.fixture(scope="session")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
@@ -103,8 +112,10 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
     config = render_prometheus_dir(run_dir / "prom", SCRAPE_INTERVAL_S,
                                    {"prometheus": [f"127.0.0.1:{port}"]})
     group = ProcessGroup(run_dir / "logs")
-    spec = ServiceSpec("prometheus", prometheus_command(config, run_dir / "data",
-                                                        f"127.0.0.1:{port}"),
+    # The admin API lets a test's cluster delete its substations' series when it ends (below).
+    spec = ServiceSpec("prometheus", [*prometheus_command(config, run_dir / "data",
+                                                          f"127.0.0.1:{port}"),
+                                      "--web.enable-admin-api"],
                        f"http://127.0.0.1:{port}/-/ready")
     proc = group.start(spec)
     try:
@@ -214,6 +225,7 @@ def cluster(prometheus: Prometheus, tmp_path: Path) -> Iterator[StartCluster]:
               substation_args: tuple[str, ...] = ()) -> Cluster:
         """`proxies`: substation id -> a function given its port that starts something in
         front of it and returns the address the grid should use for it instead."""
+        prometheus.forget("substation")       # whatever an earlier test left behind
         policy_dir = tmp_path / "policies"
         shutil.copytree(REPO_ROOT / "policies", policy_dir, dirs_exist_ok=True)
         for name, text in (policy_overrides or {}).items():
@@ -272,3 +284,4 @@ def cluster(prometheus: Prometheus, tmp_path: Path) -> Iterator[StartCluster]:
         group.stop_all()
     for job in ("substation", "balancer", "ingress"):
         prometheus.set_targets(job, [])
+    prometheus.forget("substation")

@@ -141,7 +141,11 @@ def test_balancer_sigkilled_mid_dispatch(cluster: StartCluster, keys: Any) -> No
         c.signal(sub, signal.SIGCONT)        # the queued charges are admitted now
     for thread in threads:
         thread.join(20)
-    assert all(log.final[0] in (502, 503, 504) for log in logs), [log.answers for log in logs]
+    # Case 5 of issue 16: the charge was sent before the balancer died, so the answer says it
+    # may have started (outcome_unknown), never "could not be reached" (balancer_unavailable,
+    # which a client without a key may safely re-send).
+    assert all((log.final[0], log.final[1].get("error")) == (503, "outcome_unknown")
+               for log in logs), [log.answers for log in logs]
     c.restart("balancer")
     retry_until_definite(c, logs)
     audit(c, logs)
@@ -297,3 +301,104 @@ def test_the_audit_catches_a_double_booking(cluster: StartCluster, keys: Any) ->
                "requested_kw": KW, "energy_kwh": KWH}, headers=c.internal)
     with pytest.raises(AssertionError, match="sessions active on two substations"):
         audit(c, logs)
+
+
+# --- Faults that arrive together (issue 16): each failed on the ingress of before. ---------
+
+def substation_holds(c: Cluster, sub: str, session_id: str) -> str | None:
+    """The session's state at `sub`, or None when it does not know it."""
+    return next((s["state"] for s in c.sessions(sub) if s["session_id"] == session_id), None)
+
+
+def test_a_retry_while_the_balancer_restarts_keeps_the_record_unresolved(
+        cluster: StartCluster, keys: Any) -> None:
+    """Case 1: `balancer_unavailable` means nothing was sent this time, not that the session is
+    nowhere: the record stays pending and the next retry resolves instead of placing."""
+    c = cluster([("a", 500.0), ("b", 500.0)], balancer_args=FAST,
+                ingress_args=("--reconcile-interval", "600"))   # only the client resolves here
+    preload(c, "b", 200.0)                   # a is preferred
+    logs = keys(1)
+    c.signal("a", signal.SIGSTOP)
+    logs[0].answers.append(send(c, logs[0].key))
+    assert logs[0].final[1].get("error") == "outcome_unknown", logs[0].answers
+    c.signal("balancer", signal.SIGKILL)
+    c.signal("a", signal.SIGCONT)            # it admits the copy that waited in its socket
+    session_id = logs[0].final[1].get("session_id") or ""
+    wait_for(lambda: any(s["state"] == "charging" and not s["session_id"].startswith("pre-")
+                         for s in c.sessions("a")), "a to admit the queued copy")
+    logs[0].answers.append(send(c, logs[0].key))
+    assert logs[0].final[0] == 503 and logs[0].final[1]["error"] == "balancer_unavailable"
+    assert "nothing was sent" in logs[0].final[1]["detail"]
+    assert ingress_records(c).get("pending") == 1, "the record left pending without evidence"
+    c.restart("balancer")
+    preload(c, "a", 400.0)                   # now b is preferred: a placement would go there
+    retry_until_definite(c, logs)
+    charging = audit(c, logs)
+    assert list(charging.values()) == [["a"]], (session_id, charging)
+
+
+def test_a_resolve_while_prometheus_lists_no_substation_still_asks_the_recent_ones(
+        cluster: StartCluster, keys: Any) -> None:
+    """Case 2: with the substation list empty (a fresh Prometheus, an empty discovery), a resolve
+    asks every substation seen within the roster window; it never answers a refusal it has no
+    evidence for."""
+    c = cluster([("a", 500.0), ("b", 500.0)], balancer_args=FAST,
+                ingress_args=("--reconcile-interval", "600"))
+    preload(c, "b", 200.0)
+    logs = keys(1)
+    c.signal("a", signal.SIGSTOP)
+    logs[0].answers.append(send(c, logs[0].key))
+    assert logs[0].final[1].get("error") == "outcome_unknown", logs[0].answers
+    c.signal("a", signal.SIGCONT)
+    c.prometheus.set_targets("substation", [])
+    wait_for(lambda: c.policy()["substations"] == [] or (c.reload() and False),
+             "the balancer to see no substation listed")
+    logs[0].answers.append(send(c, logs[0].key))
+    status, body, _ = logs[0].final
+    assert (status, body.get("status"), body.get("substation")) == (200, "charging", "a"), \
+        logs[0].answers
+    c.prometheus.set_targets("substation", list(c.addresses.values()))
+    charging = audit(c, logs)
+    assert list(charging.values()) == [["a"]]
+
+
+def test_an_unresolved_key_is_resolved_before_its_ended_session_is_forgotten(
+        cluster: StartCluster, keys: Any) -> None:
+    """Case 3: the reconciler resolves a pending record within seconds, so a retry long after
+    the session ended (and its substation forgot it) answers what was found, never a second
+    charge."""
+    c = cluster([("a", 500.0), ("b", 500.0)], balancer_args=FAST,
+                substation_args=("--retention-s", "6"))
+    preload(c, "b", 200.0)
+    key = keys(1)[0].key
+    body = {"vehicle_id": f"ev-{key}", "requested_kw": KW, "energy_kwh": 0.01}  # ~3 s
+
+    def post() -> tuple[int, dict[str, Any], bool]:
+        return http_json_with_headers(c, body, key)
+    c.signal("a", signal.SIGSTOP)
+    first = post()
+    assert first[1].get("error") == "outcome_unknown", first
+    c.signal("a", signal.SIGCONT)
+    wait_for(lambda: ingress_records(c).get("pending", 0) == 0,
+             "the reconciler to resolve the record", timeout_s=20)
+    ids = [s["session_id"] for s in c.sessions("a") if not s["session_id"].startswith("pre-")]
+    assert len(ids) == 1
+    wait_for(lambda: substation_holds(c, "a", ids[0]) is None,
+             "a to complete the session and forget it", timeout_s=30)
+    status, answer, replayed = post()
+    assert status == 200 and replayed and answer["session_id"] == ids[0], answer
+    for sub in ("a", "b"):
+        assert substation_holds(c, sub, ids[0]) is None, f"charged again at {sub}"
+
+
+def http_json_with_headers(c: Cluster, body: dict[str, Any], key: str
+                           ) -> tuple[int, dict[str, Any], bool]:
+    request = urllib.request.Request(
+        f"{c.grid.ingress_url}/charge", method="POST", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Idempotency-Key": key, **c.auth})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as resp:
+            return resp.status, json.loads(resp.read()), \
+                resp.headers.get("Idempotent-Replayed") == "true"
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}"), False

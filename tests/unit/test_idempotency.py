@@ -9,14 +9,17 @@ import pytest
 from gridlb.charge import Charge, parse_charge
 from ingress.idempotency import (
     Dispatch,
+    Evidence,
     KeyRecord,
     RecordState,
     Replay,
     Reused,
     after_answer,
+    evidence_of,
     fingerprint,
     new_session_id,
     next_step,
+    reconcile_step,
 )
 
 PRINT = fingerprint(Charge("ev-1", 11.0, 30.0))
@@ -67,16 +70,62 @@ def test_equal_requests_have_equal_fingerprints() -> None:
 
 def test_after_a_200_the_answer_is_kept_to_replay() -> None:
     pending = record(RecordState.PENDING)
-    done = after_answer(pending, 200, {"status": "charging"}, session_may_exist=True, now=50.0)
+    done = after_answer(None, pending, Evidence.FOUND, 200, {"status": "charging"}, now=50.0)
     assert done == dataclasses.replace(pending, state=RecordState.DONE, status=200,
                                        response={"status": "charging"}, updated_at=50.0)
 
 
-@pytest.mark.parametrize(("may_exist", "state"), [(True, RecordState.PENDING),
-                                                  (False, RecordState.ABSENT)])
-def test_after_an_error_the_record_says_whether_the_session_may_exist(
-        may_exist: bool, state: RecordState) -> None:
-    pending = record(RecordState.PENDING)
-    after = after_answer(pending, 503, {"error": "x"}, session_may_exist=may_exist, now=50.0)
-    assert after == dataclasses.replace(pending, state=state, updated_at=50.0)
+@pytest.mark.parametrize(("before", "evidence", "state"), [
+    (None, Evidence.MAY_EXIST, RecordState.PENDING),
+    (None, Evidence.ABSENT, RecordState.ABSENT),
+    (None, Evidence.NOTHING_SENT, RecordState.ABSENT),         # a new key: nothing anywhere
+    (RecordState.ABSENT, Evidence.NOTHING_SENT, RecordState.ABSENT),
+    (RecordState.PENDING, Evidence.NOTHING_SENT, RecordState.PENDING),  # case 1 of issue 16
+    (RecordState.PENDING, Evidence.MAY_EXIST, RecordState.PENDING),
+    (RecordState.PENDING, Evidence.ABSENT, RecordState.ABSENT),
+    (RecordState.ABSENT, Evidence.MAY_EXIST, RecordState.PENDING),
+])
+def test_after_an_error_the_record_moves_only_on_evidence(
+        before: RecordState | None, evidence: Evidence, state: RecordState) -> None:
+    was = None if before is None else record(before)
+    dispatched = record(RecordState.PENDING, epoch=4)
+    after = after_answer(was, dispatched, evidence, 503, {"error": "x"}, now=50.0)
+    assert after == dataclasses.replace(dispatched, state=state, updated_at=50.0)
     assert after.response is None and after.status == 0     # an error is never replayed
+
+
+@pytest.mark.parametrize(("failure", "status", "body", "resolve", "evidence"), [
+    ("unreachable", 0, None, True, Evidence.NOTHING_SENT),
+    ("unreachable", 0, None, False, Evidence.NOTHING_SENT),
+    ("timeout", 0, None, False, Evidence.MAY_EXIST),
+    ("error", 0, None, False, Evidence.MAY_EXIST),       # dropped after sending: case 5
+    ("", 200, {"status": "charging"}, True, Evidence.FOUND),
+    ("", 200, {"status": "completed"}, True, Evidence.FOUND),
+    ("", 200, {"status": "odd"}, False, Evidence.MAY_EXIST),
+    ("", 200, "not a dict", False, Evidence.MAY_EXIST),
+    ("", 503, {"error": "no_capacity", "session_may_exist": False}, False, Evidence.ABSENT),
+    # A resolve that did not say it asked everyone proves nothing (case 2 of issue 16).
+    ("", 503, {"error": "no_capacity", "session_may_exist": False}, True, Evidence.MAY_EXIST),
+    ("", 503, {"error": "no_capacity", "session_may_exist": False, "resolved": False}, True,
+     Evidence.MAY_EXIST),
+    ("", 503, {"error": "no_capacity", "session_may_exist": False, "resolved": True}, True,
+     Evidence.ABSENT),
+    ("", 503, {"error": "outcome_unknown", "session_may_exist": True, "resolved": True}, True,
+     Evidence.MAY_EXIST),
+    ("", 503, {"error": "no_capacity"}, False, Evidence.MAY_EXIST),     # no word: may exist
+    ("", 500, {"error": "x", "session_may_exist": False}, False, Evidence.MAY_EXIST),
+    ("", 502, {"error": "x", "session_may_exist": False}, False, Evidence.MAY_EXIST),
+    ("", 422, {"error": "exceeds_capacity", "session_may_exist": False}, False,
+     Evidence.ABSENT),
+])
+def test_the_evidence_of_each_answer(failure: str, status: int, body: object, resolve: bool,
+                                     evidence: Evidence) -> None:
+    assert evidence_of(failure, status, body, resolve) is evidence
+
+
+def test_the_reconciler_raises_the_epoch_of_pending_records_only() -> None:
+    pending = record(RecordState.PENDING)
+    assert reconcile_step(pending, 70.0) == dataclasses.replace(pending, epoch=4,
+                                                                updated_at=70.0)
+    assert reconcile_step(record(RecordState.ABSENT), 70.0) is None
+    assert reconcile_step(record(RecordState.DONE), 70.0) is None

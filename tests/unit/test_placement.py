@@ -157,7 +157,8 @@ class Chooser:
 
 
 async def place(substations: Substations, order: Sequence[str] = ("a", "b", "c"), *,
-                resolve_at: Sequence[str] = (), budget_s: float = 10.0, max_attempts: int = 3,
+                resolve_at: Sequence[str] | None = None, budget_s: float = 10.0,
+                max_attempts: int = 3,
                 clock: Clock | None = None, chooser: Chooser | None = None) -> Outcome:
     placement = Placement(CHARGE, substations, chooser or Chooser(order),
                           Deadline(budget_s, clock or Clock()), forward_timeout_s=3.0,

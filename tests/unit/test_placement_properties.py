@@ -35,6 +35,7 @@ from ingress.idempotency import (
     Replay,
     Reused,
     after_answer,
+    evidence_of,
     next_step,
 )
 from substation.charging import CHARGING, Refusal, SessionTable
@@ -150,6 +151,8 @@ class Running:
     key: str
     record: KeyRecord
     task: asyncio.Task[Any]
+    before: KeyRecord | None = None     # the record before this dispatch
+    resolve: bool = False
     abandoned: bool = False
 
 
@@ -195,9 +198,14 @@ class PlacementMachine(RuleBasedStateMachine):
             if status == 200:
                 self.ids_answered.setdefault(running.key, set()).add(
                     running.record.session_id)
+            # As the balancer answers it (balancer/views.py) and the ingress reads it.
+            body = {"status": "charging" if outcome.kind is OutcomeKind.PLACED else
+                    "completed" if outcome.kind is OutcomeKind.ENDED else outcome.kind.value,
+                    "session_may_exist": outcome.session_may_exist,
+                    "resolved": outcome.resolved}
+            evidence = evidence_of("", status, body, running.resolve)
             self.records[running.key] = after_answer(
-                running.record, status, {"status": outcome.kind.value},
-                outcome.session_may_exist, self.grid.now)
+                running.before, running.record, evidence, status, body, self.grid.now)
 
     def busy(self, key: str) -> bool:
         return any(r.key == key and not r.abandoned for r in self.running)
@@ -206,7 +214,8 @@ class PlacementMachine(RuleBasedStateMachine):
     def client_sends(self, key: str) -> None:
         if self.busy(key):
             return                       # the ingress answers 409 request_in_progress
-        step = next_step(self.records.get(key), "tenant", key, "same-request", self.grid.now)
+        before = self.records.get(key)
+        step = next_step(before, "tenant", key, "same-request", self.grid.now)
         assert not isinstance(step, Reused)
         if isinstance(step, Replay):
             return
@@ -217,9 +226,9 @@ class PlacementMachine(RuleBasedStateMachine):
         placement = Placement(charge, self.grid, LeastLoadedChooser(self.grid),
                               Deadline(60.0, clock=lambda: self.grid.now), forward_timeout_s=1.0,
                               max_attempts=3)
-        resolve_at = SUBSTATIONS if step.resolve else ()
+        resolve_at = SUBSTATIONS if step.resolve else None
         task = self.loop.create_task(placement.run(resolve_at))
-        self.running.append(Running(key, record, task))
+        self.running.append(Running(key, record, task, before=before, resolve=step.resolve))
         self.settle()
 
     @rule(instance=st.sampled_from(SUBSTATIONS), mode=st.sampled_from(MODES))
@@ -243,7 +252,9 @@ class PlacementMachine(RuleBasedStateMachine):
         waiting = [r for r in self.running if not r.abandoned]
         running = data.draw(st.sampled_from(waiting))
         running.abandoned = True          # 504: the record stays PENDING, the dispatch runs on
-        self.records[running.key] = after_answer(running.record, 504, {}, True, self.grid.now)
+        self.records[running.key] = after_answer(
+            running.before, running.record, evidence_of("timeout", 0, None, running.resolve),
+            504, {}, self.grid.now)
 
     @rule()
     def time_passes_and_sessions_complete(self) -> None:

@@ -1,0 +1,107 @@
+"""The reconciler: resolves idempotency records whose outcome is unknown, in the background.
+
+A PENDING record (ingress/idempotency.py) means a charge may have started somewhere. Left alone it
+waits for its client's retry, which may never come or come late: after the session ended and its
+substation forgot it (10 minutes after the end), a retry would find it nowhere and charge the
+vehicle again. So every few seconds the reconciler takes the PENDING records nobody is answering
+right now, oldest first and a bounded batch, and asks the balancer to resolve each one (`POST
+/resolve`: fence every substation it may be at, at the next epoch, placing nothing). The answer
+moves the record by the same evidence rules as a client's dispatch: found -> DONE (a retry replays
+what was found), absent everywhere -> ABSENT (a retry places it, and no older copy can start it any
+more), anything else -> still PENDING, tried again next round.
+
+Plain code over small Protocols; the loop that calls `round` lives in ingress/app.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from ingress.answers import client_answer
+from ingress.balancers import BalancerAnswer
+from ingress.idempotency import (
+    Evidence,
+    KeyRecord,
+    after_answer,
+    evidence_of,
+    reconcile_step,
+)
+from ingress.store import SessionRoute
+
+log = logging.getLogger(__name__)
+
+
+class PendingStore(Protocol):
+    def pending(self, updated_before: float, limit: int) -> list[KeyRecord]: ...
+
+    def record(self, tenant: str, key: str) -> KeyRecord | None: ...
+
+    async def save(self, record: KeyRecord | None = None, route: SessionRoute | None = None
+                   ) -> None: ...
+
+
+# record (already written at its new epoch) -> the balancer's answer to POST /resolve
+Resolve = Callable[[KeyRecord], Awaitable[BalancerAnswer]]
+
+
+class Reconciler:
+    def __init__(self, store: PendingStore, resolve: Resolve,
+                 in_progress: set[tuple[str, str]], clock: Callable[[], float], *,
+                 min_age_s: float = 2.0, batch: int = 200, concurrency: int = 8) -> None:
+        self.store = store
+        self.resolve = resolve
+        self.in_progress = in_progress
+        self.clock = clock
+        # A record written less than this ago may belong to a client that is retrying now.
+        self.min_age_s = min_age_s
+        self.batch = batch
+        self._limit = asyncio.Semaphore(concurrency)
+
+    async def round(self) -> Counter[str]:
+        """Try every due PENDING record once; how many ended found/absent/pending/skipped."""
+        due = self.store.pending(self.clock() - self.min_age_s, self.batch)
+        results = await asyncio.gather(*(self._one(record) for record in due))
+        return Counter(results)
+
+    async def _one(self, due: KeyRecord) -> str:
+        ident = (due.tenant, due.key)
+        if ident in self.in_progress:
+            return "skipped"            # its client is being answered: that settles it
+        self.in_progress.add(ident)
+        try:
+            async with self._limit:
+                return await self._resolve(ident)
+        finally:
+            self.in_progress.discard(ident)
+
+    async def _resolve(self, ident: tuple[str, str]) -> str:
+        before = self.store.record(*ident)      # again: it may have settled since the listing
+        if before is None:
+            return "skipped"
+        record = reconcile_step(before, self.clock())
+        if record is None:
+            return "skipped"
+        await self.store.save(record)           # the new epoch, before any fence carries it
+        answer = await self.resolve(record)
+        response, status, _ = client_answer(answer, record.session_id)
+        evidence = evidence_of(answer.failure, answer.status, answer.body, resolve=True)
+        settled = after_answer(before, record, evidence, status, response, self.clock())
+        route = _route(record.tenant, response, answer.body, self.clock()) \
+            if evidence is Evidence.FOUND else None
+        await self.store.save(settled, route)
+        if evidence is not Evidence.MAY_EXIST and evidence is not Evidence.NOTHING_SENT:
+            log.info("reconciled key %r of %s: %s (%s)", record.key, record.tenant,
+                     settled.state.value, response.get("status") or response.get("error"))
+        return {Evidence.FOUND: "found", Evidence.ABSENT: "absent"}.get(evidence, "pending")
+
+
+def _route(tenant: str, response: dict[str, Any], body: Any, now: float) -> SessionRoute:
+    session = body.get("session") if isinstance(body, dict) else None
+    vehicle = session.get("vehicle_id") if isinstance(session, dict) else None
+    return SessionRoute(str(response["session_id"]), tenant, str(response["substation"]),
+                        str(response["routed_to"]), str(vehicle or ""),
+                        str(response.get("policy")), now)
