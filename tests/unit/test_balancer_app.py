@@ -604,3 +604,104 @@ async def test_a_dispatch_without_time_for_a_forward_is_deadline_exceeded(
     assert resp.status == 503 and body["error"] == "deadline_exceeded"
     assert resp.headers["Retry-After"] == "1"
     assert body["session_may_exist"] is False and sub.charges == []
+
+
+# --- Issue 16: evidence for the ingress, the roster, POST /resolve, exceeds_capacity ---------
+
+async def charging_fence(request: web.Request) -> web.Response:
+    return web.json_response({"session_id": request.match_info["id"], "state": "charging",
+                              "substation": "gone-sub", "vehicle_id": "ev-1"})
+
+
+async def test_a_request_above_every_capacity_is_a_definite_422_naming_the_largest(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    """Case 7: no retry can help, so no Retry-After (a client obeying it retried forever)."""
+    small, big = await substation(), await substation()
+    h = await balancer({small.address: (0.0, 100.0), big.address: (0.0, 300.0)})
+    resp = await h.client.post("/dispatch", json={**CHARGE, "requested_kw": 500.0})
+    body = await resp.json()
+    assert resp.status == 422 and body["error"] == "exceeds_capacity", body
+    assert body["largest_capacity_kw"] == 300.0 and "300 kW" in body["detail"]
+    assert "Retry-After" not in resp.headers and body["session_may_exist"] is False
+    assert small.charges == big.charges == []
+    # Within the largest capacity but above what is free now: still no_capacity, retried.
+    resp = await h.client.post("/dispatch", json={**CHARGE, "requested_kw": 250.0})
+    assert resp.status in (200, 503)
+
+
+async def test_a_resolve_with_no_substation_to_ask_answers_unknown_not_a_refusal(
+        balancer: MakeHarness) -> None:
+    """Case 2: a resolve that checked nothing has no evidence the session is absent."""
+    h = await balancer({})
+    status, body = await h.dispatch(epoch=2, resolve=True)
+    assert (status, body["error"]) == (503, "outcome_unknown"), body
+    assert body["session_may_exist"] is True and body["resolved"] is False
+    assert "no substation is listed" in body["detail"]
+
+
+async def test_a_resolve_asks_substations_seen_recently_but_listed_no_more(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    """A target dropped from discovery may still charge the session: the roster names it."""
+    listed, dropped = await substation(), await substation()
+    dropped.fence_behaviour = charging_fence
+    h = await balancer({listed.address: (0.0, 100.0)})
+    h.prometheus.answers[Q.roster] = [series(100.0, instance=dropped.address,
+                                             substation="gone-sub"),
+                                      series(100.0, instance=listed.address, substation="sub-0")]
+    await h.app[REFRESH_LOOP].refresh_once()
+    assert dict(h.app[SERVING].snapshot.recent) == {dropped.address: "gone-sub"}  # type: ignore[union-attr]
+    status, body = await h.dispatch(epoch=2, resolve=True)
+    assert (status, body["status"], body["routed_to"]) == (200, "charging", dropped.address)
+    assert dropped.fences == [("sess-1", 2)] and listed.charges == []
+
+
+async def test_a_resolve_that_fenced_everyone_says_so(balancer: MakeHarness,
+                                                       substation: MakeSubstation) -> None:
+    a, b = await substation(over_capacity), await substation(over_capacity)
+    h = await balancer({a.address: (0.0, 100.0), b.address: (0.0, 100.0)})
+    status, body = await h.dispatch(epoch=2, resolve=True)
+    assert (status, body["error"]) == (503, "no_capacity")
+    assert body["session_may_exist"] is False and body["resolved"] is True
+    assert sorted(a.fences + b.fences) == [("sess-1", 2), ("sess-1", 2)]
+    status, body = await h.dispatch(session_id="fresh", epoch=1)
+    assert body["resolved"] is False                     # a fresh dispatch resolved nothing
+
+
+async def resolve(h: Harness, **body: Any) -> tuple[int, dict[str, Any]]:
+    resp = await h.client.post("/resolve", json={"session_id": "sess-1", "epoch": 5, **body})
+    return resp.status, await resp.json()
+
+
+async def test_post_resolve_fences_everywhere_and_places_nothing(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    a, b = await substation(), await substation()
+    h = await balancer({a.address: (0.0, 100.0), b.address: (0.0, 100.0)})
+    status, body = await resolve(h)
+    assert (status, body["error"], body["resolved"], body["session_may_exist"]) == \
+        (404, "unknown_session", True, False), body
+    assert a.fences == b.fences == [("sess-1", 5)] and a.charges == b.charges == []
+    b.fence_behaviour = charging_fence
+    status, body = await resolve(h, epoch=6)
+    assert (status, body["status"], body["routed_to"]) == (200, "charging", b.address)
+    assert body["session"]["vehicle_id"] == "ev-1"
+
+
+async def test_post_resolve_with_one_substation_unreachable_is_unknown(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    alive, dead = await substation(), free_address()
+    h = await balancer({alive.address: (0.0, 100.0), dead: (0.0, 100.0)})
+    status, body = await resolve(h)
+    assert (status, body["error"], body["session_may_exist"]) == (503, "outcome_unknown", True)
+    assert body["may_be_at"] == ["sub-1"]
+
+
+@pytest.mark.parametrize("body", [{"session_id": "", "epoch": 1}, {"session_id": "s"},
+                                  {"session_id": "s", "epoch": True},
+                                  {"session_id": "s", "epoch": 1, "extra": 1},
+                                  {"session_id": "s", "epoch": 1, "timeout_s": -1}])
+async def test_post_resolve_refuses_a_bad_body(balancer: MakeHarness, body: dict[str, Any]
+                                               ) -> None:
+    h = await balancer({})
+    resp = await h.client.post("/resolve", json=body)
+    answer = await resp.json()
+    assert resp.status == 422 and answer["error"] == "invalid_request", answer
