@@ -9,6 +9,7 @@ import sys
 
 from balancer.app import create_app
 from balancer.config import BalancerConfig
+from balancer.promaccess import PrometheusAccess, headers_from, validate
 from gridlb.charge import DEFAULT_MIN_KW, ChargeLimits
 from gridlb.grid import ConfigError
 from gridlb.http import run_service
@@ -35,7 +36,35 @@ def parse_args(argv: list[str] | None = None) -> BalancerConfig:
     parser.add_argument("--extra-query-params", default="{}",
                         help='JSON object added to every Prometheus query, e.g. '
                              '\'{"latency_offset": "1s"}\' for VictoriaMetrics')
+    access = parser.add_argument_group(
+        "Prometheus behind auth", "secrets are read from files (again when a file changes)")
+    access.add_argument("--prometheus-bearer-token-file", default=None,
+                        help="send 'Authorization: Bearer <file content>' (e.g. a service "
+                             "account token)")
+    access.add_argument("--prometheus-basic-auth-user", default=None)
+    access.add_argument("--prometheus-basic-auth-password-file", default=None)
+    access.add_argument("--prometheus-ca-file", default=None,
+                        help="verify Prometheus's TLS certificate against this CA (PEM)")
+    access.add_argument("--prometheus-cert-file", default=None,
+                        help="client certificate for mutual TLS (PEM), with --prometheus-key-file")
+    access.add_argument("--prometheus-key-file", default=None)
+    access.add_argument("--prometheus-header", action="append", default=[],
+                        metavar="'NAME: VALUE'",
+                        help="an extra header on every query, e.g. 'X-Scope-OrgID: grid-a' "
+                             "(repeatable)")
     args = parser.parse_args(argv)
+    headers = headers_from(args.prometheus_header)
+    if isinstance(headers, list):
+        parser.error("; ".join(headers))
+    prometheus_access = PrometheusAccess(
+        bearer_token_file=args.prometheus_bearer_token_file,
+        basic_auth_user=args.prometheus_basic_auth_user,
+        basic_auth_password_file=args.prometheus_basic_auth_password_file,
+        ca_file=args.prometheus_ca_file, cert_file=args.prometheus_cert_file,
+        key_file=args.prometheus_key_file, headers=headers)
+    problems = validate(prometheus_access)
+    if problems:
+        parser.error("; ".join(problems))
     try:
         extra = json.loads(args.extra_query_params)
     except json.JSONDecodeError as exc:
@@ -50,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> BalancerConfig:
         substation_job=args.substation_job, max_snapshot_age_s=args.max_snapshot_age,
         query_timeout_s=args.query_timeout, forward_timeout_s=args.forward_timeout,
         max_attempts=args.max_attempts, extra_query_params=extra,
-        limits=ChargeLimits(min_kw=args.min_kw),
+        limits=ChargeLimits(min_kw=args.min_kw), prometheus_access=prometheus_access,
         internal_token=os.environ.get("GRID_INTERNAL_TOKEN") or None)
 
 

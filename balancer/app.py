@@ -54,7 +54,7 @@ def create_app(config: BalancerConfig, client: QueryClient | None = None,
     ledger = PendingLedger(clock_skew_s=config.clock_skew_s)
     health = OutlierDetector()
     prometheus = client or make_client(config.prometheus_url, config.query_timeout_s,
-                                       config.prometheus_headers)
+                                       config.prometheus_headers, config.prometheus_access)
     app[CONFIG] = config
     app[METRICS] = metrics
     app[LEDGER] = ledger

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from balancer.promaccess import PrometheusAccess
 from gridlb.charge import ChargeLimits
 
 
@@ -31,6 +32,8 @@ class BalancerConfig:
     # {"latency_offset": "1s"} (it hides the newest 30 s by default).
     extra_query_params: dict[str, Any] = field(default_factory=dict)
     prometheus_headers: dict[str, str] = field(default_factory=dict)
+    # Credentials, CA and client certificate for a Prometheus behind auth (balancer/promaccess.py).
+    prometheus_access: PrometheusAccess = field(default_factory=PrometheusAccess)
     clock_skew_s: float = 0.5
     seed: int | None = None
     max_body_bytes: int = 16 * 1024

@@ -38,6 +38,12 @@ from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from balancer.policy import Better, LoadAging, Policy
+from balancer.promaccess import (
+    CredentialsUnreadable,
+    PrometheusAccess,
+    auth_for,
+    session_for,
+)
 from balancer.snapshot import Snapshot, SubstationView
 
 _STATUS_RE = re.compile(r"HTTP Status Code (\d{3})")
@@ -66,10 +72,16 @@ class PolicyQueryFailed(QueryFailure):
 
 
 def make_client(base_url: str, timeout_s: float = 2.0,
-                headers: Mapping[str, str] | None = None) -> PrometheusConnect:
+                headers: Mapping[str, str] | None = None,
+                access: PrometheusAccess | None = None) -> PrometheusConnect:
+    access = access or PrometheusAccess()
     # The library's default retries 3 times with a 1 s backoff on 5xx: a refresh would stall for
     # seconds while the snapshot ages. The refresh loop itself is the retry, so retry nothing.
-    return PrometheusConnect(url=base_url.rstrip("/"), headers=dict(headers or {}),
+    return PrometheusConnect(url=base_url.rstrip("/"),
+                             headers={**access.headers, **(headers or {})},
+                             # passed on to requests, which takes any AuthBase
+                             auth=auth_for(access),  # type: ignore[arg-type]
+                             session=session_for(access),
                              retry=Retry(total=0, raise_on_status=False),
                              # requests takes float seconds; the library's hint says int
                              timeout=timeout_s)  # type: ignore[arg-type]
@@ -79,6 +91,8 @@ def run_query(client: QueryClient, promql: str, params: Mapping[str, Any]) -> li
     """One instant query -> its vector result, or QueryFailure saying why not."""
     try:
         result = client.custom_query(promql, params=dict(params))
+    except CredentialsUnreadable as exc:
+        raise QueryFailure("credentials", str(exc)[:300]) from exc
     except PrometheusApiClientException as exc:
         match = _STATUS_RE.search(str(exc))
         status = int(match.group(1)) if match else 0
