@@ -10,8 +10,10 @@ import sys
 from balancer.app import create_app
 from balancer.config import BalancerConfig
 from gridlb.charge import DEFAULT_MIN_KW, ChargeLimits
+from gridlb.cli import add_common_args, check_auth
 from gridlb.grid import ConfigError
 from gridlb.http import run_service
+from gridlb.logs import setup_logging
 
 
 def parse_args(argv: list[str] | None = None) -> BalancerConfig:
@@ -35,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> BalancerConfig:
     parser.add_argument("--extra-query-params", default="{}",
                         help='JSON object added to every Prometheus query, e.g. '
                              '\'{"latency_offset": "1s"}\' for VictoriaMetrics')
+    add_common_args(parser)
     args = parser.parse_args(argv)
     try:
         extra = json.loads(args.extra_query_params)
@@ -44,6 +47,10 @@ def parse_args(argv: list[str] | None = None) -> BalancerConfig:
         parser.error("--extra-query-params: must be a JSON object")
     if not args.min_kw > 0:
         parser.error("--min-kw must be above 0")
+    token = os.environ.get("GRID_INTERNAL_TOKEN") or None
+    check_auth(parser, "balancer", token is not None, args.insecure_no_auth,
+               "an internal token (GRID_INTERNAL_TOKEN, the same for the ingress, balancers "
+               "and substations)")
     return BalancerConfig(
         prometheus_url=args.prometheus_url, prometheus_public_url=args.prometheus_public_url,
         policy_dir=args.policy_dir, policy=args.policy, host=args.host, port=args.port,
@@ -51,11 +58,12 @@ def parse_args(argv: list[str] | None = None) -> BalancerConfig:
         query_timeout_s=args.query_timeout, forward_timeout_s=args.forward_timeout,
         max_attempts=args.max_attempts, extra_query_params=extra,
         limits=ChargeLimits(min_kw=args.min_kw),
-        internal_token=os.environ.get("GRID_INTERNAL_TOKEN") or None)
+        internal_token=token, log_format=args.log_format)
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
+    setup_logging("balancer", config.log_format)
     try:
         app = create_app(config)
     except ConfigError as exc:

@@ -32,3 +32,4 @@ class IngressConfig:
     # sessions whose outcome is unknown never are.
     max_keys: int = 1_000_000
     prune_interval_s: float = 3600.0
+    log_format: str = "text"        # or "json" (gridlb/logs.py)

@@ -28,6 +28,7 @@ from gridlb.http import (
     metrics_response,
     read_json_object,
 )
+from gridlb.logs import request_id_headers
 from ingress.balancers import BalancerAnswer, dispatch, locate_substation
 from ingress.idempotency import (
     Dispatch,
@@ -49,8 +50,9 @@ _INTERNAL_FIELDS = ("session_may_exist",)
 
 
 def _internal_headers(app: web.Application) -> dict[str, str]:
+    """For a call to the balancer or a substation: the internal token and this request's id."""
     token = app[CONFIG].internal_token
-    return {"Authorization": f"Bearer {token}"} if token else {}
+    return request_id_headers({"Authorization": f"Bearer {token}"} if token else {})
 
 
 async def charge(request: web.Request) -> web.Response:

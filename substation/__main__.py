@@ -6,8 +6,10 @@ import argparse
 import os
 
 from gridlb.charge import DEFAULT_MIN_KW, ChargeLimits
+from gridlb.cli import add_common_args, check_auth
 from gridlb.durable import Durability
 from gridlb.http import run_service
+from gridlb.logs import setup_logging
 from substation.app import create_app
 from substation.config import SubstationConfig
 
@@ -30,21 +32,27 @@ def parse_args(argv: list[str] | None = None) -> SubstationConfig:
                         help="sessions charging at once, at most")
     parser.add_argument("--min-kw", type=float, default=DEFAULT_MIN_KW,
                         help="the smallest charging power accepted")
+    add_common_args(parser)
     args = parser.parse_args(argv)
     if args.capacity_kw <= 0 or args.speed_factor <= 0:
         parser.error("--capacity-kw and --speed-factor must be positive")
     if args.max_sessions < 1 or not args.min_kw > 0:
         parser.error("--max-sessions must be at least 1 and --min-kw above 0")
+    token = os.environ.get("GRID_INTERNAL_TOKEN") or None
+    check_auth(parser, "substation", token is not None, args.insecure_no_auth,
+               "an internal token (GRID_INTERNAL_TOKEN, the same for the ingress, balancers "
+               "and substations)")
     return SubstationConfig(substation_id=args.id, capacity_kw=args.capacity_kw,
                             host=args.host, port=args.port, speed_factor=args.speed_factor,
                             state_path=args.state_path, durability=Durability(args.durability),
                             max_sessions=args.max_sessions,
                             limits=ChargeLimits(min_kw=args.min_kw),
-                            internal_token=os.environ.get("GRID_INTERNAL_TOKEN") or None)
+                            internal_token=token, log_format=args.log_format)
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
+    setup_logging("substation", config.log_format)
     run_service(create_app(config), config.host, config.port)
 
 
