@@ -10,7 +10,7 @@ import sys
 from balancer.app import create_app
 from balancer.config import BalancerConfig
 from gridlb.charge import DEFAULT_MIN_KW, ChargeLimits
-from gridlb.cli import add_common_args, check_auth
+from gridlb.cli import INTERNAL_TOKEN, add_common_args, check_auth
 from gridlb.grid import ConfigError
 from gridlb.http import run_service
 from gridlb.logs import setup_logging
@@ -48,9 +48,7 @@ def parse_args(argv: list[str] | None = None) -> BalancerConfig:
     if not args.min_kw > 0:
         parser.error("--min-kw must be above 0")
     token = os.environ.get("GRID_INTERNAL_TOKEN") or None
-    check_auth(parser, "balancer", token is not None, args.insecure_no_auth,
-               "an internal token (GRID_INTERNAL_TOKEN, the same for the ingress, balancers "
-               "and substations)")
+    check_auth(parser, "balancer", token is not None, args.insecure_no_auth, INTERNAL_TOKEN)
     return BalancerConfig(
         prometheus_url=args.prometheus_url, prometheus_public_url=args.prometheus_public_url,
         policy_dir=args.policy_dir, policy=args.policy, host=args.host, port=args.port,

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from gridlb.charge import DEFAULT_MIN_KW, ChargeLimits
-from gridlb.cli import add_common_args, check_auth
+from gridlb.cli import API_KEYS, add_common_args, check_auth
 from gridlb.durable import Durability
 from gridlb.http import run_service
 from gridlb.logs import setup_logging
@@ -54,8 +54,7 @@ def parse_args(argv: list[str] | None = None) -> IngressConfig:
         parser.error("--request-timeout must be above 1 s, --min-kw and --prune-interval "
                      "above 0, --max-keys >= 0")
     keys = api_keys(args.api_keys_file)
-    check_auth(parser, "ingress", bool(keys), args.insecure_no_auth,
-               "API keys (GRID_API_KEYS, comma-separated, or --api-keys-file)")
+    check_auth(parser, "ingress", bool(keys), args.insecure_no_auth, API_KEYS)
     return IngressConfig(balancer_urls=urls, host=args.host, port=args.port,
                          api_keys=keys, log_format=args.log_format,
                          internal_token=os.environ.get("GRID_INTERNAL_TOKEN") or None,

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from gridlb.charge import DEFAULT_MIN_KW, ChargeLimits
-from gridlb.cli import add_common_args, check_auth
+from gridlb.cli import INTERNAL_TOKEN, add_common_args, check_auth
 from gridlb.durable import Durability
 from gridlb.http import run_service
 from gridlb.logs import setup_logging
@@ -39,9 +39,7 @@ def parse_args(argv: list[str] | None = None) -> SubstationConfig:
     if args.max_sessions < 1 or not args.min_kw > 0:
         parser.error("--max-sessions must be at least 1 and --min-kw above 0")
     token = os.environ.get("GRID_INTERNAL_TOKEN") or None
-    check_auth(parser, "substation", token is not None, args.insecure_no_auth,
-               "an internal token (GRID_INTERNAL_TOKEN, the same for the ingress, balancers "
-               "and substations)")
+    check_auth(parser, "substation", token is not None, args.insecure_no_auth, INTERNAL_TOKEN)
     return SubstationConfig(substation_id=args.id, capacity_kw=args.capacity_kw,
                             host=args.host, port=args.port, speed_factor=args.speed_factor,
                             state_path=args.state_path, durability=Durability(args.durability),

@@ -252,7 +252,8 @@ async def test_bad_dispatch_bodies_get_json_4xx(balancer: MakeHarness, payload: 
 
 
 def test_the_minimum_power_is_configurable_like_the_ingress_and_substations(
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRID_INTERNAL_TOKEN", "t0k")
     assert parse_args([]).limits.min_kw == 1.4
     assert parse_args(["--min-kw", "1"]).limits.min_kw == 1.0
     with pytest.raises(SystemExit):
@@ -538,7 +539,7 @@ async def test_a_5xx_after_sending_is_ambiguous_and_fenced_not_a_refusal(
 def test_the_default_is_at_most_three_attempts() -> None:
     from balancer.__main__ import parse_args
     assert BalancerConfig().max_attempts == 3
-    assert parse_args([]).max_attempts == 3
+    assert parse_args(["--insecure-no-auth"]).max_attempts == 3
 
 
 async def test_the_policy_view_lists_what_was_odd_in_the_last_answer(
