@@ -185,6 +185,8 @@ def setup_logging(service: str, log_format: str = "text", level: int = logging.I
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # Python's warnings would otherwise be printed as bare lines between the JSON ones.
+    logging.captureWarnings(True)
     return handler
 
 

@@ -40,6 +40,7 @@ def root_logger() -> Iterator[logging.Logger]:
     yield root
     root.handlers[:] = handlers
     root.setLevel(level)
+    logging.captureWarnings(False)
 
 
 async def echo(request: web.Request) -> web.Response:
