@@ -37,9 +37,13 @@ def root_logger() -> Iterator[logging.Logger]:
     """The root logger, its handlers and level put back after a test that sets up logging."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    switches = {name: getattr(logging, name) for name in
+                ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")}
     yield root
     root.handlers[:] = handlers
     root.setLevel(level)
+    for name, value in switches.items():
+        setattr(logging, name, value)
     logging.captureWarnings(False)
 
 
