@@ -10,6 +10,7 @@ service (`request_id_headers()`). Background work (refresh loops, pruning) has n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
@@ -108,6 +109,9 @@ def access_log_middleware(logger: logging.Logger | None = None) -> Middleware:
             return response
         except web.HTTPException as exc:
             status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = 499        # nginx's word for "the client went away before the answer"
             raise
         finally:
             resource = request.match_info.route.resource

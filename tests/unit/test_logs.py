@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from gridlb.http import bearer_token_middleware, json_errors_middleware
 from gridlb.logs import (
@@ -225,3 +227,17 @@ def test_text_is_the_default_and_an_unknown_format_is_refused() -> None:
     assert text.endswith(" INFO ingress.views request_id=r-9 hello")
     with pytest.raises(ValueError, match="log format must be one of text, json, not 'xml'"):
         formatter("xml")
+
+
+async def test_a_request_whose_client_went_away_is_logged_as_499(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+
+    async def cancelled(request: web.Request) -> web.Response:
+        raise asyncio.CancelledError
+
+    request = make_mocked_request("POST", "/charge")
+    with pytest.raises(asyncio.CancelledError):
+        await access_log_middleware()(request, cancelled)
+    (line,) = access_records(caplog)
+    assert (vars(line)["status"], line.levelno) == (499, logging.INFO)
