@@ -29,8 +29,8 @@ from gridlb.http import Handler
 
 REQUEST_ID_HEADER = "X-Request-Id"
 MAX_REQUEST_ID = 64
-# Visible ASCII only: no spaces, quotes are allowed but no control characters, so an id can be
-# printed in a text log line without quoting and can never start a new line.
+# Visible ASCII only (quotes included): no space and no control character, so an id is one word
+# in a text log line and can never start a new one.
 _REQUEST_ID_RE = re.compile(rf"[\x21-\x7E]{{1,{MAX_REQUEST_ID}}}")
 LOG_FORMATS = ("text", "json")
 # Probes and scrapes: successful answers are logged at DEBUG, or every scrape would be a line.
@@ -76,8 +76,8 @@ def request_id(request: web.Request) -> str:
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost middleware: every answer, errors included, carries the request's id."""
     presented = request.headers.get(REQUEST_ID_HEADER)
-    rid = presented if presented is not None and valid_request_id(presented) \
-        else new_request_id()
+    rid = presented if presented is not None and valid_request_id(presented) else \
+        new_request_id()
     request[_REQUEST_KEY] = rid
     token = _current.set(rid)
     try:
