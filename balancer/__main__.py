@@ -11,8 +11,10 @@ from balancer.app import create_app
 from balancer.config import BalancerConfig
 from balancer.promaccess import PrometheusAccess, headers_from, validate
 from gridlb.charge import DEFAULT_MIN_KW, ChargeLimits
+from gridlb.cli import INTERNAL_TOKEN, add_common_args, check_auth
 from gridlb.grid import ConfigError
 from gridlb.http import run_service
+from gridlb.logs import setup_logging
 
 
 def parse_args(argv: list[str] | None = None) -> BalancerConfig:
@@ -52,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> BalancerConfig:
                         metavar="'NAME: VALUE'",
                         help="an extra header on every query, e.g. 'X-Scope-OrgID: grid-a' "
                              "(repeatable)")
+    add_common_args(parser)
     args = parser.parse_args(argv)
     headers = headers_from(args.prometheus_header)
     if isinstance(headers, list):
@@ -73,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> BalancerConfig:
         parser.error("--extra-query-params: must be a JSON object")
     if not args.min_kw > 0:
         parser.error("--min-kw must be above 0")
+    token = os.environ.get("GRID_INTERNAL_TOKEN") or None
+    check_auth(parser, "balancer", token is not None, args.insecure_no_auth, INTERNAL_TOKEN)
     return BalancerConfig(
         prometheus_url=args.prometheus_url, prometheus_public_url=args.prometheus_public_url,
         policy_dir=args.policy_dir, policy=args.policy, host=args.host, port=args.port,
@@ -80,11 +85,12 @@ def parse_args(argv: list[str] | None = None) -> BalancerConfig:
         query_timeout_s=args.query_timeout, forward_timeout_s=args.forward_timeout,
         max_attempts=args.max_attempts, extra_query_params=extra,
         limits=ChargeLimits(min_kw=args.min_kw), prometheus_access=prometheus_access,
-        internal_token=os.environ.get("GRID_INTERNAL_TOKEN") or None)
+        internal_token=token, log_format=args.log_format)
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
+    setup_logging("balancer", config.log_format)
     try:
         app = create_app(config)
     except ConfigError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -36,6 +37,10 @@ from balancer.state import (
 )
 from balancer.views import setup_routes
 from gridlb.http import bearer_token_middleware, json_errors_middleware
+from gridlb.logs import access_log_middleware, log_startup, request_id_middleware
+from gridlb.serviceinfo import package_version, register_service_info
+
+log = logging.getLogger(__name__)
 
 # Read-only views stay open: operators open /policy in a browser. Changes need the token.
 _OPEN_PATHS = ("/metrics", "/healthz", "/readyz", "/policy")
@@ -48,9 +53,11 @@ def create_app(config: BalancerConfig, client: QueryClient | None = None,
     policy = load_policy(policy_file)
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[json_errors_middleware,
+        middlewares=[request_id_middleware, access_log_middleware(), json_errors_middleware,
                      bearer_token_middleware([config.internal_token or ""], _OPEN_PATHS)])
     metrics = BalancerMetrics(registry or CollectorRegistry())
+    register_service_info(metrics.registry, "balancer",
+                          auth_disabled=not config.internal_token)
     ledger = PendingLedger(clock_skew_s=config.clock_skew_s)
     health = OutlierDetector()
     prometheus = client or make_client(config.prometheus_url, config.query_timeout_s,
@@ -67,10 +74,28 @@ def create_app(config: BalancerConfig, client: QueryClient | None = None,
     app[REFRESH_LOOP] = PolicyRefreshLoop(prometheus, serving,
                                           queries=GridQueries(config.substation_job),
                                           extra_params=config.extra_query_params)
+    app.on_startup.append(announce)
     app.cleanup_ctx.append(http_session)
     app.cleanup_ctx.append(refresh_loop)
     setup_routes(app)
     return app
+
+
+def startup_fields(config: BalancerConfig, serving: ServingState) -> dict[str, object]:
+    return {"version": package_version(), "listen": f"{config.host}:{config.port}",
+            "policy": serving.policy.name, "policy_file": serving.policy_file,
+            "prometheus": config.prometheus_url, "substation_job": config.substation_job,
+            "internal_token": "set" if config.internal_token else "unset (auth disabled)",
+            "state": "memory", "max_snapshot_age_s": config.max_snapshot_age_s}
+
+
+async def announce(app: web.Application) -> None:
+    config = app[CONFIG]
+    log_startup("balancer", startup_fields(config, app[SERVING]), log)
+    if not config.internal_token:
+        log.warning("AUTH DISABLED: no internal token (--insecure-no-auth): every caller that "
+                    "reaches %s:%s can dispatch charges and reload the policy", config.host,
+                    config.port)
 
 
 async def http_session(app: web.Application) -> AsyncIterator[None]:

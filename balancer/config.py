@@ -37,3 +37,4 @@ class BalancerConfig:
     clock_skew_s: float = 0.5
     seed: int | None = None
     max_body_bytes: int = 16 * 1024
+    log_format: str = "text"        # or "json" (gridlb/logs.py)

@@ -15,6 +15,7 @@ import orjson
 
 from balancer.placement import Reply
 from gridlb.charge import SessionCharge
+from gridlb.logs import request_id_headers
 
 
 class HttpSubstations:
@@ -38,7 +39,8 @@ class HttpSubstations:
 
     async def _call(self, url: str, payload: dict[str, Any], timeout_s: float) -> Reply:
         try:
-            async with self.session.post(url, data=orjson.dumps(payload), headers=self.headers,
+            async with self.session.post(url, data=orjson.dumps(payload),
+                                         headers=request_id_headers(self.headers),
                                          timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 raw = await resp.read()
                 status = resp.status

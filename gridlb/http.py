@@ -145,13 +145,14 @@ def metrics_response(registry: CollectorRegistry) -> web.Response:
 
 
 def run_service(app: web.Application, host: str, port: int) -> None:
-    """Run an app with uvloop when available; SIGTERM and SIGINT stop it gracefully."""
+    """Run an app with uvloop when available; SIGTERM and SIGINT stop it gracefully. Logging is
+    set up by the caller (gridlb.logs.setup_logging); aiohttp's own access log is off: the
+    service's access_log_middleware writes one with the request id and the route template."""
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is optional off Linux
         pass
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     web.run_app(app, host=host, port=port, access_log=None, print=None,
                 shutdown_timeout=10.0, handle_signals=True)

@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 
 from gridlb.charge import DEFAULT_MIN_KW, ChargeLimits
+from gridlb.cli import API_KEYS, add_common_args, check_auth
 from gridlb.durable import Durability
 from gridlb.http import run_service
+from gridlb.logs import setup_logging
 from ingress.app import create_app
 from ingress.config import IngressConfig
 
@@ -45,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> IngressConfig:
     parser.add_argument("--reconcile-interval", type=float, default=2.0,
                         help="seconds between rounds of resolving records whose outcome is "
                              "unknown (ingress/reconciler.py)")
+    add_common_args(parser)
     args = parser.parse_args(argv)
     urls = tuple(u.strip().rstrip("/") for u in args.balancer_url.split(",") if u.strip())
     if not urls:
@@ -53,8 +56,10 @@ def parse_args(argv: list[str] | None = None) -> IngressConfig:
             not args.prune_interval > 0 or not args.reconcile_interval > 0:
         parser.error("--request-timeout must be above 1 s, --min-kw, --prune-interval and "
                      "--reconcile-interval above 0, --max-keys >= 0")
+    keys = api_keys(args.api_keys_file)
+    check_auth(parser, "ingress", bool(keys), args.insecure_no_auth, API_KEYS)
     return IngressConfig(balancer_urls=urls, host=args.host, port=args.port,
-                         api_keys=api_keys(args.api_keys_file),
+                         api_keys=keys, log_format=args.log_format,
                          internal_token=os.environ.get("GRID_INTERNAL_TOKEN") or None,
                          store_path=args.store_path, request_timeout_s=args.request_timeout,
                          durability=Durability(args.durability),
@@ -65,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> IngressConfig:
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
+    setup_logging("ingress", config.log_format)
     run_service(create_app(config), config.host, config.port)
 
 

@@ -13,6 +13,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gridlb.http import bearer_token_middleware, json_errors_middleware
+from gridlb.logs import access_log_middleware, log_startup, request_id_middleware
+from gridlb.serviceinfo import package_version, register_service_info
 from gridlb.tasks import background
 from ingress.balancers import (
     BalancerAnswer,
@@ -103,17 +105,37 @@ async def reconcile(app: web.Application) -> None:
             metrics.reconciled.labels(result).inc(count)
 
 
+def startup_fields(config: IngressConfig) -> dict[str, object]:
+    return {"version": package_version(), "listen": f"{config.host}:{config.port}",
+            "balancers": ",".join(config.balancer_urls),
+            "api_keys": len(config.api_keys) or "none (auth disabled)",
+            "internal_token": "set" if config.internal_token else "unset",
+            "store": f"sqlite:{config.store_path}", "durability": config.durability.value,
+            "request_timeout_s": config.request_timeout_s}
+
+
+async def announce(app: web.Application) -> None:
+    config = app[CONFIG]
+    log_startup("ingress", startup_fields(config), log)
+    if not config.api_keys:
+        log.warning("AUTH DISABLED: no API keys (--insecure-no-auth): every caller that reaches "
+                    "%s:%s can start and stop charging sessions", config.host, config.port)
+
+
 def create_app(config: IngressConfig, registry: CollectorRegistry | None = None,
                resolve: Resolve = resolve_a_records) -> web.Application:
     metrics = IngressMetrics(registry or CollectorRegistry())
+    register_service_info(metrics.registry, "ingress", auth_disabled=not config.api_keys)
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[json_errors_middleware, metrics_middleware(metrics),
+        middlewares=[request_id_middleware, access_log_middleware(),
+                     json_errors_middleware, metrics_middleware(metrics),
                      bearer_token_middleware(config.api_keys, _OPEN_PATHS)])
     app[CONFIG] = config
     app[METRICS] = metrics
     app[IN_PROGRESS] = set()
     app[MOVED_TO] = {}
+    app.on_startup.append(announce)
     app.cleanup_ctx.append(store)
     app.cleanup_ctx.append(http_session)
     app.cleanup_ctx.append(balancer_replicas(resolve))

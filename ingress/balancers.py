@@ -27,6 +27,7 @@ import aiohttp
 import orjson
 
 from gridlb.errors import ErrorCode
+from gridlb.logs import request_id_headers
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ async def locate_substation(session: aiohttp.ClientSession, urls: Sequence[str],
     recreated containers new addresses, an operator replaces a machine."""
     for url in urls:
         try:
-            async with session.get(f"{url}/policy",
+            async with session.get(f"{url}/policy", headers=request_id_headers(),
                                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 if resp.status != 200:
                     continue

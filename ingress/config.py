@@ -36,3 +36,4 @@ class IngressConfig:
     # those not written for reconcile_min_age_s (a client retrying now settles its own).
     reconcile_interval_s: float = 2.0
     reconcile_min_age_s: float = 2.0
+    log_format: str = "text"        # or "json" (gridlb/logs.py)

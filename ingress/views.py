@@ -28,6 +28,7 @@ from gridlb.http import (
     metrics_response,
     read_json_object,
 )
+from gridlb.logs import request_id_headers
 from ingress.answers import client_answer
 from ingress.balancers import BalancerAnswer, dispatch, locate_substation
 from ingress.config import IngressConfig
@@ -57,7 +58,8 @@ def internal_headers(config: IngressConfig) -> dict[str, str]:
 
 
 def _internal_headers(app: web.Application) -> dict[str, str]:
-    return internal_headers(app[CONFIG])
+    """For a call to the balancer or a substation: the internal token and this request's id."""
+    return request_id_headers(internal_headers(app[CONFIG]))
 
 
 async def charge(request: web.Request) -> web.Response:

@@ -6,8 +6,10 @@ import argparse
 import os
 
 from gridlb.charge import DEFAULT_MIN_KW, ChargeLimits
+from gridlb.cli import INTERNAL_TOKEN, add_common_args, check_auth
 from gridlb.durable import Durability
 from gridlb.http import run_service
+from gridlb.logs import setup_logging
 from substation.app import create_app
 from substation.config import SubstationConfig
 
@@ -32,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> SubstationConfig:
                         help="the smallest charging power accepted")
     parser.add_argument("--retention-s", type=float, default=600.0,
                         help="seconds an ended session stays readable before it is forgotten")
+    add_common_args(parser)
     args = parser.parse_args(argv)
     if not args.retention_s > 0:
         parser.error("--retention-s must be above 0")
@@ -39,16 +42,19 @@ def parse_args(argv: list[str] | None = None) -> SubstationConfig:
         parser.error("--capacity-kw and --speed-factor must be positive")
     if args.max_sessions < 1 or not args.min_kw > 0:
         parser.error("--max-sessions must be at least 1 and --min-kw above 0")
+    token = os.environ.get("GRID_INTERNAL_TOKEN") or None
+    check_auth(parser, "substation", token is not None, args.insecure_no_auth, INTERNAL_TOKEN)
     return SubstationConfig(substation_id=args.id, capacity_kw=args.capacity_kw,
                             host=args.host, port=args.port, speed_factor=args.speed_factor,
                             state_path=args.state_path, durability=Durability(args.durability),
                             max_sessions=args.max_sessions, retention_s=args.retention_s,
                             limits=ChargeLimits(min_kw=args.min_kw),
-                            internal_token=os.environ.get("GRID_INTERNAL_TOKEN") or None)
+                            internal_token=token, log_format=args.log_format)
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
+    setup_logging("substation", config.log_format)
     run_service(create_app(config), config.host, config.port)
 
 

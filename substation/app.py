@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -10,6 +11,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gridlb.http import bearer_token_middleware, json_errors_middleware
+from gridlb.logs import access_log_middleware, log_startup, request_id_middleware
+from gridlb.serviceinfo import package_version, register_service_info
 from gridlb.tasks import background
 from substation.charging import ChargingSession, SessionTable
 from substation.config import SubstationConfig
@@ -17,6 +20,8 @@ from substation.metrics import SubstationMetrics
 from substation.state import CONFIG, METRICS, STORE, TABLE
 from substation.store import SessionStore
 from substation.views import refresh_gauges, setup_routes
+
+log = logging.getLogger(__name__)
 
 # Each charging session's delivered energy reaches disk about this often. Saved in slices, one
 # per tick: saving thousands of sessions at once stalls requests for tens of milliseconds.
@@ -80,11 +85,28 @@ def first_load_seq(now: float) -> int:
     return int(now * 1_000_000)
 
 
+def startup_fields(config: SubstationConfig) -> dict[str, object]:
+    return {"version": package_version(), "id": config.substation_id,
+            "listen": f"{config.host}:{config.port}", "capacity_kw": config.capacity_kw,
+            "internal_token": "set" if config.internal_token else "unset (auth disabled)",
+            "store": f"sqlite:{config.state_path}" if config.state_path else "memory",
+            "durability": config.durability.value, "speed_factor": config.speed_factor,
+            "max_sessions": config.max_sessions}
+
+
+async def announce(app: web.Application) -> None:
+    config = app[CONFIG]
+    log_startup("substation", startup_fields(config), log)
+    if not config.internal_token:
+        log.warning("AUTH DISABLED: no internal token (--insecure-no-auth): every caller that "
+                    "reaches %s:%s can start and stop sessions here", config.host, config.port)
+
+
 def create_app(config: SubstationConfig, registry: CollectorRegistry | None = None
                ) -> web.Application:
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[json_errors_middleware,
+        middlewares=[request_id_middleware, access_log_middleware(), json_errors_middleware,
                      bearer_token_middleware([config.internal_token or ""],
                                              ("/metrics", "/healthz", "/readyz"))])
     app[CONFIG] = config
@@ -94,6 +116,9 @@ def create_app(config: SubstationConfig, registry: CollectorRegistry | None = No
                               end_lag_s=config.tick_interval_s)
     app[METRICS] = SubstationMetrics(registry or CollectorRegistry(), config.substation_id,
                                      config.capacity_kw, config.forecast_horizons_s)
+    register_service_info(app[METRICS].registry, "substation",
+                          auth_disabled=not config.internal_token)
+    app.on_startup.append(announce)
     # The store loads before the simulation starts and closes after it stops.
     app.cleanup_ctx.append(session_store)
     app.cleanup_ctx.append(background(run_simulation, "charging-simulation"))

@@ -26,3 +26,4 @@ class SubstationConfig:
     # substation_load_forecast_kw{horizon=...}: enough points to age a reading by up to a few
     # scrape intervals (1 to 60 s) with little error, few enough to stay a handful of series.
     forecast_horizons_s: tuple[float, ...] = FORECAST_HORIZONS_S
+    log_format: str = "text"        # or "json" (gridlb/logs.py)

@@ -47,8 +47,8 @@ async def test_sigterm_lets_an_in_flight_charge_finish(aiohttp_server: Any,
         subprocess.Popen,
         [sys.executable, "-m", "ingress", "--port", str(port),
          "--balancer-url", f"http://127.0.0.1:{server.port}",
-         "--store-path", str(tmp_path / "ingress.sqlite3")],
-        stdout=log, stderr=subprocess.STDOUT)
+         "--store-path", str(tmp_path / "ingress.sqlite3"), "--insecure-no-auth"],
+        stdout=log, stderr=subprocess.STDOUT, env=without_keys())
     try:
         await asyncio.to_thread(wait_ready, f"http://127.0.0.1:{port}/healthz", proc)
         async with aiohttp.ClientSession() as http:
@@ -66,6 +66,13 @@ async def test_sigterm_lets_an_in_flight_charge_finish(aiohttp_server: Any,
             proc.kill()
             proc.wait()
         log.close()
+
+
+def without_keys() -> dict[str, str]:
+    """This environment without keys: these tests call the service without any, on purpose
+    (`--insecure-no-auth`), which a key set in the environment would contradict."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("GRID_API_KEYS", "GRID_INTERNAL_TOKEN")}
 
 
 def refuses(port: int) -> bool:
@@ -97,9 +104,9 @@ def test_sigterm_stops_a_substation_cleanly_with_its_sessions_and_energy_saved(
     base = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "substation", "--id", "s1", "--port", str(port),
             "--capacity-kw", "100", "--speed-factor", "3600",
-            "--state-path", str(tmp_path / "state.sqlite3")]
+            "--state-path", str(tmp_path / "state.sqlite3"), "--insecure-no-auth"]
     group = ProcessGroup(tmp_path / "logs")
-    spec = ServiceSpec("s1", argv, f"{base}/healthz")
+    spec = ServiceSpec("s1", argv, f"{base}/healthz", env={"GRID_INTERNAL_TOKEN": ""})
     proc = group.start(spec)
     try:
         wait_ready(spec.ready_url, proc)

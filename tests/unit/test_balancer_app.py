@@ -53,17 +53,20 @@ class FakeSubstation:
         self.charges: list[dict[str, Any]] = []
         self.fences: list[tuple[str, int]] = []
         self.auth: list[str | None] = []
+        self.request_ids: list[tuple[str, str | None]] = []   # (call, its X-Request-Id)
         self.app = web.Application()
         self.app.router.add_post("/charge", self._charge)
         self.app.router.add_post("/sessions/{id}/fence", self._fence)
         self.address = ""
 
     async def _charge(self, request: web.Request) -> web.Response:
+        self.request_ids.append(("charge", request.headers.get("X-Request-Id")))
         self.charges.append(await request.json())
         self.auth.append(request.headers.get("Authorization"))
         return await self.behaviour(request)
 
     async def _fence(self, request: web.Request) -> web.Response:
+        self.request_ids.append(("fence", request.headers.get("X-Request-Id")))
         self.fences.append((request.match_info["id"], (await request.json())["epoch"]))
         return await self.fence_behaviour(request)
 
@@ -252,7 +255,8 @@ async def test_bad_dispatch_bodies_get_json_4xx(balancer: MakeHarness, payload: 
 
 
 def test_the_minimum_power_is_configurable_like_the_ingress_and_substations(
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRID_INTERNAL_TOKEN", "t0k")
     assert parse_args([]).limits.min_kw == 1.4
     assert parse_args(["--min-kw", "1"]).limits.min_kw == 1.0
     with pytest.raises(SystemExit):
@@ -538,7 +542,7 @@ async def test_a_5xx_after_sending_is_ambiguous_and_fenced_not_a_refusal(
 def test_the_default_is_at_most_three_attempts() -> None:
     from balancer.__main__ import parse_args
     assert BalancerConfig().max_attempts == 3
-    assert parse_args([]).max_attempts == 3
+    assert parse_args(["--insecure-no-auth"]).max_attempts == 3
 
 
 async def test_the_policy_view_lists_what_was_odd_in_the_last_answer(
@@ -705,3 +709,25 @@ async def test_post_resolve_refuses_a_bad_body(balancer: MakeHarness, body: dict
     resp = await h.client.post("/resolve", json=body)
     answer = await resp.json()
     assert resp.status == 422 and answer["error"] == "invalid_request", answer
+
+
+async def test_the_request_id_goes_with_every_charge_and_fence_and_comes_back(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    sub = await substation()
+    h = await balancer({sub.address: (0.0, 100.0)}, token="s3cret")
+    auth = {"Authorization": "Bearer s3cret"}
+    resp = await h.client.post("/dispatch", json=CHARGE, headers={**auth, "X-Request-Id": "d-1"})
+    assert resp.status == 200 and resp.headers["X-Request-Id"] == "d-1"
+    # A retry that must first find out where the session is fences before it places.
+    resp = await h.client.post("/dispatch", json={**CHARGE, "session_id": "s-2", "epoch": 2,
+                                                  "resolve": True},
+                               headers={**auth, "X-Request-Id": "d-2"})
+    assert resp.status == 200 and resp.headers["X-Request-Id"] == "d-2"
+    assert sub.request_ids == [("charge", "d-1"), ("fence", "d-2"), ("charge", "d-2")]
+    resp = await h.client.post("/dispatch", json=CHARGE)
+    made = resp.headers["X-Request-Id"]
+    assert resp.status == 401 and len(made) == 32
+    resp = await h.client.post("/dispatch", json={}, headers={**auth, "X-Request-Id": "d-3"})
+    assert resp.status == 422 and resp.headers["X-Request-Id"] == "d-3"
+    resp = await h.client.get("/policy", headers={"X-Request-Id": "d-4"})
+    assert resp.headers["X-Request-Id"] == "d-4"

@@ -42,11 +42,18 @@ class FakeBackends:
         self.balancer.router.add_post("/dispatch", self._dispatch)
         self.balancer.router.add_get("/policy", self._policy)
         self.policy_rows: list[dict[str, Any]] = []
+        # (path asked, its X-Request-Id) for every call the ingress made here
+        self.request_ids: list[tuple[str, str | None]] = []
         self.substation = web.Application()
         self.substation.router.add_get("/sessions/{id}", self._session)
         self.substation.router.add_delete("/sessions/{id}", self._session)
 
+    def _seen(self, request: web.Request) -> None:
+        self.request_ids.append((request.method + " " + request.path.split("/")[1],
+                                 request.headers.get("X-Request-Id")))
+
     async def _dispatch(self, request: web.Request) -> web.Response:
+        self._seen(request)
         body = await request.json()
         self.dispatches.append(body)
         if self.on_dispatch is not None:
@@ -60,6 +67,7 @@ class FakeBackends:
                                   "routed_to": self.substation_address})
 
     async def _policy(self, request: web.Request) -> web.Response:
+        self._seen(request)
         return web.json_response({"policy": "least-load", "substations": self.policy_rows})
 
     def answer_with(self, status: int, error: str, may_exist: bool,
@@ -68,6 +76,7 @@ class FakeBackends:
                                 "session_may_exist": may_exist}, headers or {})
 
     async def _session(self, request: web.Request) -> web.Response:
+        self._seen(request)
         state = "stopped" if request.method == "DELETE" else "charging"
         return web.json_response({"session_id": request.match_info["id"], "state": state,
                                   "substation": "sub-1"})
@@ -612,3 +621,56 @@ async def move_route(client: Client, session_id: str, routed_to: str) -> None:
     route = store.route(session_id)
     assert route is not None
     await store.save(route=dataclasses.replace(route, routed_to=routed_to))
+
+
+async def test_the_request_id_goes_with_every_call_and_comes_back_in_every_answer(
+        make_client: Any, backends: FakeBackends) -> None:
+    client = await make_client()
+    resp = await client.post("/charge", json=CHARGE, headers={**AUTH, "X-Request-Id": "t-1"})
+    assert resp.status == 200 and resp.headers["X-Request-Id"] == "t-1"
+    sid = (await resp.json())["session_id"]
+    resp = await client.get(f"/sessions/{sid}", headers={**AUTH, "X-Request-Id": "t-2"})
+    assert resp.status == 200 and resp.headers["X-Request-Id"] == "t-2"
+    # Its substation gone from its address: a balancer is asked where it is now, in vain.
+    await client.app[STORE].save(route=dataclasses.replace(
+        client.app[STORE].route(sid), routed_to=free_url().removeprefix("http://")))
+    resp = await client.get(f"/sessions/{sid}", headers={**AUTH, "X-Request-Id": "t-3"})
+    assert resp.status == 503 and resp.headers["X-Request-Id"] == "t-3"
+    assert backends.request_ids == [("POST dispatch", "t-1"), ("GET sessions", "t-2"),
+                                    ("GET policy", "t-3")]
+
+
+async def test_without_a_usable_request_id_one_is_made_and_sent_on(
+        make_client: Any, backends: FakeBackends) -> None:
+    client = await make_client()
+    for headers in ({}, {"X-Request-Id": "two words"}):
+        resp = await client.post("/charge", json=CHARGE, headers={**AUTH, **headers})
+        made = resp.headers["X-Request-Id"]
+        assert resp.status == 200 and len(made) == 32 and made.isalnum()
+        assert backends.request_ids[-1] == ("POST dispatch", made)
+    assert backends.request_ids[0][1] != backends.request_ids[1][1]
+
+
+@pytest.mark.parametrize(("headers", "body", "status"), [
+    ({}, CHARGE, 401),
+    (AUTH, {**CHARGE, "requested_kw": -1}, 422),
+    ({**AUTH, "Idempotency-Key": "has space"}, CHARGE, 400),
+])
+async def test_errors_echo_the_request_id_too(make_client: Any, headers: dict[str, str],
+                                              body: dict[str, Any], status: int) -> None:
+    client = await make_client()
+    resp = await client.post("/charge", json=body, headers={**headers, "X-Request-Id": "e-1"})
+    assert resp.status == status and resp.headers["X-Request-Id"] == "e-1"
+    resp = await client.get("/sessions/none", headers={**AUTH, "X-Request-Id": "e-2"})
+    assert resp.status == 404 and resp.headers["X-Request-Id"] == "e-2"
+
+
+async def test_an_idempotent_replay_carries_the_retrys_own_request_id(
+        make_client: Any, backends: FakeBackends) -> None:
+    client = await make_client()
+    await client.post("/charge", json=CHARGE,
+                      headers={**AUTH, "Idempotency-Key": "k", "X-Request-Id": "first"})
+    resp = await client.post("/charge", json=CHARGE,
+                             headers={**AUTH, "Idempotency-Key": "k", "X-Request-Id": "retry"})
+    assert resp.headers["Idempotent-Replayed"] == "true"
+    assert resp.headers["X-Request-Id"] == "retry"

@@ -57,7 +57,9 @@ def test_headers_are_parsed_or_refused_with_a_reason(line: str, parsed: object) 
 
 
 def test_the_command_line_refuses_bad_access_naming_the_flag(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRID_INTERNAL_TOKEN", "t0k")
     with pytest.raises(SystemExit):
         parse_args(["--prometheus-ca-file", str(tmp_path / "nope.pem"),
                     "--prometheus-header", "oops"])

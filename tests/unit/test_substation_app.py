@@ -196,3 +196,21 @@ async def test_the_same_session_id_with_other_values_is_a_conflict(client: TestC
     body = await resp.json()
     assert resp.status == 409 and body["error"] == "session_conflict"
     assert "exists with other values" in body["detail"]
+
+
+async def test_every_answer_and_error_echoes_the_request_id(aiohttp_client: Any) -> None:
+    app = create_app(SubstationConfig("s1", capacity_kw=10.0, internal_token="t0k"))
+    client = await aiohttp_client(app)
+    auth = {"Authorization": "Bearer t0k"}
+    calls = [("POST", "/charge", auth, CHARGE, 200),
+             ("POST", "/charge", auth, {**CHARGE, "session_id": "s-2"}, 409),
+             ("POST", "/sessions/s-9/fence", auth, {"epoch": 2}, 200),
+             ("POST", "/charge", auth, {"vehicle_id": "x"}, 422),
+             ("POST", "/charge", {}, CHARGE, 401),
+             ("GET", "/sessions/none", auth, None, 404),
+             ("GET", "/metrics", {}, None, 200)]
+    for n, (method, path, headers, body, status) in enumerate(calls):
+        resp = await client.request(method, path, json=body,
+                                    headers={**headers, "X-Request-Id": f"sub-{n}"})
+        assert resp.status == status, (path, await resp.text())
+        assert resp.headers["X-Request-Id"] == f"sub-{n}"
