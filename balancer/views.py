@@ -3,6 +3,7 @@ refresh loop."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import urllib.parse
@@ -237,9 +238,10 @@ async def reload_policy(request: web.Request) -> web.Response:
     fleet_wide = name is not None and loop.active is not None
     if fleet_wide:
         assert loop.active is not None
+        choice = ActiveChoice(candidate.policy.name, config.policy, time.time(),
+                              replica_name(config.port))
         try:
-            loop.active.write(ActiveChoice(candidate.policy.name, config.policy, time.time(),
-                                           replica_name(config.port)))
+            await asyncio.to_thread(loop.active.write, choice)   # fsync: off the event loop
         except OSError as exc:
             return json_error(503, ErrorCode.POLICY_NOT_SAVED,
                               f"cannot write {loop.active.path} ({exc.strerror}); no replica "
