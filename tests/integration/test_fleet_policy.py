@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 from tests.integration.conftest import Prometheus, StartCluster, http_json, wait_for
@@ -49,7 +50,7 @@ def test_a_switch_on_one_replica_reaches_the_other_and_survives_its_restart(
         return info == [f'balancer_policy_info{{policy="{NEW}"}} 1.0'] and len(scores) == 2 \
             and all(f'policy="{NEW}"' in line for line in scores)
     for url in (one, other):
-        wait_for(lambda url=url: only_new(url), f"{url} to export only {NEW}'s series")
+        wait_for(partial(only_new, url), f"{url} to export only {NEW}'s series")
 
     # Prometheus sees the same: each replica reports the new policy, the old one's series
     # went stale when the replicas stopped exposing them.
