@@ -40,7 +40,7 @@ def test_a_switch_on_one_replica_reaches_the_other_and_survives_its_restart(
     status, body = http_json("POST", f"{one}/-/reload", {"policy": NEW}, headers=c.internal)
     assert status == 200 and body["fleet_wide"] is True, body
     assert body["active_policy_file"] == str(active)
-    wait_for(lambda: serving(other) == NEW, "the other replica to follow", timeout_s=5.0)
+    wait_for(lambda: serving(other) == NEW, "the other replica to follow", timeout_s=15.0)
 
     # Exactly one info series per replica, and the old policy's scores gone, not frozen.
     def only_new(url: str) -> bool:
