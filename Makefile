@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 up: setup
 	@$(PY) -m gridlb.stack
 
-# Start the next `make up` empty: drops .run/'s sessions, Prometheus data and logs (keeps the
-# API key, the internal token and the virtualenv).
+# Start the next `make up` empty: drops .run/'s sessions, Prometheus data, logs and the policy
+# chosen with POST /-/reload (keeps the API key, the internal token and the virtualenv).
 reset: setup
 	@$(PY) -m gridlb.stack --reset
 
@@ -32,6 +32,7 @@ lint: setup
 
 test: setup lint
 	@scripts/ensure-container-engine.sh install || test $$? -eq 3   # podman for tests/e2e/ when no Docker engine answers
+	@scripts/ensure-victoria-metrics.sh   # for tests/integration/test_victoria_metrics.py
 	$(PY) -m pytest
 
 loadtest: setup

@@ -25,10 +25,17 @@ def parse_args(argv: list[str] | None = None) -> BalancerConfig:
     parser.add_argument("--prometheus-public-url", default=None,
                         help="Prometheus as a browser reaches it (for /policy's graph link)")
     parser.add_argument("--policy-dir", default="policies")
-    parser.add_argument("--policy", default="least-utilization")
+    parser.add_argument("--policy", default=BalancerConfig.policy,
+                        help="the policy served while the active-policy file holds no choice "
+                             f"(default: {BalancerConfig.policy})")
+    parser.add_argument("--active-policy-file", default=None,
+                        help="a file every replica watches: POST /-/reload {\"policy\": ...} "
+                             "writes the fleet's choice there and every replica serves it, "
+                             "also after a restart (without it a reload switches one replica)")
     parser.add_argument("--substation-job", default="substation")
     parser.add_argument("--max-snapshot-age", type=float, default=15.0,
-                        help="seconds before deciding in degraded mode")
+                        help="seconds the newest scrape may be old before deciding in degraded "
+                             "mode (keep it well above the scrape interval)")
     parser.add_argument("--query-timeout", type=float, default=2.0)
     parser.add_argument("--forward-timeout", type=float, default=3.0)
     parser.add_argument("--max-attempts", type=int, default=3)
@@ -37,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> BalancerConfig:
                              "and the substations')")
     parser.add_argument("--extra-query-params", default="{}",
                         help='JSON object added to every Prometheus query, e.g. '
-                             '\'{"latency_offset": "1s"}\' for VictoriaMetrics')
+                             '\'{"dedup": "true"}\' for Thanos')
     access = parser.add_argument_group(
         "Prometheus behind auth", "secrets are read from files (again when a file changes)")
     access.add_argument("--prometheus-bearer-token-file", default=None,
@@ -81,6 +88,7 @@ def parse_args(argv: list[str] | None = None) -> BalancerConfig:
     return BalancerConfig(
         prometheus_url=args.prometheus_url, prometheus_public_url=args.prometheus_public_url,
         policy_dir=args.policy_dir, policy=args.policy, host=args.host, port=args.port,
+        active_policy_file=args.active_policy_file,
         substation_job=args.substation_job, max_snapshot_age_s=args.max_snapshot_age,
         query_timeout_s=args.query_timeout, forward_timeout_s=args.forward_timeout,
         max_attempts=args.max_attempts, extra_query_params=extra,

@@ -13,13 +13,13 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from balancer.active import ActivePolicyFile, replica_name, starting_policy
 from balancer.config import BalancerConfig
 from balancer.forward import HttpSubstations
 from balancer.health import OutlierDetector
 from balancer.inflight import InFlight
 from balancer.ledger import PendingLedger
 from balancer.metrics import BalancerMetrics
-from balancer.policy import load_policy, policy_path
 from balancer.prom import GridQueries, QueryClient, make_client
 from balancer.refresh import PolicyRefreshLoop
 from balancer.serving import ServingState
@@ -49,8 +49,8 @@ _OPEN_PATHS = ("/metrics", "/healthz", "/readyz", "/policy")
 def create_app(config: BalancerConfig, client: QueryClient | None = None,
                registry: CollectorRegistry | None = None) -> web.Application:
     """Build the app; raises PolicyError (naming file and field) if the policy is broken."""
-    policy_file = policy_path(config.policy_dir, config.policy)
-    policy = load_policy(policy_file)
+    active = ActivePolicyFile(config.active_policy_file) if config.active_policy_file else None
+    start = starting_policy(active, config.policy_dir, config.policy, replica_name(config.port))
     app = web.Application(
         client_max_size=config.max_body_bytes,
         middlewares=[request_id_middleware, access_log_middleware(), json_errors_middleware,
@@ -68,12 +68,14 @@ def create_app(config: BalancerConfig, client: QueryClient | None = None,
     app[HEALTH] = health
     app[RNG] = random.Random(config.seed)
     app[INFLIGHT] = InFlight()
-    serving = ServingState(policy, Path(policy_file), ledger, health, metrics,
+    serving = ServingState(start.policy, Path(start.file), ledger, health, metrics,
                            max_snapshot_age_s=config.max_snapshot_age_s)
+    serving.reload_error = start.problem
     app[SERVING] = serving
     app[REFRESH_LOOP] = PolicyRefreshLoop(prometheus, serving,
                                           queries=GridQueries(config.substation_job),
-                                          extra_params=config.extra_query_params)
+                                          extra_params=config.extra_query_params,
+                                          active=active, default_policy=config.policy)
     app.on_startup.append(announce)
     app.cleanup_ctx.append(http_session)
     app.cleanup_ctx.append(refresh_loop)

@@ -15,7 +15,12 @@ class BalancerConfig:
     # Where a person's browser reaches Prometheus (for the graph link in GET /policy).
     prometheus_public_url: str | None = None
     policy_dir: str = "policies"
-    policy: str = "least-utilization"
+    # The policy served when the active-policy file holds no choice (docs/design.md, "Which
+    # policy serves"): the best measured one (docs/benchmarks.md).
+    policy: str = "least-forecast-utilization"
+    # The file every replica watches for the fleet's choice, written by POST /-/reload
+    # {"policy": ...}; None: a reload switches this replica only, until it restarts.
+    active_policy_file: str | None = None
     host: str = "127.0.0.1"
     port: int = 8081
     substation_job: str = "substation"
@@ -28,8 +33,9 @@ class BalancerConfig:
     dispatch_budget_s: float = 10.0
     limits: ChargeLimits = field(default_factory=ChargeLimits)
     internal_token: str | None = None
-    # Extra query parameters for Prometheus-compatible backends, e.g. VictoriaMetrics'
-    # {"latency_offset": "1s"} (it hides the newest 30 s by default).
+    # Extra query parameters for Prometheus-compatible backends (Thanos' {"dedup": "true"}).
+    # VictoriaMetrics 1.79 ignores `latency_offset` as one: set -search.latencyOffset on it
+    # (docs/victoriametrics.md).
     extra_query_params: dict[str, Any] = field(default_factory=dict)
     prometheus_headers: dict[str, str] = field(default_factory=dict)
     # Credentials, CA and client certificate for a Prometheus behind auth (balancer/promaccess.py).

@@ -29,10 +29,16 @@ class BalancerMetrics:
                                     "Failed policy evaluations by reason", ["policy", "reason"],
                                     registry=registry)
         self.snapshot_age = Gauge("balancer_snapshot_age_seconds",
-                                  "Age of the snapshot decisions are made from",
-                                  registry=registry)
+                                  "Age of the data decisions are made from: now minus the "
+                                  "newest scrape the snapshot holds", registry=registry)
         self.policy_score = Gauge("balancer_policy_score", "Policy score per substation",
                                   ["policy", "substation"], registry=registry)
+        self.policy_info = Gauge("balancer_policy_info", "1 for the policy this replica serves",
+                                 ["policy"], registry=registry)
+        self.policy_no_data = Gauge(
+            "balancer_policy_no_data",
+            "1 while the serving policy's query gives no substation that is up a score "
+            "(ranked by utilization instead)", registry=registry)
         self.pending_kw = Gauge("balancer_pending_ledger_kw",
                                 "kW assigned that Prometheus has not scraped yet",
                                 ["substation"], registry=registry)
@@ -59,9 +65,26 @@ class BalancerMetrics:
         for result in ("success", "error"):
             self.reloads.labels(result=result)
 
+    def serving(self, policy: str) -> None:
+        """`policy` serves now: one info series for it, and no score series of another policy
+        (left alone they would freeze at their last values, as if still evaluated)."""
+        self.policy_info.clear()
+        self.policy_info.labels(policy=policy).set(1.0)
+        self.policy_score.clear()
+        self.policy_no_data.set(0.0)
+
+    def set_scores(self, policy: str, scores: dict[str, float]) -> None:
+        """Exactly these (substation: score) series of `policy`: a substation that has no
+        score now (gone, or the query gave it none) loses its series instead of keeping an
+        old value."""
+        for labels in list(self.policy_score._metrics):  # no public API lists children
+            if labels[0] != policy or labels[1] not in scores:
+                self.policy_score.remove(*labels)
+        for substation, score in scores.items():
+            self.policy_score.labels(policy=policy, substation=substation).set(score)
+
     def prune_substations(self, keep: set[str]) -> None:
         """Drop label sets of substations that left the grid, so series stay bounded."""
-        for metric in (self.policy_score, self.pending_kw):
-            for labels in list(metric._metrics):  # no public API lists children
-                if labels[-1] not in keep:
-                    metric.remove(*labels)
+        for labels in list(self.pending_kw._metrics):  # no public API lists children
+            if labels[-1] not in keep:
+                self.pending_kw.remove(*labels)

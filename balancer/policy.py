@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import promql_parser
 import yaml
@@ -116,6 +116,11 @@ def parse_duration(value: object) -> float | None:
             scale = {"ms": 0.001, "s": 1.0, "m": 60.0}[match.group(2)]
             return float(match.group(1)) * scale
     return None
+
+
+def is_policy_name(name: object) -> TypeGuard[str]:
+    """Whether `name` can name a policy file (`policies/<name>.yaml`): no path, no dot."""
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
 
 
 def validate_promql(query: str) -> str | None:
@@ -220,7 +225,7 @@ def parse_policy(raw: object, source: str) -> Policy:
     unknown_keys(raw, _KNOWN_FIELDS, "", problems)
     name = raw.get("name")
     stem = Path(source).stem
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+    if not is_policy_name(name):
         problems.append(f"name: must be lowercase letters, digits, '-' or '_', got {show(name)}")
     elif name != stem:
         problems.append(f"name: {name!r} must match the file name {stem!r}")

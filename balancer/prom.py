@@ -10,7 +10,9 @@ Every odd answer has a decided meaning:
   substation exports an odd series), the grid is still read: PolicyQueryFailed carries a snapshot
   without scores, in which substations are ranked by utilization (one odd series must not stop
   the whole grid's routing).
-- An empty vector is not an error but means "no data": no substation gets a score from it.
+- An empty vector is not an error but means "no data": no substation gets a score from it. When
+  no substation that is up gets a score (no data, or none of it names a substation scraped
+  now), the snapshot says so (`policy_no_data`): the refresh loop warns and counts it.
 - A series without the identifying label is dropped and reported.
 - NaN and +/-Inf values are dropped and reported: such a substation is not eligible.
 - A forecast point (substation_load_forecast_kw, only read for a `load_aging: forecast`
@@ -360,11 +362,15 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
     problems = p_up + p_ts + p_load + p_seq + p_cap + p_forecast + p_balancers + p_left + p_score
     problems += [f"{what}: {key!r} is not a substation Prometheus scrapes now; ignored"
                  for key in scores if by_name.get(key, key) not in up]
+    scored_up = any(inst in scores_by_instance for inst, value in up.items() if value == 1.0)
+    no_data = failed is None and not scored_up and any(value == 1.0 for value in up.values())
     if failed is not None:
         problems.append(f"{what}: the query failed ({failed}); substations are ranked by "
                         "utilization until it succeeds")
-    elif not scores:
-        problems.append(f"{what}: the query returned no data")
+    elif no_data:
+        found = "returned no data" if not result else "gave no substation that is up a score"
+        problems.append(f"{what}: the query {found} (a misspelt metric or label?); "
+                        "substations are ranked by utilization until it does")
     views = {
         inst: SubstationView(
             instance=inst, name=names[inst], up=up[inst] == 1.0, scrape_ts=scraped.get(inst, 0.0),
@@ -376,7 +382,8 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
         for inst in up
     }
     snapshot = Snapshot(policy_name=policy.name, evaluated_at=at, substations=views,
-                        problems=tuple(problems), balancers=balancers, recent=recent)
+                        problems=tuple(problems), balancers=balancers, recent=recent,
+                        policy_no_data=no_data)
     if failed is not None:
         raise PolicyQueryFailed(failed, snapshot)
     return snapshot

@@ -85,10 +85,13 @@ class ServingState:
         self.reload_error: str | None = None
         self.reloaded_at = clock()
         self._names = SubstationNames()
+        metrics.serving(policy.name)
 
     # -- what the request path reads ----------------------------------------------------------
     def snapshot_age_s(self) -> float | None:
-        return None if self.snapshot is None else self.clock() - self.snapshot.evaluated_at
+        """How old the data is (its newest scrape, Snapshot.data_at), not how long ago it was
+        asked for: a backend can answer fresh queries with old samples."""
+        return None if self.snapshot is None else self.clock() - self.snapshot.data_at
 
     @property
     def degraded(self) -> bool:
@@ -118,6 +121,7 @@ class ServingState:
         self._settle_ledger(snapshot)
         self._forget_departed(snapshot)
         self.snapshot = snapshot
+        self.metrics.policy_no_data.set(1.0 if snapshot.policy_no_data else 0.0)
         if self.policy.load_aging is LoadAging.FORECAST:
             # Built here, in the refresh loop, so no request pays for it.
             AgedLoads.for_decision(snapshot, self.ledger, self.clock())
@@ -138,9 +142,21 @@ class ServingState:
         self.health.forget_except(present)
 
     def use_policy(self, policy: Policy, policy_file: Path) -> None:
+        changed, switched = policy != self.policy, policy.name != self.policy.name
         self.policy, self.policy_file = policy, policy_file
         self.reload_error = None
         self.reloaded_at = self.clock()
+        if changed and self.snapshot is not None:
+            # The scores in place are the previous policy's (or the previous version's), on
+            # its scale and with its direction: until this one is evaluated, rank by
+            # utilization (as for a policy that scores nothing) rather than misread them.
+            self.snapshot = dataclasses.replace(
+                self.snapshot, policy_no_data=False,
+                substations={i: dataclasses.replace(v, score=None)
+                             for i, v in self.snapshot.substations.items()})
+        if switched:
+            self.metrics.serving(policy.name)
+        self.update_gauges()
 
     def record_attempt(self, at: float) -> None:
         self.evaluations.attempted_at = at
@@ -168,11 +184,10 @@ class ServingState:
             self.metrics.last_evaluation.set(self.evaluations.succeeded_at)
         if self.snapshot is None:
             return
-        names = {v.instance: v.name for v in self.snapshot.substations.values()}
-        self.metrics.prune_substations(set(names.values()))
-        for view in self.snapshot.substations.values():
-            if view.score is not None:
-                self.metrics.policy_score.labels(policy=self.policy.name,
-                                                 substation=view.name).set(view.score)
+        views = self.snapshot.substations.values()
+        self.metrics.prune_substations({v.name for v in views})
+        self.metrics.set_scores(self.policy.name,
+                                {v.name: v.score for v in views if v.score is not None})
+        for view in views:
             self.metrics.pending_kw.labels(substation=view.name).set(
                 self.ledger.pending_kw(view.instance))

@@ -42,6 +42,25 @@ class Snapshot:
         """Every substation a session placed within the roster window may be at: the listed
         ones (up or not) and the recently seen ones listed no more."""
         return [*self.substations, *(i for i in self.recent if i not in self.substations)]
+    # The policy's query succeeded but gave no substation that is up a usable score (a
+    # misspelt metric or label, a join that matches nothing): ranked by utilization instead.
+    policy_no_data: bool = False
+
+    @cached_property
+    def data_at(self) -> float:
+        """When the data in this snapshot was current: the newest scrape it holds.
+
+        The newest, not the oldest: a target that left without a staleness marker (removed
+        while Prometheus was down, or a previous run's) keeps its last `up` visible for the
+        5-minute lookback, and one dead or slow substation must not put the whole balancer in
+        degraded mode; each substation's own scrape time already governs its pending kW
+        (ledger.settle). What the newest scrape measures is how far behind the backend's view
+        is as a whole: Prometheus not scraping, or a backend that hides recent samples
+        (VictoriaMetrics' latency offset, a lagging remote-write). Never later than the
+        evaluation (a scrape clock ahead of ours), and the evaluation time when the snapshot
+        holds no scrape time at all (an empty grid)."""
+        stamps = [v.scrape_ts for v in self.substations.values() if v.scrape_ts > 0.0]
+        return min(max(stamps), self.evaluated_at) if stamps else self.evaluated_at
 
     @cached_property
     def usable(self) -> tuple[tuple[str, float, float, float | None, float, SubstationView], ...]:

@@ -3,6 +3,7 @@ refresh loop."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import urllib.parse
@@ -11,9 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
+from balancer.active import ActiveChoice, replica_name
 from balancer.chooser import LedgerChooser
 from balancer.placement import Deadline, Outcome, OutcomeKind, Placement, ResolveOnly
-from balancer.policy import PolicyError, policy_path
+from balancer.policy import PolicyError, is_policy_name, policy_path
 from balancer.selection import aged_loads, effective_load_kw
 from balancer.snapshot import Snapshot
 from balancer.state import (
@@ -35,6 +37,7 @@ from gridlb.charge import (
     parse_session_charge,
 )
 from gridlb.errors import ErrorCode
+from gridlb.grid import ConfigError
 from gridlb.http import healthz, json_error, json_response, metrics_response, read_json_object
 
 _EXTRA_FIELDS = ("resolve", "timeout_s")
@@ -259,7 +262,13 @@ async def show_policy(request: web.Request) -> web.Response:
         "refresh_interval_s": policy.refresh_interval_s,
         "mode": serving.mode,
         "evaluated_at": snapshot.evaluated_at if snapshot else None,
+        # The age of the data: now minus the newest scrape held (`data_at`), not minus the
+        # evaluation (a backend can answer a fresh query with old samples).
+        "data_at": snapshot.data_at if snapshot else None,
         "age_s": serving.snapshot_age_s(),
+        "max_age_s": serving.max_snapshot_age_s,
+        "policy_no_data": snapshot.policy_no_data if snapshot else False,
+        "active_policy": _active_view(app),
         "balancer_replicas": snapshot.balancers if snapshot else None,
         "substations": substations,
         "ejected": app[HEALTH].ejected(),
@@ -273,29 +282,59 @@ async def show_policy(request: web.Request) -> web.Response:
     })
 
 
+def _active_view(app: web.Application) -> dict[str, Any] | None:
+    """The fleet's choice as the active-policy file holds it now (None: not configured)."""
+    active = app[REFRESH_LOOP].active
+    if active is None:
+        return None
+    try:
+        choice = active.read()
+    except ConfigError as exc:
+        return {"file": str(active.path), "error": str(exc)}
+    return {"file": str(active.path), **(choice.as_dict() if choice else {"policy": None})}
+
+
 async def reload_policy(request: web.Request) -> web.Response:
-    """POST /-/reload, optionally {"policy": "<name>"} to switch to another policy file."""
+    """POST /-/reload: read the serving policy's file again, on this replica. With
+    {"policy": "<name>"}: switch to that policy, on every replica when there is an
+    active-policy file (its name is written there once it passed every check)."""
     app = request.app
-    loop, serving = app[REFRESH_LOOP], app[SERVING]
-    target = None
+    loop, serving, config = app[REFRESH_LOOP], app[SERVING], app[CONFIG]
+    name = None
     if request.can_read_body:
         body = await read_json_object(request)
         if isinstance(body, web.Response):
             return body
         name = body.get("policy")
-        if name is not None:
-            if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-                return json_error(422, ErrorCode.INVALID_REQUEST,
-                                  "policy: must be a policy name")
-            target = policy_path(app[CONFIG].policy_dir, name)
+        if name is not None and not is_policy_name(name):
+            return json_error(422, ErrorCode.INVALID_REQUEST,
+                              "policy: must be a policy name (lowercase letters, digits, '-' "
+                              "or '_'), the file name in the policy directory without .yaml")
+    target = policy_path(config.policy_dir, name) if name else serving.policy_file
     try:
-        policy = await loop.reload(target)
+        candidate = await loop.prepare(target)
     except PolicyError as exc:
         return json_error(422, ErrorCode.INVALID_POLICY, str(exc), problems=exc.problems,
                           serving=serving.policy.name)
+    fleet_wide = name is not None and loop.active is not None
+    if fleet_wide:
+        assert loop.active is not None
+        choice = ActiveChoice(candidate.policy.name, config.policy, time.time(),
+                              replica_name(config.port))
+        try:
+            await asyncio.to_thread(loop.active.write, choice)   # fsync: off the event loop
+        except OSError as exc:
+            return json_error(503, ErrorCode.POLICY_NOT_SAVED,
+                              f"cannot write {loop.active.path} ({exc.strerror}); no replica "
+                              "switched: make that file writable by every balancer replica",
+                              serving=serving.policy.name)
+    loop.install(candidate)
     evaluated = await loop.refresh_once()   # never raises: a failure is in `evaluations`
-    return json_response({"status": "reloaded", "policy": policy.name, "file": policy.source,
-                          "evaluated": evaluated})
+    return json_response({"status": "reloaded", "policy": candidate.policy.name,
+                          "file": candidate.policy.source, "evaluated": evaluated,
+                          "fleet_wide": fleet_wide,
+                          "active_policy_file": None if loop.active is None
+                          else str(loop.active.path)})
 
 
 async def readyz(request: web.Request) -> web.Response:

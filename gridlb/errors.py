@@ -40,6 +40,7 @@ class ErrorCode(str, Enum):
     SUPERSEDED = "superseded"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     INVALID_POLICY = "invalid_policy"
+    POLICY_NOT_SAVED = "policy_not_saved"
     # Substation: admission
     OVER_CAPACITY = "over_capacity"
     TOO_MANY_SESSIONS = "too_many_sessions"

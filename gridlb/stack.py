@@ -35,6 +35,7 @@ from gridlb.promconfig import REPO_ROOT, prometheus_command, render_prometheus_d
 from gridlb.supervisor import RestartPolicy, Supervisor
 
 PID_FILE = "stack.pid"
+ACTIVE_POLICY_FILE = "active-policy"   # the fleet's policy choice (balancer/active.py)
 
 
 @dataclass(frozen=True)
@@ -164,16 +165,33 @@ def balancer_name(replica: int) -> str:
     return "balancer" if replica == 1 else f"balancer-{replica}"
 
 
+# The snapshot's age is its newest scrape's (balancer/snapshot.py): between two scrapes it grows
+# to one scrape interval in normal operation. Degraded mode starts after about two missed
+# scrapes, and never sooner than the balancer's own default.
+MIN_SNAPSHOT_AGE_S = 15.0
+SCRAPES_BEFORE_DEGRADED = 3
+
+
+def max_snapshot_age_s(scrape_interval_s: float) -> float:
+    return max(MIN_SNAPSHOT_AGE_S, SCRAPES_BEFORE_DEGRADED * scrape_interval_s)
+
+
 def balancer_spec(grid: GridConfig, env: Mapping[str, str],
                   extra_args: Sequence[str] = (), replica: int = 1,
-                  port: int | None = None) -> ServiceSpec:
-    """Replica n > 1 is named `balancer-n` and listens on `port`."""
+                  port: int | None = None, active_policy_file: Path | None = None
+                  ) -> ServiceSpec:
+    """Replica n > 1 is named `balancer-n` and listens on `port`. Replicas given the same
+    `active_policy_file` serve one policy: POST /-/reload {"policy": ...} on any switches all."""
     port = grid.balancer_port if port is None else port
+    active = [] if active_policy_file is None else ["--active-policy-file",
+                                                    str(active_policy_file)]
     return ServiceSpec(
         name=balancer_name(replica),
         argv=[sys.executable, "-m", "balancer", "--host", grid.host,
               "--port", str(port), "--prometheus-url", grid.prometheus_url,
-              "--policy-dir", grid.policy_dir, "--policy", grid.policy, *extra_args],
+              "--policy-dir", grid.policy_dir, "--policy", grid.policy, *active,
+              "--max-snapshot-age", f"{max_snapshot_age_s(grid.scrape_interval_s):g}",
+              *extra_args],
         ready_url=f"http://{grid.host}:{port}/healthz", env=env)
 
 
@@ -221,20 +239,27 @@ def stack_specs(grid: GridConfig, run_dir: Path) -> list[ServiceSpec]:
     ingress_env = {**internal, "GRID_API_KEYS": dev_secret(run_dir / "dev-api-key")}
     subs = [substation_spec(grid, s.id, s.port, s.capacity_kw, run_dir, internal)
             for s in grid.substations]
-    balancers = [balancer_spec(grid, internal, replica=n, port=port)
+    # The fleet's policy choice lives beside the sessions: it survives a replica's restart
+    # (the supervisor's) and `make up` again, until grid.yaml's policy changes (balancer/active.py).
+    balancers = [balancer_spec(grid, internal, replica=n, port=port,
+                               active_policy_file=run_dir / ACTIVE_POLICY_FILE)
                  for n, port in enumerate(grid.balancer_ports, start=1)]
     # Start order; the supervisor stops in the reverse order (the ingress first).
     return [prometheus_spec(grid, run_dir), *subs, *balancers,
             ingress_spec(grid, run_dir, ingress_env, grid.balancer_urls)]
 
 
-def banner(grid: GridConfig, api_key: str) -> str:
+def banner(grid: GridConfig, api_key: str, serving: str | None = None) -> str:
+    """`serving`: the policy the balancers say they serve, when it is not grid.yaml's (chosen
+    with POST /-/reload before a restart, kept in .run/active-policy)."""
+    policy = grid.policy if serving in (None, grid.policy) else \
+        f"{serving}, chosen at run time over grid.yaml's {grid.policy}; `make reset` drops it"
     subs = "\n".join(f"  {s.id:<14} http://{grid.host}:{s.port}  ({s.capacity_kw:g} kW)"
                      for s in grid.substations)
     balancers = "\n".join(f"  {balancer_name(n):<14} {url}/policy"
                           for n, url in enumerate(grid.balancer_urls, start=1))
     return f"""
-Smart Grid Load Balancer is up ({grid.source}, policy {grid.policy}).
+Smart Grid Load Balancer is up ({grid.source}, policy {policy}).
   ingress        {grid.ingress_url}/charge      (API key: {api_key})
 {balancers}
   prometheus     {grid.prometheus_url}/graph
@@ -245,6 +270,16 @@ Try:   curl -s -H 'Authorization: Bearer {api_key}' \\
          {grid.ingress_url}/charge
 Then:  make loadtest        Logs: .run/logs/        Stop: Ctrl-C
 """
+
+
+def serving_policy(balancer_url: str) -> str | None:
+    """The policy a balancer says it serves (GET /policy); None if it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{balancer_url}/policy", timeout=1.0) as resp:
+            policy = json.loads(resp.read()).get("policy")
+    except (OSError, http.client.HTTPException, ValueError, AttributeError):
+        return None
+    return policy if isinstance(policy, str) else None
 
 
 def seen_by_balancer(grid: GridConfig, balancer_url: str | None = None) -> set[str]:
@@ -369,15 +404,17 @@ def running_stack_pid(run_dir: Path) -> int | None:
 
 
 def reset(run_dir: Path) -> int:
-    """Empty the state `make up` resumes from; keep the API key and the internal token."""
+    """Empty the state `make up` resumes from (sessions, Prometheus data, logs and the policy
+    chosen by POST /-/reload: grid.yaml's serves again); keep the API key and the token."""
     if (pid := running_stack_pid(run_dir)) is not None:
         print(f"make reset: make up is running (pid {pid}) on {run_dir}; stop it first "
               "(Ctrl-C)", file=sys.stderr)
         return 1
     removed = []
-    for path in sorted(run_dir.glob("*.sqlite3*")):
-        path.unlink()
-        removed.append(path.name)
+    for path in [*sorted(run_dir.glob("*.sqlite3*")), run_dir / ACTIVE_POLICY_FILE]:
+        if path.exists():
+            path.unlink()
+            removed.append(path.name)
     for directory in ("prometheus-data", "logs"):
         if (run_dir / directory).exists():
             shutil.rmtree(run_dir / directory)
@@ -428,7 +465,8 @@ def run(grid: GridConfig, run_dir: Path, restart_policy: RestartPolicy | None = 
                 token = dev_secret(run_dir / "internal-token")
                 print(resume_report(read_resumed(grid, token), run_dir), flush=True)
         wait_for_grid(grid)
-        print(banner(grid, dev_secret(run_dir / "dev-api-key")), flush=True)
+        print(banner(grid, dev_secret(run_dir / "dev-api-key"), serving_policy(grid.balancer_url)),
+              flush=True)
         while not stopping:
             supervisor.check(time.monotonic())
             time.sleep(0.2)
@@ -446,7 +484,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--run-dir", type=Path, default=REPO_ROOT / ".run",
                         help="state, logs and the Prometheus database (default: .run/)")
     parser.add_argument("--reset", action="store_true",
-                        help="empty the run directory's sessions, Prometheus data and logs")
+                        help="empty the run directory's sessions, Prometheus data, logs and "
+                             "the policy chosen at run time")
     args = parser.parse_args(argv)
     if args.reset:
         sys.exit(reset(args.run_dir))

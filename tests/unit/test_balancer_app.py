@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -71,13 +72,15 @@ class FakeSubstation:
         return await self.fence_behaviour(request)
 
 
-def grid(subs: dict[str, tuple[float, float]], up: dict[str, int] | None = None
-         ) -> dict[str, Any]:
-    """Canned results for the grid queries: {address: (load_kw, capacity_kw)}."""
+def grid(subs: dict[str, tuple[float, float]], up: dict[str, int] | None = None,
+         scraped: float | None = None) -> dict[str, Any]:
+    """Canned results for the grid queries: {address: (load_kw, capacity_kw)}, scraped at
+    `scraped`, by default now (the snapshot's age is its newest scrape's)."""
     up = up or {}
+    scraped = time.time() if scraped is None else scraped
     return {
         Q.up: [series(up.get(a, 1), instance=a) for a in subs],
-        Q.scrape_time: [series(1.0, instance=a) for a in subs],
+        Q.scrape_time: [series(scraped, instance=a) for a in subs],
         Q.load: [series(load, instance=a, substation=f"sub-{i}")
                  for i, (a, (load, _)) in enumerate(subs.items())],
         Q.capacity: [series(cap, instance=a, substation=f"sub-{i}")
@@ -362,7 +365,8 @@ async def test_prometheus_down_keeps_the_last_snapshot_then_degrades(
     assert "balancer_degraded 1.0" in metrics
     assert 'balancer_prometheus_query_errors_total{policy="least-load",reason="unreachable"}' \
         in metrics
-    h.prometheus.answers.update(grid({sub.address: (11.0, 100.0)}))
+    # Prometheus is back, with a scrape taken at the (test's) now.
+    h.prometheus.answers.update(grid({sub.address: (11.0, 100.0)}, scraped=evaluated + 0.3))
     await h.app[REFRESH_LOOP].refresh_once()
     assert (await (await h.client.get("/readyz")).json())["mode"] == "normal"
 

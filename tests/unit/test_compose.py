@@ -167,6 +167,16 @@ def test_policies_are_mounted_so_edits_need_no_rebuild() -> None:
     assert any(v.startswith("./policies:/policies") for v in volumes)
 
 
+def test_every_balancer_replica_shares_one_writable_active_policy_file() -> None:
+    spec = compose()
+    balancer = spec["services"]["balancer"]
+    # A named volume is shared by every replica of the service and kept across restarts; the
+    # image's /data belongs to its user, so the balancer can write the file there.
+    assert "balancer-state:/data" in balancer["volumes"] and "balancer-state" in spec["volumes"]
+    assert "--active-policy-file=/data/active-policy" in balancer["command"]
+    assert "--policy=${GRID_POLICY:-least-forecast-utilization}" in balancer["command"]
+
+
 def test_grafana_provisioning_matches_the_compose_mounts() -> None:
     grafana = compose()["services"]["grafana"]
     mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in grafana["volumes"])

@@ -14,6 +14,8 @@ from gridlb.promconfig import REPO_ROOT
 from gridlb.stack import (
     PID_FILE,
     Resumed,
+    balancer_spec,
+    banner,
     ports_in_use,
     reset,
     resume_report,
@@ -101,6 +103,34 @@ def test_balancer_replicas_run_on_consecutive_ports_are_scraped_and_all_given_to
                         "labels": {}}]
 
 
+def test_every_replica_of_the_stack_watches_one_active_policy_file(tmp_path: Path) -> None:
+    grid = parse_grid({**GOOD, "balancer_replicas": 2,
+                       "ports": {"ingress": 8000, "balancer": 8001, "prometheus": 8100}})
+    balancers = [s.argv for s in stack_specs(grid, tmp_path) if s.name.startswith("balancer")]
+    assert [a[a.index("--active-policy-file") + 1] for a in balancers] == \
+        [str(tmp_path / "active-policy")] * 2
+
+
+@pytest.mark.parametrize(("scrape_s", "max_age"), [(1.0, "15"), (5.0, "15"), (15.0, "45"),
+                                                   (60.0, "180")])
+def test_the_maximum_snapshot_age_leaves_room_for_the_scrape_interval(
+        tmp_path: Path, scrape_s: float, max_age: str) -> None:
+    # The age is the newest scrape's: it reaches one scrape interval between two scrapes.
+    grid = parse_grid({**GOOD, "scrape_interval_s": scrape_s})
+    argv = balancer_spec(grid, {}, ("--forward-timeout", "1")).argv
+    assert argv[argv.index("--max-snapshot-age") + 1] == max_age
+    assert argv[-2:] == ["--forward-timeout", "1"]   # a caller's own arguments come last (win)
+    assert "--active-policy-file" not in argv        # only given where replicas share a dir
+
+
+def test_the_banner_says_when_a_run_time_choice_serves_instead_of_grid_yaml() -> None:
+    grid = parse_grid(GOOD)
+    assert "policy least-load)." in banner(grid, "k")
+    assert "policy least-load)." in banner(grid, "k", "least-load")
+    assert "policy rate-weighted, chosen at run time over grid.yaml's least-load; `make reset` " \
+        "drops it)." in banner(grid, "k", "rate-weighted")
+
+
 def test_a_replica_port_already_taken_is_reported_by_name() -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -146,14 +176,14 @@ def test_resume_report_names_sessions_and_kw_per_substation(tmp_path: Path) -> N
 def test_reset_empties_the_state_and_keeps_the_keys(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("substation-a.sqlite3", "substation-a.sqlite3-wal", "ingress.sqlite3",
-                 "dev-api-key", "internal-token"):
+                 "dev-api-key", "internal-token", "active-policy"):
         (tmp_path / name).write_text("x")
     (tmp_path / "prometheus-data" / "wal").mkdir(parents=True)
     (tmp_path / "logs").mkdir()
     assert reset(tmp_path) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dev-api-key", "internal-token"]
     assert "removed ingress.sqlite3, substation-a.sqlite3, substation-a.sqlite3-wal, " \
-           "prometheus-data/, logs/" in capsys.readouterr().out
+           "active-policy, prometheus-data/, logs/" in capsys.readouterr().out
 
 
 def test_reset_refuses_while_make_up_runs(tmp_path: Path) -> None:

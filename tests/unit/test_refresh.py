@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import threading
 import time
@@ -19,7 +20,8 @@ from aiohttp.test_utils import RawTestServer, TestClient
 
 from balancer.app import create_app
 from balancer.config import BalancerConfig
-from balancer.prom import GridQueries, QueryClient, QueryFailure, make_client
+from balancer.policy import load_policy
+from balancer.prom import GridQueries, QueryClient, QueryFailure, make_client, read_snapshot
 from balancer.refresh import MAX_BACKOFF_S, backoff_s
 from balancer.snapshot import Snapshot
 from balancer.state import REFRESH_LOOP, SERVING
@@ -352,3 +354,97 @@ async def test_readyz_is_503_if_the_refresh_loop_ever_stopped(balancer: MakeBala
     await stop_loop(app_of(client))
     resp = await client.get("/readyz")
     assert resp.status == 503 and (await resp.json())["refresh_loop"] == "stopped"
+
+
+# -- a policy whose query returns nothing ---------------------------------------------------------
+MISSPELT = FAST.replace("name: fast", "name: misspelt").replace("substation_load{",
+                                                                "substation_lod{")
+MISSPELT_QUERY = 'substation_lod{job="substation"}'
+
+
+async def test_a_policy_query_without_data_is_a_warning_once_a_metric_and_a_problem(
+        balancer: MakeBalancer, policy_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (policy_dir / "misspelt.yaml").write_text(MISSPELT)
+    answers = grid({A: (10.0, 100.0)})
+    prometheus = FakeQueryClient(answers)        # knows no substation_lod: an empty vector
+    caplog.set_level(logging.INFO, logger="balancer.refresh")
+    client = await balancer(prometheus, policy="misspelt")
+
+    async def evaluated(times: int) -> bool:
+        return sum(q == MISSPELT_QUERY for q, _ in prometheus.calls) >= times
+    await eventually(lambda: evaluated(4), "four evaluations of the misspelt query")
+    warnings = [r for r in caplog.records
+                if r.levelno == logging.WARNING and r.name == "balancer.refresh"]
+    assert [r.getMessage() for r in warnings] == [
+        "policy misspelt: its query gives no substation that is up a score (a misspelt metric "
+        "or label?); substations are ranked by utilization until it does. Query: "
+        f"{MISSPELT_QUERY}"]
+    assert await metric_value(client, "balancer_policy_no_data") == 1.0
+    view = await policy_view(client)
+    assert view["policy_no_data"] is True
+    assert "policy misspelt: the query returned no data (a misspelt metric or label?); " \
+        "substations are ranked by utilization until it does" in view["problems"]
+
+    prometheus.answers[MISSPELT_QUERY] = answers[Q.load]   # the metric exists again
+
+    async def scored_again() -> bool:
+        return await metric_value(client, "balancer_policy_no_data") == 0.0
+    await eventually(scored_again, "the gauge to clear")
+    assert "policy misspelt: its query scores substations again" in caplog.messages
+    assert not (await policy_view(client))["policy_no_data"]
+
+
+@pytest.mark.parametrize(("policy_answer", "up", "no_data"), [
+    ([], {A: 1, B: 1}, True),                                       # nothing at all
+    ([series(5, instance="10.0.0.9:9100")], {A: 1, B: 1}, True),    # only strangers
+    ([series("NaN", instance=A), series("+Inf", instance=B)], {A: 1, B: 1}, True),
+    ([series(5, instance=B)], {A: 1, B: 0}, True),                  # only the one that is down
+    ([series(5, instance=A)], {A: 1, B: 1}, False),                 # some data is data
+    ([], {A: 0, B: 0}, False),                                      # nothing up to score
+    ([], {}, False),                                                # no grid at all
+])
+def test_no_data_means_no_substation_that_is_up_got_a_score(
+        policy_answer: list[dict[str, Any]], up: dict[str, int], no_data: bool) -> None:
+    canned = grid({a: (10.0, 100.0) for a in up}, up=up)
+    policy = load_policy(REPO / "policies" / "least-load.yaml")
+    canned[policy.query] = policy_answer
+    snap = read_snapshot(FakeQueryClient(canned), policy, Q, time.time())
+    assert snap.policy_no_data is no_data
+    assert any("(a misspelt metric or label?)" in p for p in snap.problems) is no_data
+
+
+async def test_a_query_that_fails_is_not_reported_as_no_data(balancer: MakeBalancer) -> None:
+    prometheus = fake({A: (10.0, 100.0)})
+    client = await balancer(prometheus, policy="least-load")
+    app = app_of(client)
+    await stop_loop(app)
+    prometheus.answers[app[SERVING].policy.query] = QueryFailure("execution", "boom")
+    assert await app[REFRESH_LOOP].refresh_once() is False
+    assert await metric_value(client, "balancer_policy_no_data") == 0.0
+    assert (await policy_view(client))["policy_no_data"] is False
+
+
+# -- series that follow the serving policy -------------------------------------------------------
+async def test_after_a_switch_only_the_new_policys_series_are_exported(
+        balancer: MakeBalancer) -> None:
+    client = await balancer(fake({A: (10.0, 100.0)}), policy="least-load")
+    app = app_of(client)
+    await stop_loop(app)
+    await app[REFRESH_LOOP].refresh_once()
+    text = await (await client.get("/metrics")).text()
+    assert 'balancer_policy_score{policy="least-load",substation="sub-0"} 10.0' in text
+    assert 'balancer_policy_info{policy="least-load"} 1.0' in text
+    # Prometheus is unreachable from now on: the new policy cannot be evaluated yet.
+    app[REFRESH_LOOP].client = FakeQueryClient(
+        default=lambda q: QueryFailure("unreachable", "connection refused"))
+    resp = await client.post("/-/reload", json={"policy": "fast"})
+    assert resp.status == 200 and (await resp.json())["evaluated"] is False
+    text = await (await client.get("/metrics")).text()
+    assert "least-load" not in "\n".join(
+        line for line in text.splitlines() if line.startswith("balancer_policy_"))
+    assert [line for line in text.splitlines() if line.startswith("balancer_policy_info{")] == \
+        ['balancer_policy_info{policy="fast"} 1.0']
+    # Until the new policy is evaluated, no score is shown under its name: not the old one's.
+    assert 'balancer_policy_score{policy="fast"' not in text
+    rows = (await policy_view(client))["substations"]
+    assert [(r["instance"], r["score"], r["load_kw"]) for r in rows] == [(A, None, 10.0)]
