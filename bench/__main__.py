@@ -1,8 +1,6 @@
 """`make bench`: every benchmark in one run; a results table, and bench/results/latest.json.
 
-    python -m bench [--quick] [part ...]
-
-parts: quality decision refresh throughput memory realstack
+    python -m bench [--quick] [part ...]     (through make: make bench ARGS="--quick quality")
 """
 
 from __future__ import annotations
@@ -12,6 +10,7 @@ import json
 import os
 import platform
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from bench.memory import run_memory
 from bench.quality import Plan, run_quality
 from bench.realstack import run_realstack
 from bench.refresh import run_refresh
+from bench.tables import table
 from bench.throughput import run_throughput
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -43,6 +43,41 @@ PARTS: dict[str, Callable[[bool], list[dict[str, object]]]] = {
 }
 
 
+# What each part measures, and how long it takes in seconds (a full run, a --quick run) on the
+# 2-core machine of docs/benchmarks.md: quality and realstack as measured there (25 minutes in
+# all), decision as measured; refresh, throughput and memory from their own run lengths (Prometheus
+# and stack starts, 10 s per wrk cell, 100,000 sessions at several hundred per second).
+PART_INFO: dict[str, tuple[str, float, float]] = {
+    "quality": ("balance quality against an oracle under stale data, simulated; draws the "
+                "charts", 480, 120),
+    "decision": ("the cost of one routing decision at 10, 100 and 1,000 substations", 10, 3),
+    "refresh": ("the policy refresh cost against a real Prometheus; queries per second",
+                90, 60),
+    "throughput": ("requests per second and latency through the stack with wrk, against a "
+                   "direct call and nginx", 180, 60),
+    "memory": ("each service's memory after 100,000 sessions (--quick: 10,000)", 150, 30),
+    "realstack": ("balance on the real stack at a 1 s and a 15 s scrape", 600, 240),
+}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{round(seconds / 30) / 2:g} min"
+
+
+def parts_help() -> str:
+    """The parts, what each measures and how long it takes: the --help epilog."""
+    width = max(map(len, PART_INFO))
+    lines = ["parts (all by default), and how long each takes on 2 cores:"]
+    for name, (what, full, quick) in PART_INFO.items():
+        lines.append(f"  {name:<{width}}  about {_duration(full)} (--quick: {_duration(quick)})")
+        lines += [f"  {'':<{width}}    {line}" for line in textwrap.wrap(what, 72)]
+    total = sum(full for _, full, _ in PART_INFO.values())
+    quick_total = sum(quick for _, _, quick in PART_INFO.values())
+    lines.append(f"  {'all':<{width}}  about {_duration(total)} (--quick: "
+                 f"{_duration(quick_total)})")
+    return "\n".join(lines)
+
+
 def machine() -> dict[str, object]:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
@@ -53,25 +88,10 @@ def machine() -> dict[str, object]:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def table(rows: list[dict[str, object]]) -> str:
-    """Markdown tables: one per shape of row (e.g. results and targets), in order of first."""
-    if not rows:
-        return "(no rows)"
-    shapes = list(dict.fromkeys(frozenset(row) for row in rows))
-    if len(shapes) > 1:
-        return "\n\n".join(table([r for r in rows if frozenset(r) == shape])
-                           for shape in shapes)
-    keys = list(rows[0])
-
-    def cell(value: object) -> str:
-        return f"{value:.3g}" if isinstance(value, float) else str(value)
-    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
-    lines += ["| " + " | ".join(cell(row.get(k, "")) for k in keys) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__,
+                                     epilog=parts_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("parts", nargs="*", help=f"any of: {', '.join(PARTS)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke test")
     args = parser.parse_args(argv)

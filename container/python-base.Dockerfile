@@ -1,5 +1,5 @@
 # A Python base image made from Debian's packages, for machines that cannot pull from a registry
-# (tests/e2e/images.py builds it; the README's "podman route" shows how to use it). It stands in
+# (tests/e2e/images.py builds it; docs/operations.md's "podman route" shows how to use it). It stands in
 # for the official python image: `python3` with venv, and a wheelhouse that pip installs from
 # instead of PyPI (PyPI is not reachable from containers there; Debian's mirror is).
 ARG DEBIAN_IMAGE

@@ -1,6 +1,6 @@
 """Every error code a service of this system answers with, in one place.
 
-Each answer is `{"error": code, "detail": text}`; the README's error table lists the public ones,
+Each answer is `{"error": code, "detail": text}`; docs/api.md's error tables list them,
 and a test checks that table against this module.
 """
 

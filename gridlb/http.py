@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -17,6 +18,8 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from gridlb.grid import show
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +134,49 @@ async def read_json_object(request: web.Request) -> dict[str, Any] | web.Respons
     if not isinstance(body, dict):
         return json_error(400, "invalid_body",
                           f"the body must be a JSON object, got {type(body).__name__}")
+    problem = repeated_key(raw)
+    if problem is not None:
+        return json_error(400, "invalid_body", problem)
     return body
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return obj
+
+
+# orjson keeps the last of a repeated key without a word, so `{"requested_kw": 11,
+# "requested_kw": 500}` would be read as 500 kW by one parser and maybe 11 by another (a proxy,
+# a log reader). The standard library's parser shows every key of every object; it runs after
+# orjson, which has already refused everything that is not strict JSON (NaN, invalid UTF-8,
+# lone surrogates), so it only looks for repeats. Measured with timeit (best of 5, on 2 busy
+# cores): about 1.7-2.4 us for the 60-byte public charge and 2.5-3 us for the 160-byte internal
+# one (orjson alone: 0.3-0.6 us), against a few hundred us for the rest of a request.
+_REPEATS = json.JSONDecoder(object_pairs_hook=_refuse_repeats)
+
+
+def repeated_key(raw: bytes) -> str | None:
+    """Why the JSON text `raw` (already known to be valid) cannot be accepted because of a
+    key it repeats within one object, or None when every object's keys are distinct."""
+    try:
+        _REPEATS.decode(raw.decode())
+    except _RepeatedKey as exc:
+        return f"the body repeats the key {show(exc.key)}; send each key once"
+    except RecursionError:
+        # orjson accepts up to 1024 levels; Python's parser recurses per level.
+        return "the body nests objects or arrays too deeply to be read"
+    return None
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -6,13 +6,39 @@ refused for its shape, and every error it answers is listed with its codes.
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 from typing import Any
 
 from gridlb.charge import ID_PATTERN, MAX_VEHICLE_ID, ChargeLimits
+from ingress.public import (
+    CHARGE_FIELDS,
+    CHARGE_REQUIRED,
+    ERROR_FIELDS,
+    ERROR_REQUIRED,
+    SESSION_FIELDS,
+    SESSION_REQUIRED,
+    Schema,
+)
 
 MAX_IDEMPOTENCY_KEY = 128
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x21-\x7E]{1,128}")
+DISTRIBUTION = "smart-grid-load-balancer"
+
+
+def api_version() -> str:
+    """The installed package's version: the document changes with the code it describes."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:    # run from a source tree never installed
+        return "0+unknown"
+
+
+def _object(fields: dict[str, Schema], required: list[str]) -> Schema:
+    """A closed object: an answer with a field not listed here breaks the document's promise
+    (schemathesis and tests/unit/test_openapi_answers.py check answers against it)."""
+    return {"type": "object", "additionalProperties": False, "required": required,
+            "properties": fields}
 
 
 def _error(description: str, *codes: str) -> dict[str, Any]:
@@ -58,7 +84,7 @@ def _charge_request(limits: ChargeLimits) -> dict[str, Any]:
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
-    "info": {"title": "Smart Grid Load Balancer", "version": "0.2.0",
+    "info": {"title": "Smart Grid Load Balancer", "version": api_version(),
              "description": "Charge requests for electric vehicles, routed to a substation "
                             "with room for them."},
     "security": [{"bearer": []}],
@@ -126,35 +152,10 @@ OPENAPI: dict[str, Any] = {
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {
-            "Error": {"type": "object", "required": ["error", "detail"],
-                      "properties": {"error": {"type": "string"},
-                                     "detail": {"type": "string"}}},
+            "Error": _object(ERROR_FIELDS, ERROR_REQUIRED),
             "ChargeRequest": _charge_request(ChargeLimits()),
-            "ChargeAccepted": {
-                "type": "object",
-                "required": ["status", "session_id", "substation", "routed_to", "policy"],
-                "properties": {"status": {"type": "string",
-                                          "enum": ["charging", "completed", "stopped"]},
-                               "session_id": {"type": "string"},
-                               "substation": {"type": "string"},
-                               "routed_to": {"type": "string"},
-                               "policy": {"type": "string"},
-                               "requested_kw": {"type": "number"},
-                               "energy_kwh": {"type": "number"}}},
-            "Session": {
-                "type": "object", "required": ["session_id", "state", "substation"],
-                "properties": {"session_id": {"type": "string"},
-                               "state": {"type": "string",
-                                         "enum": ["charging", "completed", "stopped"]},
-                               "substation": {"type": "string"},
-                               "routed_to": {"type": "string"},
-                               "power_kw": {"type": "number"},
-                               "energy_kwh": {"type": "number"},
-                               "delivered_kwh": {"type": "number"},
-                               "ends_at": {"type": "number",
-                                           "description": "While charging: when (Unix "
-                                                          "seconds) the declared energy will "
-                                                          "have been delivered"}}},
+            "ChargeAccepted": _object(CHARGE_FIELDS, CHARGE_REQUIRED),
+            "Session": _object(SESSION_FIELDS, SESSION_REQUIRED),
         },
     },
 }

@@ -44,6 +44,7 @@ from ingress.idempotency import (
     next_step,
 )
 from ingress.openapi import IDEMPOTENCY_KEY_PATTERN, MAX_IDEMPOTENCY_KEY, openapi_document
+from ingress.public import public_charge_answer, public_session
 from ingress.state import BALANCERS, CONFIG, HTTP, IN_PROGRESS, METRICS, MOVED_TO, STORE
 from ingress.store import SessionRoute
 
@@ -98,7 +99,7 @@ async def _without_key(app: web.Application, req: Charge, tenant: str) -> web.Re
                                               req.energy_kwh)
     if evidence_of(answer.failure, answer.status, answer.body, False) is Evidence.FOUND:
         await app[STORE].save(route=_route(response, req.vehicle_id, tenant))
-    return json_response(response, status=status, headers=headers)
+    return _public_answer(response, status, headers)
 
 
 async def _with_key(app: web.Application, req: Charge, tenant: str, key: str
@@ -111,8 +112,7 @@ async def _with_key(app: web.Application, req: Charge, tenant: str, key: str
                           "this Idempotency-Key was used with a different request")
     if isinstance(step, Replay):
         record = step.record
-        return json_response(record.response, status=record.status,
-                             headers={"Idempotent-Replayed": "true"})
+        return _public_answer(record.response, record.status, {"Idempotent-Replayed": "true"})
     assert isinstance(step, Dispatch)
     record = step.record
     await store.save(record)       # on disk before any copy of this epoch can exist
@@ -126,7 +126,7 @@ async def _with_key(app: web.Application, req: Charge, tenant: str, key: str
     route = _route(response, req.vehicle_id, tenant) if evidence is Evidence.FOUND else None
     if settled != record or route is not None:
         await store.save(settled, route)
-    return json_response(response, status=status, headers=headers)
+    return _public_answer(response, status, headers)
 
 
 async def _ask_balancer(app: web.Application, req: Charge, payload: dict[str, Any]
@@ -143,6 +143,14 @@ def _route(response: dict[str, Any], vehicle_id: str, tenant: str) -> SessionRou
     return SessionRoute(response["session_id"], tenant, str(response["substation"]),
                         str(response["routed_to"]), vehicle_id, str(response["policy"]),
                         time.time())
+
+
+def _public_answer(response: dict[str, Any] | None, status: int,
+                   headers: dict[str, str] | None) -> web.Response:
+    """The answer as the client may see it (ingress/public.py): the internal one, with the
+    substation's address, stays in the store and the idempotency record."""
+    return json_response(public_charge_answer(response or {}, status), status=status,
+                         headers=headers)
 
 
 async def _proxy_session(request: web.Request, method: str, action: str = "") -> web.Response:
@@ -168,7 +176,7 @@ async def _proxy_session(request: web.Request, method: str, action: str = "") ->
         return json_error(503, ErrorCode.SUBSTATION_UNAVAILABLE,
                           f"{route.substation} cannot be reached now{action}: "
                           f"{type(answer).__name__}", headers={"Retry-After": "2"})
-    status, raw, address = answer
+    status, raw, _ = answer
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -179,8 +187,7 @@ async def _proxy_session(request: web.Request, method: str, action: str = "") ->
                               f"{route.substation} no longer knows session {session_id!r}")
         return json_error(503, ErrorCode.SUBSTATION_ERROR,
                           f"{route.substation} answered HTTP {status}")
-    session = {k: v for k, v in body.items() if k not in ("load_kw", "load_seq", "capacity_kw")}
-    return json_response({**session, "substation": route.substation, "routed_to": address})
+    return json_response(public_session({**body, "substation": route.substation}))
 
 
 SubstationAnswer = tuple[int, bytes, str]   # status, body, the address that answered

@@ -15,9 +15,16 @@ from loadtest.promcheck import loads_after
 from loadtest.report import render, summary
 from loadtest.rush import ingress_reachable, run_rush_hour
 
+EXIT_STATUS = """\
+exit status: 0 every request got a definite answer and Prometheus agrees; 1 some did not (or no
+ingress answered); 2 a bad argument or grid file; 3 Prometheus's substation_load does not confirm
+the kW placed on each substation, or Prometheus could not be asked (the reasons are printed)."""
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="make loadtest", description=__doc__)
+    parser = argparse.ArgumentParser(prog="make loadtest", description=__doc__,
+                                     epilog=EXIT_STATUS,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--kw", type=float, default=11.0, help="power of every request")
@@ -78,7 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     after = loads_after(prometheus, since=time.time())
     data = summary(result, before, after)
     print(json.dumps(data, indent=2) if args.json else render(data))
-    return 0 if result.definite else 1
+    if not result.definite:
+        return 1
+    if data["disagreements"]:
+        print("loadtest: Prometheus does not confirm what the ingress answered: "
+              + "; ".join(data["disagreements"]), file=sys.stderr)
+        return 3
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ Each image's tag is a hash of everything it is made from, so a later run finds i
 nothing; a change to a recipe or a dependency makes a new tag. Older tags of ours are removed.
 
 `python -m tests.e2e.images` builds them against the engine in DOCKER_HOST and prints the two
-variables to export before `docker compose up` (the README's podman route).
+variables to export before `docker compose up` (docs/operations.md, the podman route).
 """
 
 from __future__ import annotations

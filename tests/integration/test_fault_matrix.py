@@ -1,7 +1,7 @@
 """The fault matrix: exactly-once placement under real faults, with real processes.
 
 Each case breaks one thing at the worst moment (SIGKILL, SIGSTOP, restarts, timeouts), then the
-clients retry every key until a definite answer, as the README tells them to, and the test reads
+clients retry every key until a definite answer, as docs/api.md tells them to, and the test reads
 every substation's sessions (internal API) and asserts the invariants of docs/design.md:
 - each session id is active on at most one substation;
 - every `200 charging` that was not a replay names a substation where that session is charging;

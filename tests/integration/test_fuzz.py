@@ -14,7 +14,7 @@ from tests.integration.conftest import API_KEY, StartCluster
 
 pytestmark = pytest.mark.integration
 
-# Documented behaviour this generic check disagrees with (README, "API"): a schema-valid
+# Documented behaviour this generic check disagrees with (docs/api.md): a schema-valid
 # request may be refused with 503 no_capacity when the grid is full, or 409 while an earlier
 # request with the same Idempotency-Key is being answered.
 EXCLUDED_CHECKS = "positive_data_acceptance"

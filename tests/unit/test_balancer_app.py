@@ -502,7 +502,7 @@ async def test_an_ejected_substation_is_not_tried(
         return web.json_response({"error": "too_many_requests"}, status=429)
     flaky, spare = await substation(too_many_requests), await substation()
     h = await balancer({flaky.address: (0.0, 100.0), spare.address: (50.0, 100.0)})
-    for i in range(2):               # two consecutive failures eject it (README)
+    for i in range(2):               # two consecutive failures eject it (docs/failure-modes.md)
         status, body = await h.dispatch(session_id=f"s{i}")
         assert status == 200 and body["routed_to"] == spare.address and body["attempts"] == 2
     assert (await (await h.client.get("/policy")).json())["ejected"] == [flaky.address]

@@ -1,14 +1,16 @@
-"""The README's claims matrix: every promise it makes names the tests that fail if it breaks.
+"""The claims matrix: every promise the docs make names the tests that fail if it breaks.
 
-The README's error tables (every table with an `error` and a `tested by` column) and its
-Failure modes table (`what fails` ... `tested by`) name test ids (`tests/unit/test_x.py::test_y`).
+The error tables of docs/api.md (every table with an `error` and a `tested by` column) and the
+Failure modes table of docs/failure-modes.md (`what fails` ... `tested by`) name test ids
+(`tests/unit/test_x.py::test_y`).
 This checks, without importing or running any test (the files are parsed with `ast`):
 - every error code in the tables is a member of `gridlb.errors.ErrorCode`, and every member is
   in the tables;
 - every named test exists;
 - every error code appears, as a string literal or `ErrorCode.X`, in at least one of the tests
   its row names (in the test function itself, its decorators included);
-- every row of those tables names at least one test.
+- every row of those tables names at least one test;
+- no other Markdown file (the README, the rest of docs/) holds such a table, unchecked.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 from gridlb.errors import ErrorCode
 
 REPO = Path(__file__).resolve().parents[2]
+# Where the claims live (they moved out of the README to keep it short).
+CLAIM_FILES = ("docs/api.md", "docs/failure-modes.md")
 TEST_ID = re.compile(r"`(tests/[\w/]+\.py::\w+(?:::\w+)?)`")
 CODE = re.compile(r"`([a-z][a-z0-9_]*)`")
 
@@ -56,9 +60,9 @@ def _tables(text: str) -> Iterable[tuple[list[str], list[list[str]]]]:
             i += 1
 
 
-def claim_rows(readme: str) -> list[Row]:
+def claim_rows(text: str) -> list[Row]:
     rows: list[Row] = []
-    for header, body in _tables(readme):
+    for header, body in _tables(text):
         if "tested by" not in header:
             continue
         tested = header.index("tested by")
@@ -110,19 +114,19 @@ def codes_asserted(node: ast.AST) -> set[str]:
     return found
 
 
-def check_claims(readme: str, nodes: dict[str, ast.AST]) -> list[str]:
-    """Every way the README's matrix has drifted from the code and the tests."""
+def check_claims(text: str, nodes: dict[str, ast.AST]) -> list[str]:
+    """Every way the matrix in `text` has drifted from the code and the tests."""
     problems: list[str] = []
-    rows = claim_rows(readme)
+    rows = claim_rows(text)
     if not any(r.table == "errors" for r in rows):
         problems.append("no error table with a 'tested by' column")
     if not any(r.table == "failure modes" for r in rows):
         problems.append("no Failure modes table with a 'tested by' column")
     members = {c.value for c in ErrorCode}
     listed = {code for r in rows for code in r.codes}
-    problems += [f"error code {c!r} is in the README but not in gridlb.errors.ErrorCode"
+    problems += [f"error code {c!r} is in an error table but not in gridlb.errors.ErrorCode"
                  for c in sorted(listed - members)]
-    problems += [f"ErrorCode {c!r} is in no README error table" for c in sorted(members - listed)]
+    problems += [f"ErrorCode {c!r} is in no error table" for c in sorted(members - listed)]
     for row in rows:
         where = f'{row.table} row "{row.label}"'
         if not row.tests:
@@ -135,9 +139,23 @@ def check_claims(readme: str, nodes: dict[str, ast.AST]) -> list[str]:
     return problems
 
 
-def test_every_readme_claim_names_existing_tests_that_assert_it() -> None:
-    readme = (REPO / "README.md").read_text()
-    assert check_claims(readme, collect_test_ids(REPO)) == []
+def claims_text(repo: Path) -> str:
+    return "\n".join((repo / name).read_text() for name in CLAIM_FILES)
+
+
+def test_every_documented_claim_names_existing_tests_that_assert_it() -> None:
+    assert check_claims(claims_text(REPO), collect_test_ids(REPO)) == []
+
+
+def test_each_claims_table_is_where_it_belongs() -> None:
+    api, failures = (claim_rows((REPO / name).read_text()) for name in CLAIM_FILES)
+    assert api and {r.table for r in api} == {"errors"}
+    assert failures and {r.table for r in failures} == {"failure modes"}
+    # A table elsewhere would not be checked: every claims table is in CLAIM_FILES.
+    others = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    stray = [p.relative_to(REPO).as_posix() for p in others
+             if p.relative_to(REPO).as_posix() not in CLAIM_FILES and claim_rows(p.read_text())]
+    assert stray == []
 
 
 # The checker itself must fail when a claim loses its test.
@@ -162,9 +180,9 @@ FAILURES = """\
 """
 
 
-def problems_of(readme: str) -> list[str]:
+def problems_of(text: str) -> list[str]:
     # Only these two codes exist for the synthetic tables; the rest are reported missing.
-    return [p for p in check_claims(readme, NODES)
+    return [p for p in check_claims(text, NODES)
             if not p.startswith("ErrorCode ") or "'no_capacity'" in p or "'outcome_unk" in p]
 
 
@@ -173,9 +191,9 @@ def test_the_checker_accepts_a_complete_matrix() -> None:
 
 
 def test_the_checker_fails_when_a_row_loses_its_test() -> None:
-    readme = ERRORS.replace("`tests/unit/test_a.py::test_uses_enum`", "") + "\n" + \
+    text = ERRORS.replace("`tests/unit/test_a.py::test_uses_enum`", "") + "\n" + \
         FAILURES.replace("`tests/unit/test_a.py::test_unrelated`", "")
-    assert problems_of(readme) == [
+    assert problems_of(text) == [
         'errors row "503 outcome_unknown" names no test',
         'errors row "503 outcome_unknown": no test it names asserts \'outcome_unknown\'',
         'failure modes row "Prometheus down" names no test',
@@ -183,25 +201,25 @@ def test_the_checker_fails_when_a_row_loses_its_test() -> None:
 
 
 def test_the_checker_fails_when_a_named_test_does_not_assert_the_code() -> None:
-    readme = ERRORS.replace("test_uses_enum`", "test_unrelated`") + "\n" + FAILURES
-    assert problems_of(readme) == [
+    text = ERRORS.replace("test_uses_enum`", "test_unrelated`") + "\n" + FAILURES
+    assert problems_of(text) == [
         'errors row "503 outcome_unknown": no test it names asserts \'outcome_unknown\'']
 
 
 def test_the_checker_fails_on_a_test_that_does_not_exist() -> None:
-    readme = ERRORS + "\n" + FAILURES.replace("test_unrelated`", "test_gone`")
-    assert problems_of(readme) == [
+    text = ERRORS + "\n" + FAILURES.replace("test_unrelated`", "test_gone`")
+    assert problems_of(text) == [
         'failure modes row "Prometheus down" names tests/unit/test_a.py::test_gone, which '
         "does not exist"]
 
 
 def test_the_checker_fails_on_a_code_the_enum_does_not_have_and_on_a_missing_member() -> None:
-    readme = ERRORS.replace("`no_capacity` |", "`no_capacity`, `no_such_code` |") + "\n" + \
+    text = ERRORS.replace("`no_capacity` |", "`no_capacity`, `no_such_code` |") + "\n" + \
         FAILURES
-    assert problems_of(readme) == [
-        "error code 'no_such_code' is in the README but not in gridlb.errors.ErrorCode"]
+    assert problems_of(text) == [
+        "error code 'no_such_code' is in an error table but not in gridlb.errors.ErrorCode"]
     complete = check_claims(ERRORS + "\n" + FAILURES, NODES)
-    assert "ErrorCode 'unauthorized' is in no README error table" in complete
+    assert "ErrorCode 'unauthorized' is in no error table" in complete
 
 
 def test_the_checker_needs_both_tables() -> None:

@@ -1,4 +1,4 @@
-"""The Compose stack: valid for docker-compose, hardened, and shaped as the README says.
+"""The Compose stack: valid for docker-compose, hardened, and shaped as docs/operations.md says.
 
 What it does when it runs is tests/e2e/test_compose_stack.py's job; this checks the file."""
 

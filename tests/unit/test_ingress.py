@@ -19,7 +19,7 @@ from gridlb.durable import Durability
 from ingress.app import create_app
 from ingress.config import IngressConfig
 from ingress.idempotency import KeyRecord, RecordState
-from ingress.state import IN_PROGRESS, STORE
+from ingress.state import IN_PROGRESS, MOVED_TO, STORE
 from ingress.store import IngressStore
 
 CHARGE = {"vehicle_id": "ev-1", "requested_kw": 11, "energy_kwh": 30}
@@ -27,6 +27,7 @@ KEY = "api-key-1"
 OTHER_KEY = "api-key-2"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 OTHER_AUTH = {"Authorization": f"Bearer {OTHER_KEY}"}
+STARTED_AT = 1796677384.1234          # 2026-12-07T21:03:04.123Z
 
 
 class FakeBackends:
@@ -38,6 +39,7 @@ class FakeBackends:
         self.delay_s = 0.0
         self.on_dispatch: Callable[[dict[str, Any]], None] | None = None
         self.substation_address = ""
+        self.asked: list[str] = []          # the sessions the substation was asked about
         self.balancer = web.Application()
         self.balancer.router.add_post("/dispatch", self._dispatch)
         self.balancer.router.add_get("/policy", self._policy)
@@ -76,10 +78,17 @@ class FakeBackends:
                                 "session_may_exist": may_exist}, headers or {})
 
     async def _session(self, request: web.Request) -> web.Response:
+        """A session as a substation answers it: times in Unix seconds, and its load."""
         self._seen(request)
-        state = "stopped" if request.method == "DELETE" else "charging"
-        return web.json_response({"session_id": request.match_info["id"], "state": state,
-                                  "substation": "sub-1"})
+        self.asked.append(request.match_info["id"])
+        stopped = request.method == "DELETE"
+        return web.json_response({
+            "session_id": request.match_info["id"], "vehicle_id": "ev-1", "power_kw": 11.0,
+            "energy_kwh": 30.0, "delivered_kwh": 1.5, "state": "stopped" if stopped else "charging",
+            "started_at": STARTED_AT, "ended_at": STARTED_AT + 60.0 if stopped else None,
+            **({} if stopped else {"ends_at": STARTED_AT + 163.637}),
+            "substation": "sub-1", "load_kw": 11.0, "load_seq": 7, "capacity_kw": 500.0,
+            "load_forecast_kw": [[1.0, 11.0], [2.0, 11.0]]})
 
 
 Client = TestClient[web.Request, web.Application]
@@ -179,6 +188,24 @@ async def test_nan_infinity_and_broken_json_are_400(make_client: Any) -> None:
         assert (await resp.json())["error"] == "malformed_json"
     resp = await client.post("/charge", json=[1, 2], headers=AUTH)
     assert resp.status == 400 and (await resp.json())["error"] == "invalid_body"
+
+
+@pytest.mark.parametrize(("raw", "key"), [
+    (b'{"vehicle_id": "ev-1", "requested_kw": 11, "energy_kwh": 30, "requested_kw": 500}',
+     "requested_kw"),
+    # The same key spelt with an escape is the same key.
+    (b'{"vehicle_id": "ev-1", "requested_kw": 11, "energy_kwh": 30, "energy_\\u006bwh": 9}',
+     "energy_kwh"),
+])
+async def test_a_repeated_key_is_refused_not_read_as_its_last_value(
+        make_client: Any, backends: FakeBackends, raw: bytes, key: str) -> None:
+    client = await make_client()
+    resp = await client.post("/charge", data=raw,
+                             headers={**AUTH, "Content-Type": "application/json"})
+    assert resp.status == 400
+    assert await resp.json() == {
+        "error": "invalid_body", "detail": f"the body repeats the key '{key}'; send each key once"}
+    assert backends.dispatches == []
 
 
 async def test_wrong_content_type_and_oversized_body(make_client: Any) -> None:
@@ -368,13 +395,14 @@ async def test_balancer_garbage_is_a_502(make_client: Any, backends: FakeBackend
     assert status == 502 and body["error"] == "bad_gateway"
 
 
-async def test_sessions_are_read_and_stopped_at_their_substation(make_client: Any) -> None:
+async def test_sessions_are_read_and_stopped_at_their_substation(make_client: Any,
+                                                                 backends: FakeBackends) -> None:
     client = await make_client()
     _, started, _ = await post(client)
     resp = await client.get(f"/sessions/{started['session_id']}", headers=AUTH)
     body = await resp.json()
     assert resp.status == 200 and body["state"] == "charging"
-    assert body["routed_to"] == started["routed_to"]
+    assert backends.asked == [started["session_id"]]     # where it was placed
     resp = await client.post(f"/sessions/{started['session_id']}/stop", headers=AUTH)
     assert resp.status == 200 and (await resp.json())["state"] == "stopped"
     resp = await client.get("/sessions/unknown", headers=AUTH)
@@ -383,6 +411,42 @@ async def test_sessions_are_read_and_stopped_at_their_substation(make_client: An
     assert resp.status == 405     # stopping is POST .../stop: the session stays readable
     body = await resp.json()
     assert body["error"] == "method_not_allowed" and resp.headers["Allow"]
+
+
+async def test_a_session_is_shown_with_rfc3339_times_and_without_internal_fields(
+        make_client: Any) -> None:
+    """Clients get the session's fields, times as RFC 3339 in UTC; not the substation's address
+    or load, which the substation's answer carries for the balancer."""
+    client = await make_client()
+    _, started, _ = await post(client)
+    sid = started["session_id"]
+    resp = await client.get(f"/sessions/{sid}", headers=AUTH)
+    assert resp.status == 200
+    assert await resp.json() == {
+        "session_id": sid, "vehicle_id": "ev-1", "state": "charging", "substation": "sub-1",
+        "power_kw": 11.0, "energy_kwh": 30.0, "delivered_kwh": 1.5,
+        "started_at": "2026-12-07T21:03:04.123Z", "ends_at": "2026-12-07T21:05:47.760Z"}
+    resp = await client.post(f"/sessions/{sid}/stop", headers=AUTH)
+    assert resp.status == 200
+    assert await resp.json() == {
+        "session_id": sid, "vehicle_id": "ev-1", "state": "stopped", "substation": "sub-1",
+        "power_kw": 11.0, "energy_kwh": 30.0, "delivered_kwh": 1.5,
+        "started_at": "2026-12-07T21:03:04.123Z", "ended_at": "2026-12-07T21:04:04.123Z"}
+
+
+async def test_the_substations_address_is_kept_in_the_store_not_shown(
+        make_client: Any, backends: FakeBackends) -> None:
+    client = await make_client()
+    shown = [(await post(client))[1], (await post(client, key="k-1"))[1]]
+    status, replayed, headers = await post(client, key="k-1")
+    assert status == 200 and headers["Idempotent-Replayed"] == "true"
+    for body in (*shown, replayed):
+        assert body == {"status": "charging", "session_id": body["session_id"],
+                        "substation": "sub-1", "policy": "least-load", "requested_kw": 11.0,
+                        "energy_kwh": 30.0}
+        # The ingress itself needs it, to read and stop the session there.
+        route = client.app[STORE].route(body["session_id"])
+        assert route is not None and route.routed_to == backends.substation_address
 
 
 def named_substation(name: str, holds: set[str], asked: list[str] | None = None
@@ -413,7 +477,8 @@ async def test_a_session_is_found_where_its_substation_moved(
     client = await make_client()
     _, started, _ = await post(client)
     sid = started["session_id"]
-    moved: TestServer = await aiohttp_server(named_substation("sub-1", {sid}),
+    moved_asked: list[str] = []
+    moved: TestServer = await aiohttp_server(named_substation("sub-1", {sid}, moved_asked),
                                              host="127.0.0.1")
     backends.policy_rows = [{"substation": "sub-1", "instance": f"127.0.0.1:{moved.port}",
                              "up": True}]
@@ -429,8 +494,9 @@ async def test_a_session_is_found_where_its_substation_moved(
     resp = await client.get(f"/sessions/{sid}", headers=AUTH)
     body = await resp.json()
     assert resp.status == 200, body
-    assert (body["state"], body["substation"], body["routed_to"]) == \
-        ("charging", "sub-1", f"127.0.0.1:{moved.port}")
+    assert (body["state"], body["substation"]) == ("charging", "sub-1")
+    assert moved_asked == [sid] and "routed_to" not in body
+    assert client.app[MOVED_TO]["sub-1"][0] == f"127.0.0.1:{moved.port}"
     resp = await client.post(f"/sessions/{sid}/stop", headers=AUTH)
     assert resp.status == 200 and (await resp.json())["state"] == "stopped"
 
@@ -455,14 +521,13 @@ async def test_where_a_moved_substation_was_found_is_asked_first_for_its_older_s
             client.app[STORE].route(sid), routed_to=f"127.0.0.1:{old.port}"))
     for sid in sessions:
         resp = await client.get(f"/sessions/{sid}", headers=AUTH)
-        assert resp.status == 200 and (await resp.json())["routed_to"] == \
-            f"127.0.0.1:{moved.port}"
+        assert resp.status == 200 and (await resp.json())["substation"] == "sub-1"
     assert old_asked == sessions[:1] and new_asked == sessions
     # A session placed after the move (at an address newer than what was learned) is asked
     # where it was placed.
     newer = (await post(client, {**CHARGE, "vehicle_id": "ev-new"}))[1]["session_id"]
     resp = await client.get(f"/sessions/{newer}", headers=AUTH)
-    assert resp.status == 200 and (await resp.json())["routed_to"] == backends.substation_address
+    assert resp.status == 200 and backends.asked == [newer]
 
 
 async def test_a_session_whose_substation_no_balancer_knows_is_unavailable(
@@ -568,7 +633,7 @@ async def test_the_session_index_survives_an_ingress_restart(make_client: Any) -
     resp = await second.get(url, headers=AUTH)
     body = await resp.json()
     assert resp.status == 200, body
-    assert (body["state"], body["routed_to"]) == ("charging", started["routed_to"])
+    assert (body["state"], body["substation"]) == ("charging", "sub-1")
     resp = await second.post(f"{url}/stop", headers=AUTH)
     assert resp.status == 200 and (await resp.json())["state"] == "stopped"
     resp = await second.get(url, headers=OTHER_AUTH)   # still the creator's alone

@@ -189,8 +189,8 @@ def unscored(v: SubstationView) -> SubstationView:
                          ids=["best", "tie-tolerance", "weighted"])
 def test_an_unscored_substation_is_no_fallback_while_the_policy_scores_others(
         policy: Policy) -> None:
-    # Only the unscored one has room: it must still not be chosen (README: NaN/Inf -> not
-    # eligible); the utilization fallback is for a policy that scored nothing at all.
+    # Only the unscored one has room: it must still not be chosen (docs/failure-modes.md:
+    # NaN/Inf -> not eligible); the utilization fallback is for a policy that scored nothing.
     snap = make_snapshot(view("scored", 95.0, 100.0, score=1.0),
                          unscored(view("nan", 0.0, 100.0)))
     for seed in range(20):
