@@ -325,9 +325,10 @@ def adapter_rules() -> dict[str, dict[str, Any]]:
 
 def adapter_query(rule: dict[str, Any], label_matchers: str, group_by: str) -> str:
     """A rule's metricsQuery as the adapter fills it in for one HPA."""
-    series = rule["name"]["matches"].strip("^$")
-    assert promql_parser.parse(rule["seriesQuery"]).name == series
-    return (rule["metricsQuery"].replace("<<.Series>>", series)
+    series = str(rule["name"]["matches"]).strip("^$")
+    parsed = promql_parser.parse(rule["seriesQuery"])
+    assert isinstance(parsed, promql_parser.VectorSelector) and parsed.name == series
+    return (str(rule["metricsQuery"]).replace("<<.Series>>", series)
             .replace("<<.LabelMatchers>>", label_matchers).replace("<<.GroupBy>>", group_by))
 
 
@@ -558,7 +559,8 @@ def references(ms: list[Manifest]) -> References:
             for var in c.get("env", []):
                 source = var.get("valueFrom", {})
                 if "secretKeyRef" in source:
-                    refs.secrets.add((source["secretKeyRef"]["name"], source["secretKeyRef"]["key"]))
+                    ref = source["secretKeyRef"]
+                    refs.secrets.add((ref["name"], ref["key"]))
                 if "configMapKeyRef" in source:
                     ref = source["configMapKeyRef"]
                     refs.config_maps.add((ref["name"], ref["key"]))
