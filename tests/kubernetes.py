@@ -11,6 +11,8 @@ when one differs from its source;
 
 from __future__ import annotations
 
+import copy
+import re
 import shutil
 import subprocess
 import sys
@@ -128,6 +130,106 @@ def named(manifests: list[Manifest], kind: str, name: str) -> Manifest:
         if m["metadata"]["name"] == name:
             return m
     raise KeyError(f"no {kind} {name!r}")
+
+
+# -- podman kube play ---------------------------------------------------------------------------
+@dataclass
+class PodmanPods:
+    """What `podman kube play` (4.3) can run of an overlay's grid workloads, and where."""
+    manifests: list[Manifest]
+    ports: dict[str, int]          # pod name -> its service port, published on 127.0.0.1
+    containers: dict[str, str]     # pod name -> its container's name in podman (POD-CONTAINER)
+    volumes: list[str]             # the podman volumes `kube play` creates (claims, ConfigMaps)
+
+    def text(self) -> str:
+        return yaml.safe_dump_all(self.manifests, sort_keys=False)
+
+
+def expand(arg: str, values: dict[str, str]) -> str:
+    """The kubelet's $(VAR) expansion of a command-line argument."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: values[m.group(1)], arg)
+
+
+def podman_pods(ms: list[Manifest], image: str, prefix: str, secrets: dict[str, str],
+                ports: Iterator[int], ordinals: tuple[int, ...] = (0, 2)) -> PodmanPods:
+    """The grid's pods as rendered, changed only where `podman kube play` 4.3 differs from a
+    kubelet: it runs neither StatefulSets (each ordinal becomes a Pod with the hostname the
+    StatefulSet would give it, and its claim) nor Services, reads no Kubernetes Secrets (their
+    values are given), does not expand $(VAR) in arguments (done here), and publishes a
+    containerPort on every address unless told otherwise (here: `ports`, on 127.0.0.1).
+    Names get `prefix`, so concurrent runs do not meet. The ingress's --store-url, which the
+    image does not take yet, becomes a store file in /tmp."""
+    out: list[Manifest] = []
+    published: dict[str, int] = {}
+    containers: dict[str, str] = {}
+    volumes: list[str] = []
+    config_maps = {m["metadata"]["name"]: m for m in of_kind(ms, "ConfigMap")}
+
+    def adapt(spec: dict[str, Any], pod: str) -> None:
+        for volume in spec.get("volumes", []):
+            if "configMap" in volume:
+                source = config_maps[volume["configMap"]["name"]]
+                renamed = f"{prefix}-{source['metadata']['name']}"
+                if renamed not in volumes:
+                    out.append({**copy.deepcopy(source),
+                                "metadata": {"name": renamed}})
+                    volumes.append(renamed)
+                volume["configMap"]["name"] = renamed
+        for c in spec["containers"]:
+            c["image"] = image
+            env: list[dict[str, str]] = []
+            for var in c.get("env", []):
+                source = var.get("valueFrom", {})
+                if "secretKeyRef" in source:
+                    value = secrets[source["secretKeyRef"]["key"]]
+                elif "configMapKeyRef" in source:
+                    ref = source["configMapKeyRef"]
+                    value = config_maps[ref["name"]]["data"][ref["key"]]
+                else:
+                    value = var["value"]
+                env.append({"name": var["name"], "value": value})
+            c["env"] = env
+            values = {v["name"]: v["value"] for v in env}
+            c["args"] = [expand(a, values) for a in c.get("args", [])]
+            if any(a.startswith("--store-url=") for a in c["args"]):
+                c["args"] = [a for a in c["args"] if not a.startswith("--store-url=")] + \
+                    ["--store-path=/tmp/ingress.sqlite3"]
+            c.pop("lifecycle", None)      # preStop hooks: nothing routes to these pods anyway
+            containers[pod] = f"{pod}-{c['name']}"
+            for port in c.get("ports", []):
+                port["hostIP"] = "127.0.0.1"
+                port["hostPort"] = published[pod] = next(ports)
+
+    sts = named(ms, "StatefulSet", "substation")
+    (claim_template,) = sts["spec"]["volumeClaimTemplates"]
+    for ordinal in ordinals:
+        hostname = f"{sts['metadata']['name']}-{ordinal}"
+        pod = f"{prefix}-{hostname}"
+        claim = f"{prefix}-{claim_template['metadata']['name']}-{hostname}"
+        out.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": claim}, "spec": copy.deepcopy(claim_template["spec"])})
+        volumes.append(claim)
+        spec = copy.deepcopy(sts["spec"]["template"]["spec"])
+        spec["hostname"] = hostname
+        spec.setdefault("volumes", []).append(
+            {"name": claim_template["metadata"]["name"],
+             "persistentVolumeClaim": {"claimName": claim}})
+        adapt(spec, pod)
+        out.append({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod,
+                                 "labels": dict(sts["spec"]["template"]["metadata"]["labels"])},
+                    "spec": spec})
+    for name in ("balancer", "ingress"):
+        deployment = named(ms, "Deployment", name)
+        pod = f"{prefix}-{name}"
+        spec = copy.deepcopy(deployment["spec"]["template"]["spec"])
+        adapt(spec, pod)
+        out.append({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod,
+                                 "labels": dict(deployment["spec"]["template"]["metadata"]
+                                                ["labels"])},
+                    "spec": spec})
+    return PodmanPods(out, published, containers, volumes)
 
 
 def main(argv: list[str]) -> int:
