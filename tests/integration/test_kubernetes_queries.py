@@ -64,9 +64,14 @@ def test_the_autoscaling_queries_return_data_and_keda_and_the_adapter_agree(
     wait_for(lambda: len(c.prometheus.query(
         f'balancer_dispatches_in_flight{{namespace="{namespace}"}}')) == len(balancers),
         "every balancer to be scraped with its namespace and pod labels")
+    # A counter's first sample shows no increase: one charge makes the series, and only the
+    # charges after its first scrape count in rate().
+    charged = f'ingress_requests_total{{namespace="{namespace}", route="/charge"}}'
     for i in range(20):
         status, body = c.charge(f"ev-k8s-{i}", 11.0, kwh=1.0)
         assert status == 200, body
+        if i == 0:
+            wait_for(lambda: c.prometheus.query(charged), "the first charge to be scraped")
 
     queries = {m["metadata"]["name"]: m["spec"]["triggers"][0]["metadata"]["query"]
                for m in of_kind(production, "ScaledObject")}
