@@ -146,6 +146,11 @@ def test_each_overlay_holds_its_store_monitoring_and_autoscaler(manifests: list[
     assert grid | EXPECTED[overlay] <= present
     others = set().union(*(e for o, e in EXPECTED.items() if o != overlay)) - EXPECTED[overlay]
     assert not present & others, present & others
+    # `kubectl get all,cm,pvc -l app.kubernetes.io/part-of=smart-grid` finds all of it.
+    part_of = "app.kubernetes.io/part-of"
+    unlabelled = [(m["kind"], m["metadata"]["name"]) for m in manifests
+                  if m["metadata"].get("labels", {}).get(part_of) != "smart-grid"]
+    assert not unlabelled, unlabelled
 
 
 # -- schemas ------------------------------------------------------------------------------------
