@@ -15,6 +15,7 @@ COPY loadtest ./loadtest
 COPY policies ./policies
 COPY prometheus ./prometheus
 COPY container/substation-entrypoint.sh /usr/local/bin/substation-entrypoint
+COPY container/substation-statefulset-entrypoint.sh /usr/local/bin/substation-statefulset-entrypoint
 COPY container/http_ok.py /usr/local/bin/http-ok
 # A virtualenv: works the same on the official image and on Debian's python3, which refuses
 # installs into the system Python (PEP 668).

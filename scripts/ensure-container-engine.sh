@@ -102,6 +102,7 @@ install() {
   [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
   command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)   # base images, no registry
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v catatonit >/dev/null 2>&1 || missing+=(catatonit)   # podman kube play's pause image
   if [ ${#missing[@]} -gt 0 ]; then
     can_install || unavailable "no Docker engine answers (DOCKER_HOST=${DOCKER_HOST:-unset}," \
       "/var/run/docker.sock) and podman cannot be installed here (needs root on Debian/Ubuntu);" \
