@@ -144,6 +144,12 @@ def metrics_response(registry: CollectorRegistry) -> web.Response:
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+# How long a stopping service lets in-flight requests finish (aiohttp's shutdown_timeout) before
+# its cleanup (a substation saving its sessions) runs. docker-compose.yml's stop_grace_period
+# must be longer, or the engine's SIGKILL cuts the drain and the save short.
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
 def run_service(app: web.Application, host: str, port: int) -> None:
     """Run an app with uvloop when available; SIGTERM and SIGINT stop it gracefully."""
     try:
@@ -154,4 +160,4 @@ def run_service(app: web.Application, host: str, port: int) -> None:
         pass
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     web.run_app(app, host=host, port=port, access_log=None, print=None,
-                shutdown_timeout=10.0, handle_signals=True)
+                shutdown_timeout=SHUTDOWN_TIMEOUT_S, handle_signals=True)

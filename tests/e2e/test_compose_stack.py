@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -131,13 +132,14 @@ def stack(engine: tuple[engines.Engine, str], tmp_path_factory: pytest.TempPathF
         app_image = app_image_tag(str(client.images.get(images.base).id))
         ports = {"GRID_INGRESS_PORT": free_port(), "GRID_PROMETHEUS_PORT": free_port(),
                  "GRID_GRAFANA_PORT": free_port()}
-        values = {**images.env, **{k: str(v) for k, v in ports.items()},
-                  "GRID_IMAGE": app_image,
-                  "GRID_API_KEYS": secrets.token_urlsafe(24),
-                  "GRID_INTERNAL_TOKEN": secrets.token_urlsafe(24)}
+        settings = {**images.env, **{k: str(v) for k, v in ports.items()},
+                    "GRID_IMAGE": app_image}
         env_file = tmp_path_factory.mktemp("compose") / "stack.env"
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-        env_file.chmod(0o600)
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        # The secrets as a user gets them: the README's script adds every one the file needs.
+        subprocess.run(["bash", str(REPO_ROOT / "scripts" / "compose-env.sh"), str(env_file)],
+                       check=True, capture_output=True, timeout=30)
+        values = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
         built = ComposeStack(
             command=command, project=project, client=client,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
