@@ -1,47 +1,77 @@
 # The two commands a newcomer needs: `make up` and `make test`.
+# Each installs what it needs on its first run, and only that: `make up` the runtime (Python
+# package, Prometheus), `make test` the test tools on top (the dev extras, docker-compose, a
+# container engine), `make bench` the benchmark tools (matplotlib, wrk, nginx). `make setup`
+# installs everything. tests/unit/test_makefile.py holds the Makefile to this.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install --disable-pip-version-check
+# One stamp per set of extras: each is installed once, again when pyproject.toml changes.
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
+BENCH := $(VENV)/.installed-bench
 
-.PHONY: setup up reset test lint unit integration loadtest bench chaos mutate clean
+.PHONY: setup runtime test-tools bench-tools up reset test lint unit integration loadtest bench \
+	chaos mutate clean
 
-setup: $(STAMP)
+setup: runtime test-tools bench-tools
+
+# What running needs: the package without extras, and prometheus/promtool.
+runtime: $(RUNTIME)
 	@scripts/ensure-prometheus.sh
-	@scripts/ensure-tools.sh
 
-$(STAMP): pyproject.toml
+# What `make test` needs on top: pytest, ruff, mypy, ... (the dev extras) and docker-compose.
+test-tools: runtime $(DEV)
+	@scripts/ensure-tools.sh test
+
+# What `make bench` needs on top: matplotlib (the bench extras), wrk and nginx.
+bench-tools: runtime $(BENCH)
+	@scripts/ensure-tools.sh bench
+
+$(VENV)/bin/python:
 	@scripts/ensure-python.sh $(PYTHON)
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -m venv $(VENV)
+
+$(RUNTIME): pyproject.toml | $(VENV)/bin/python
 	@echo "setup: installing the project and its dependencies into $(VENV) (log: $(VENV)/pip.log)"
-	@$(PY) -m pip install --disable-pip-version-check -e '.[dev]' > $(VENV)/pip.log 2>&1 \
-		|| { tail -30 $(VENV)/pip.log; exit 1; }
+	@$(PIP) -e . > $(VENV)/pip.log 2>&1 || { tail -30 $(VENV)/pip.log; exit 1; }
 	@touch $@
 
-up: setup
+$(DEV): $(RUNTIME)
+	@echo "setup: installing the test tools (the dev extras) into $(VENV) (log: $(VENV)/pip-dev.log)"
+	@$(PIP) -e '.[dev]' > $(VENV)/pip-dev.log 2>&1 || { tail -30 $(VENV)/pip-dev.log; exit 1; }
+	@touch $@
+
+$(BENCH): $(RUNTIME)
+	@echo "setup: installing the benchmark tools (the bench extras) into $(VENV) (log: $(VENV)/pip-bench.log)"
+	@$(PIP) -e '.[bench]' > $(VENV)/pip-bench.log 2>&1 || { tail -30 $(VENV)/pip-bench.log; exit 1; }
+	@touch $@
+
+up: runtime
 	@$(PY) -m gridlb.stack
 
 # Start the next `make up` empty: drops .run/'s sessions, Prometheus data, logs and the policy
 # chosen with POST /-/reload (keeps the API key, the internal token and the virtualenv).
-reset: setup
+reset: runtime
 	@$(PY) -m gridlb.stack --reset
 
-lint: setup
+lint: test-tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: setup lint
+test: test-tools lint
 	@scripts/ensure-container-engine.sh install || test $$? -eq 3   # podman for tests/e2e/ when no Docker engine answers
 	@scripts/ensure-victoria-metrics.sh   # for tests/integration/test_victoria_metrics.py
 	$(PY) -m pytest
 
-loadtest: setup
+loadtest: runtime
 	@$(PY) -m loadtest $(ARGS)
 
-bench: setup
+bench: bench-tools
 	@$(PY) -m bench $(ARGS)
 
-chaos: setup
+chaos: runtime
 	@$(PY) -m tests.chaos $(ARGS)
 
 # Mutation testing of the decision core against the fast unit tests (docs/mutation.md): one module
@@ -51,7 +81,7 @@ MUTATE_MODULES ?= balancer.selection balancer.ledger balancer.aging balancer.pla
 	ingress.idempotency ingress.reconciler balancer.policy
 MUTATE_JOBS ?= 1
 MUTATE_TIMEOUT_S ?= 1800
-mutate: setup
+mutate: test-tools
 	@for m in $(MUTATE_MODULES); do \
 		start=$$(date +%s); \
 		timeout $(MUTATE_TIMEOUT_S) $(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) "$$m.*" \

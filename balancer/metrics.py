@@ -44,6 +44,12 @@ class BalancerMetrics:
                                 ["substation"], registry=registry)
         self.reloads = Counter("balancer_policy_reloads", "Policy reloads by result", ["result"],
                                registry=registry)
+        # The counter says a reload failed; this says it still does (alerts must not resolve
+        # while the broken file is still on disk just because no new edit was counted).
+        self.reload_failing = Gauge(
+            "balancer_policy_reload_failing",
+            "1 while the latest policy reload was refused and the previous policy keeps serving",
+            registry=registry)
         self.forward_retries = Counter("balancer_forward_retries",
                                        "Requests tried on another substation after a failure",
                                        ["substation"], registry=registry)

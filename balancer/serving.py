@@ -180,6 +180,7 @@ class ServingState:
         self.metrics.degraded.set(1.0 if self.mode != "normal" else 0.0)
         self.metrics.ejected.set(self.health.ejected_count())
         self.metrics.evaluation_failures.set(self.evaluations.consecutive_failures)
+        self.metrics.reload_failing.set(0.0 if self.reload_error is None else 1.0)
         if self.evaluations.succeeded_at is not None:
             self.metrics.last_evaluation.set(self.evaluations.succeeded_at)
         if self.snapshot is None:

@@ -189,6 +189,12 @@ def metrics_response(registry: CollectorRegistry) -> web.Response:
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+# How long a stopping service lets in-flight requests finish (aiohttp's shutdown_timeout) before
+# its cleanup (a substation saving its sessions) runs. docker-compose.yml's stop_grace_period
+# must be longer, or the engine's SIGKILL cuts the drain and the save short.
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
 def run_service(app: web.Application, host: str, port: int) -> None:
     """Run an app with uvloop when available; SIGTERM and SIGINT stop it gracefully. Logging is
     set up by the caller (gridlb.logs.setup_logging); aiohttp's own access log is off: the
@@ -200,4 +206,4 @@ def run_service(app: web.Application, host: str, port: int) -> None:
     except ImportError:  # pragma: no cover - uvloop is optional off Linux
         pass
     web.run_app(app, host=host, port=port, access_log=None, print=None,
-                shutdown_timeout=10.0, handle_signals=True)
+                shutdown_timeout=SHUTDOWN_TIMEOUT_S, handle_signals=True)

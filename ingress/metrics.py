@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import (
@@ -14,16 +15,23 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from gridlb.errors import ErrorCode
 from gridlb.http import Handler
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+_ERROR_CODES = frozenset(code.value for code in ErrorCode)
 
 
 class IngressMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.requests = Counter("ingress_requests", "Requests by route, method and status",
-                                ["route", "method", "status"], registry=registry)
+        # `error` tells a refusal that is the right answer (503 no_capacity: the grid is full)
+        # from a failure of the system (503 balancer_unavailable): the availability SLO
+        # (prometheus/rules/) counts only the second kind.
+        self.requests = Counter("ingress_requests",
+                                "Requests by route, method, status and error code",
+                                ["route", "method", "status", "error"], registry=registry)
         self.seconds = Histogram("ingress_request_duration_seconds", "Request latency",
                                  ["route"], registry=registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -42,6 +50,22 @@ class IngressMetrics:
                                   registry=registry)
 
 
+def error_code(response: web.StreamResponse) -> str:
+    """The `error` of a JSON error answer; "" for a success. Only ErrorCode's values (else
+    "other"): label sets stay bounded whatever a balancer's answer relayed here says."""
+    if response.status < 400:
+        return ""
+    body = response.body if isinstance(response, web.Response) else None
+    if not isinstance(body, bytes):
+        return "other"
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "other"
+    code = parsed.get("error") if isinstance(parsed, dict) else None
+    return code if isinstance(code, str) and code in _ERROR_CODES else "other"
+
+
 def metrics_middleware(metrics: IngressMetrics) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -49,16 +73,19 @@ def metrics_middleware(metrics: IngressMetrics) -> Middleware:
         resource = request.match_info.route.resource
         # The route template, never the raw path: label sets stay bounded whatever clients send.
         route = resource.canonical if resource is not None else "unmatched"
-        status = 500
+        # An exception other than an HTTP one becomes json_errors_middleware's internal_error.
+        status, error = 500, ErrorCode.INTERNAL_ERROR.value
         try:
             response = await handler(request)
-            status = response.status
+            status, error = response.status, error_code(response)
             return response
         except web.HTTPException as exc:
-            status = exc.status
+            # aiohttp's own (404 unmatched, 405, 413): json_errors_middleware, outside this
+            # one, writes its body; its code is not known here.
+            status, error = exc.status, ("" if exc.status < 400 else "other")
             raise
         finally:
-            metrics.requests.labels(route, request.method, str(status)).inc()
+            metrics.requests.labels(route, request.method, str(status), error).inc()
             metrics.seconds.labels(route).observe(time.perf_counter() - started)
 
     return middleware

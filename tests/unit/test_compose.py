@@ -4,20 +4,24 @@ What it does when it runs is tests/e2e/test_compose_stack.py's job; this checks 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from gridlb.http import SHUTDOWN_TIMEOUT_S
 from gridlb.promconfig import REPO_ROOT
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
-SECRETS = ("GRID_INTERNAL_TOKEN", "GRID_API_KEYS")
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+SECRETS = ("GRID_INTERNAL_TOKEN", "GRID_API_KEYS", "GRAFANA_ADMIN_PASSWORD")
 needs_compose = pytest.mark.skipif(
     shutil.which("docker-compose") is None,
     reason="docker-compose not installed (make setup installs Debian's package)")
@@ -45,10 +49,12 @@ def workdir(tmp_path: Path) -> Path:
 
 @needs_compose
 def test_docker_compose_config_accepts_the_file_with_secrets(workdir: Path) -> None:
-    result = compose_config({"GRID_INTERNAL_TOKEN": "t0k", "GRID_API_KEYS": "k3y"}, workdir)
+    result = compose_config({"GRID_INTERNAL_TOKEN": "t0k", "GRID_API_KEYS": "k3y",
+                             "GRAFANA_ADMIN_PASSWORD": "pa55"}, workdir)
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)["services"]
     assert resolved["ingress"]["environment"]["GRID_API_KEYS"] == "k3y"
+    assert resolved["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "pa55"
     for name in ("substation", "balancer", "ingress"):
         assert resolved[name]["environment"]["GRID_INTERNAL_TOKEN"] == "t0k"
 
@@ -121,7 +127,97 @@ def test_state_lives_in_named_volumes() -> None:
     assert "substation-state:/data" in services["substation"]["volumes"]
     assert "ingress-state:/data" in services["ingress"]["volumes"]
     assert "--store-path=/data/ingress.sqlite3" in services["ingress"]["command"]
-    assert {"substation-state", "ingress-state"} <= set(spec["volumes"])
+    # Prometheus's history (and the alerts' 30 m and 6 h windows) survives `down` + `up`.
+    assert "prometheus-data:/prometheus" in services["prometheus"]["volumes"]
+    assert "--storage.tsdb.path=/prometheus" in services["prometheus"]["command"]
+    assert {"substation-state", "ingress-state", "prometheus-data"} <= set(spec["volumes"])
+
+
+def duration_s(text: str) -> float:
+    """A Compose/Prometheus duration ("20s", "1m30s", "500ms") in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, text
+    return sum(float(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+
+
+def test_kept_prometheus_data_lets_the_series_of_moved_containers_go_within_seconds() -> None:
+    """With its data kept, Prometheus shows the last samples of containers that came back at
+    new addresses for the whole lookback (it writes no staleness markers when it stops): a
+    dead substation would look `up` to the balancer for 5 minutes by default."""
+    command = compose()["services"]["prometheus"]["command"]
+    (flag,) = [a for a in command if a.startswith("--query.lookback-delta=")]
+    lookback = duration_s(flag.split("=", 1)[1])
+    prom = yaml.safe_load((REPO_ROOT / "prometheus" / "prometheus.docker.yml").read_text())
+    scrape_interval = duration_s(prom["global"]["scrape_interval"])
+    # Long enough for several missed scrapes, short enough to be gone before the stack is up.
+    assert 5 * scrape_interval <= lookback <= 60, (lookback, scrape_interval)
+
+
+def test_every_service_has_time_to_drain_before_sigkill() -> None:
+    for name, svc in compose()["services"].items():
+        assert "stop_grace_period" in svc, name
+        # The drain, then the state save (a substation's sessions), then exit.
+        assert duration_s(svc["stop_grace_period"]) >= SHUTDOWN_TIMEOUT_S + 5, name
+
+
+def test_every_service_rotates_its_logs_from_one_anchor() -> None:
+    spec = compose()
+    anchor = spec["x-logging"]
+    assert anchor["driver"] == "json-file"
+    assert anchor["options"]["max-size"] and int(anchor["options"]["max-file"]) >= 2
+    for name, svc in spec["services"].items():
+        assert svc.get("logging") == anchor, name
+    text = COMPOSE_FILE.read_text()
+    assert text.count("logging: *logging") == len(spec["services"])
+
+
+def test_grafana_admin_password_comes_from_the_env_file_only() -> None:
+    env = compose()["services"]["grafana"]["environment"]
+    # No default: without it Grafana would start with admin/admin.
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip())
+            for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_dockerfile_has_a_default_command_exposed_ports_and_oci_labels() -> None:
+    instructions = dockerfile_instructions()
+    cmds = [args for op, args in instructions if op == "CMD"]
+    assert len(cmds) == 1 and cmds[0].startswith("["), cmds   # exec form: signals reach it
+    exposed = {int(p.split("/")[0]) for op, args in instructions if op == "EXPOSE"
+               for p in args.split()}
+    assert exposed == {8080, 8081, 9100}
+    labels = dict(re.findall(r'(org\.opencontainers\.image\.[a-z.]+)="([^"]*)"',
+                             " ".join(args for op, args in instructions if op == "LABEL")))
+    assert {"title", "description", "version", "licenses"} <= {
+        k.removeprefix("org.opencontainers.image.") for k in labels}
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    project = dict(re.findall(r'^(version|license) = "([^"]+)"', pyproject, re.MULTILINE))
+    version = dict(re.findall(r"(\w+)=(\S+)", " ".join(
+        args for op, args in instructions if op == "ARG")))["VERSION"]
+    assert labels["org.opencontainers.image.version"] == "${VERSION}"
+    assert version == project["version"]
+    assert labels["org.opencontainers.image.licenses"] == project["license"]
+
+
+def test_the_default_command_names_each_service_as_compose_runs_it() -> None:
+    (cmd,) = [json.loads(args) for op, args in dockerfile_instructions() if op == "CMD"]
+    copies = [args.split() for op, args in dockerfile_instructions() if op == "COPY"]
+    copied = {words[-1].rsplit("/", 1)[-1]: words[0] for words in copies
+              if words[-1].startswith("/usr/local/bin/")}
+    result = subprocess.run([sys.executable, str(REPO_ROOT / copied[cmd[0]])],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 64, result   # EX_USAGE: nothing was started
+    services = compose()["services"]
+    assert "substation-entrypoint" in result.stderr
+    assert services["substation"]["entrypoint"] == ["substation-entrypoint"]
+    for name in ("balancer", "ingress"):
+        assert f"python -m {name}" in result.stderr
+        assert services[name]["command"][:3] == ["python", "-m", name]
 
 
 def test_every_long_running_service_restarts_after_a_crash() -> None:

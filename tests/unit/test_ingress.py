@@ -340,6 +340,9 @@ async def test_balancer_down_is_a_503_json_error(make_client: Any) -> None:
     status, body, headers = await post(client)
     assert status == 503 and body["error"] == "balancer_unavailable"
     assert headers["Retry-After"] == "1"
+    text = await (await client.get("/metrics")).text()
+    assert ('ingress_requests_total{error="balancer_unavailable",method="POST",'
+            'route="/charge",status="503"} 1.0') in text
 
 
 async def test_a_second_balancer_replica_takes_over_when_the_first_is_down(
@@ -590,8 +593,27 @@ async def test_metrics_use_route_templates_not_raw_paths(make_client: Any) -> No
         await client.get(f"/sessions/{sid}", headers=AUTH)
     await client.get("/no/such/path", headers=AUTH)
     text = await (await client.get("/metrics")).text()
-    assert 'ingress_requests_total{method="GET",route="/sessions/{id}",status="404"} 3.0' in text
-    assert 'route="unmatched",status="404"' in text
+    assert ('ingress_requests_total{error="unknown_session",method="GET",route="/sessions/{id}",'
+            'status="404"} 3.0') in text
+    assert 'error="other",method="GET",route="unmatched",status="404"' in text
+
+
+async def test_metrics_tell_a_full_grid_from_a_failure_by_error_code(
+        make_client: Any, backends: FakeBackends) -> None:
+    """503 no_capacity is the right answer when the grid is full; 503 balancer_unavailable is
+    a failure: the availability SLO (IngressErrorBudgetBurn) must be able to tell them apart."""
+    backends.answer_with(503, "no_capacity", may_exist=False, headers={"Retry-After": "1"})
+    client = await make_client()
+    assert (await post(client))[0] == 503
+    backends.answer_with(503, "not-a-known-code", may_exist=False)
+    assert (await post(client))[0] == 503
+    backends.answer = None
+    assert (await post(client))[0] == 200
+    text = await (await client.get("/metrics")).text()
+    charge = 'method="POST",route="/charge"'
+    for error, status in (("no_capacity", 503), ("other", 503), ("", 200)):
+        line = f'ingress_requests_total{{error="{error}",{charge},status="{status}"}} 1.0'
+        assert line in text, (line, text)
 
 
 def _record(key: str, state: RecordState, at: float) -> KeyRecord:

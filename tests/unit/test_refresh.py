@@ -245,6 +245,7 @@ async def test_a_non_utf8_edit_leaves_the_loop_evaluating_and_a_fix_is_picked_up
     async def refused() -> bool:
         return "not UTF-8" in ((await policy_view(client))["reload_error"] or "")
     await eventually(refused, "the loop to notice and refuse the edit")
+    assert await metric_value(client, "balancer_policy_reload_failing") == 1
     first = (await policy_view(client))["evaluated_at"]
     await eventually(lambda: _evaluated_after(client, first), "evaluations to go on")
     resp = await client.post("/dispatch", json=CHARGE)
@@ -256,6 +257,8 @@ async def test_a_non_utf8_edit_leaves_the_loop_evaluating_and_a_fix_is_picked_up
         view = await policy_view(client)
         return view["reload_error"] is None and view["description"] == "fixed"
     await eventually(fixed, "the fixed file to be loaded")
+    # The alert on it (BalancerPolicyReloadFailing) resolves with the fix, not before.
+    assert await metric_value(client, "balancer_policy_reload_failing") == 0
 
 
 @pytest.fixture
