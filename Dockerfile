@@ -6,7 +6,7 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 ARG BASE_IMAGE
 # pyproject.toml's version; tests/unit/test_compose.py keeps the two equal.
-ARG VERSION=0.1.0
+ARG VERSION=0.3.0
 LABEL org.opencontainers.image.title="smart-grid-load-balancer" \
       org.opencontainers.image.description="Routes EV charge requests to substations from real-time Prometheus load: the ingress, the balancer and the substation in one image" \
       org.opencontainers.image.version="${VERSION}" \

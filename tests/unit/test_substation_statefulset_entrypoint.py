@@ -64,6 +64,7 @@ def test_it_starts_the_real_substation_under_its_ordinals_id(tmp_path: Path) -> 
                              "--capacity-kw=100"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL,
                             env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOSTNAME": "substation-7",
+                                 "GRID_INTERNAL_TOKEN": "t0k",
                                  "SUBSTATION_STATE_DIR": str(tmp_path)})
     try:
         wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
