@@ -42,6 +42,8 @@ from tests.integration.conftest import Prometheus, http_json, wait_for
 pytestmark = pytest.mark.integration
 
 TOKEN = "access-test-token"
+# The services refuse to start without their internal token.
+SERVICE_ENV = {"GRID_INTERNAL_TOKEN": "access-test-internal-token"}
 
 
 @dataclass
@@ -117,7 +119,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     try:
         sub = ServiceSpec("sub-tls", [sys.executable, "-m", "substation", "--id", "sub-tls",
                                       "--port", str(sub_port), "--capacity-kw", "100"],
-                          f"http://127.0.0.1:{sub_port}/healthz")
+                          f"http://127.0.0.1:{sub_port}/healthz", env=SERVICE_ENV)
         wait_ready(sub.ready_url, group.start(sub))
         config = render_prometheus_dir(run / "prom", 0.5,
                                        {"substation": [f"127.0.0.1:{sub_port}"]})
@@ -186,7 +188,7 @@ def test_a_real_balancer_routes_through_tls_and_basic_auth(secured: Secured,
             "--prometheus-ca-file", str(secured.pki.ca),
             "--prometheus-basic-auth-user", "grid",
             "--prometheus-basic-auth-password-file", str(secured.password_file)],
-            f"http://127.0.0.1:{port}/healthz")
+            f"http://127.0.0.1:{port}/healthz", env=SERVICE_ENV)
         wait_ready(spec.ready_url, group.start(spec))
         wait_for(lambda: http_json("GET", f"http://127.0.0.1:{port}/readyz")[0] == 200,
                  "the balancer to read the secured Prometheus")
@@ -260,7 +262,7 @@ def test_a_bearer_token_and_tenant_header_reach_a_gateway_and_a_rotated_token_is
                 "--prometheus-url", f"http://127.0.0.1:{gateway.port}",
                 "--prometheus-bearer-token-file", str(token_file),
                 "--prometheus-header", "X-Scope-OrgID: grid-a"],
-                f"http://127.0.0.1:{port}/healthz")
+                f"http://127.0.0.1:{port}/healthz", env=SERVICE_ENV)
             wait_ready(spec.ready_url, group.start(spec))
             wait_for(lambda: http_json("GET", f"http://127.0.0.1:{port}/readyz")[0] == 200,
                      "the balancer to read Prometheus through the gateway")
