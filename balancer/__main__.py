@@ -12,7 +12,7 @@ from balancer.config import BalancerConfig
 from balancer.promaccess import PrometheusAccess, headers_from, validate
 from gridlb.charge import DEFAULT_MIN_KW, ChargeLimits
 from gridlb.cli import INTERNAL_TOKEN, add_common_args, check_auth
-from gridlb.grid import ConfigError
+from gridlb.grid import GRID_NAME_RE, ConfigError
 from gridlb.http import run_service
 from gridlb.logs import setup_logging
 
@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> BalancerConfig:
                              "writes the fleet's choice there and every replica serves it, "
                              "also after a restart (without it a reload switches one replica)")
     parser.add_argument("--substation-job", default="substation")
+    parser.add_argument("--grid", default="",
+                        help="this grid's name: the `grid` label Prometheus puts on its series "
+                             "(several grids on one Prometheus); default: series without it")
     parser.add_argument("--max-snapshot-age", type=float, default=15.0,
                         help="seconds the newest scrape may be old before deciding in degraded "
                              "mode (keep it well above the scrape interval)")
@@ -83,13 +86,16 @@ def parse_args(argv: list[str] | None = None) -> BalancerConfig:
         parser.error("--extra-query-params: must be a JSON object")
     if not args.min_kw > 0:
         parser.error("--min-kw must be above 0")
+    if args.grid and not GRID_NAME_RE.fullmatch(args.grid):
+        parser.error("--grid: must be 1-63 lowercase letters, digits, '_', '.', '-'")
     token = os.environ.get("GRID_INTERNAL_TOKEN") or None
     check_auth(parser, "balancer", token is not None, args.insecure_no_auth, INTERNAL_TOKEN)
     return BalancerConfig(
         prometheus_url=args.prometheus_url, prometheus_public_url=args.prometheus_public_url,
         policy_dir=args.policy_dir, policy=args.policy, host=args.host, port=args.port,
         active_policy_file=args.active_policy_file,
-        substation_job=args.substation_job, max_snapshot_age_s=args.max_snapshot_age,
+        substation_job=args.substation_job, grid=args.grid,
+        max_snapshot_age_s=args.max_snapshot_age,
         query_timeout_s=args.query_timeout, forward_timeout_s=args.forward_timeout,
         max_attempts=args.max_attempts, extra_query_params=extra,
         limits=ChargeLimits(min_kw=args.min_kw), prometheus_access=prometheus_access,

@@ -73,7 +73,8 @@ def create_app(config: BalancerConfig, client: QueryClient | None = None,
     serving.reload_error = start.problem
     app[SERVING] = serving
     app[REFRESH_LOOP] = PolicyRefreshLoop(prometheus, serving,
-                                          queries=GridQueries(config.substation_job),
+                                          queries=GridQueries(config.substation_job,
+                                                              grid=config.grid),
                                           extra_params=config.extra_query_params,
                                           active=active, default_policy=config.policy)
     app.on_startup.append(announce)

@@ -24,6 +24,8 @@ class BalancerConfig:
     host: str = "127.0.0.1"
     port: int = 8081
     substation_job: str = "substation"
+    # The grid's name: its `grid` label (gridlb/grid.py). "" selects series without the label.
+    grid: str = ""
     max_snapshot_age_s: float = 15.0
     query_timeout_s: float = 2.0
     forward_timeout_s: float = 3.0

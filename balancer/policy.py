@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -173,11 +174,28 @@ def _enum_field(raw: dict[Any, Any], key: str, enum: type[Enum], default: Enum,
         return default
 
 
+# The variables a policy's query may use, filled in by the balancer before evaluation: `$grid`
+# is its grid's name, so one policy file serves every grid on a shared Prometheus
+# (`{job="substation", grid="$grid"}`).
+QUERY_VARIABLES = ("grid",)
+_VARIABLE_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def render_query(query: str, values: Mapping[str, str]) -> str:
+    """`query` with each known `$variable` replaced by its value (unknown ones are refused when
+    the policy is loaded, so none is left here)."""
+    return _VARIABLE_RE.sub(lambda m: values.get(m.group(1), m.group(0)), query)
+
+
 def _check_query(raw: dict[Any, Any], problems: list[str]) -> str:
     query = _text(raw, "query", MAX_QUERY_CHARS, problems, required=True)
     if not query:
         return ""
-    complaint = validate_promql(query)
+    unknown = sorted({m.group(1) for m in _VARIABLE_RE.finditer(query)} - set(QUERY_VARIABLES))
+    if unknown:
+        problems.append(f"query: unknown variable {', '.join('$' + u for u in unknown)} "
+                        f"(known: {', '.join('$' + v for v in QUERY_VARIABLES)})")
+    complaint = validate_promql(render_query(query, dict.fromkeys(QUERY_VARIABLES, "x")))
     if complaint:
         problems.append(f"query: PromQL does not parse: {complaint}")
     return query

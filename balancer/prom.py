@@ -39,7 +39,7 @@ from prometheus_api_client.prometheus_connect import PrometheusConnect
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
-from balancer.policy import Better, LoadAging, Policy
+from balancer.policy import Better, LoadAging, Policy, render_query
 from balancer.promaccess import (
     CredentialsUnreadable,
     PrometheusAccess,
@@ -179,14 +179,26 @@ class GridQueries:
     # pending record lives before the ingress's reconciler resolves it (seconds, unless a
     # substation stays unreachable), and within Prometheus's retention.
     roster_window_s: int = 900
+    # The grid's name (its `grid` label): every query selects by it, so grids sharing one
+    # Prometheus never see each other's substations. "" selects series without the label (a
+    # Prometheus that scrapes one grid and labels nothing).
+    grid: str = ""
+
+    def selector(self, job: str) -> str:
+        return f'job="{job}", grid="{self.grid}"'
+
+    def render(self, promql: str) -> str:
+        """A policy's query with its variables ($grid) filled in (balancer/policy.py lists
+        them)."""
+        return render_query(promql, {"grid": self.grid})
 
     @property
     def up(self) -> str:
-        return f'up{{job="{self.job}"}}'
+        return f"up{{{self.selector(self.job)}}}"
 
     @property
     def scrape_time(self) -> str:
-        return f'timestamp(up{{job="{self.job}"}})'
+        return f"timestamp(up{{{self.selector(self.job)}}})"
 
     @property
     def load(self) -> str:
@@ -194,7 +206,7 @@ class GridQueries:
 
     @property
     def balancers(self) -> str:
-        return f'count(up{{job="{self.balancer_job}"}} == 1)'
+        return f"count(up{{{self.selector(self.balancer_job)}}} == 1)"
 
     @property
     def load_seq(self) -> str:
@@ -213,14 +225,14 @@ class GridQueries:
         """Every substation (instance and `substation` label) scraped within the window,
         including targets since dropped from discovery: their series went stale, but their
         samples are still in the window."""
-        return (f'last_over_time(substation_capacity_kw{{job="{self.job}"}}'
-                f'[{self.roster_window_s}s])')
+        return (f"last_over_time(substation_capacity_kw{{{self.selector(self.job)}}}"
+                f"[{self.roster_window_s}s])")
 
     def latest_scrape(self, metric: str) -> str:
         """`metric`'s series from each target's latest scrape only. All samples of one scrape
         share `up`'s timestamp; a series older than that was not in the latest scrape: it is
         left from an earlier identity of the target (renamed or replaced at the same address)."""
-        selector = f'{metric}{{job="{self.job}"}}'
+        selector = f"{metric}{{{self.selector(self.job)}}}"
         return (f"{selector} and (timestamp({selector}) "
                 f">= on (job, instance) group_left {self.scrape_time})")
 
@@ -351,7 +363,7 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
     what = f"policy {policy.name}"
     failed: QueryFailure | None = None
     try:
-        result = run_query(client, policy.query, params)
+        result = run_query(client, queries.render(policy.query), params)
     except QueryFailure as exc:
         failed, result = exc, []
     result, p_left = drop_leftovers(result, names, what)

@@ -156,7 +156,7 @@ class PolicyRefreshLoop:
         if snapshot.policy_no_data:
             log.warning("policy %s: its query gives no substation that is up a score (a "
                         "misspelt metric or label?); substations are ranked by utilization "
-                        "until it does. Query: %s", policy.name, policy.query)
+                        "until it does. Query: %s", policy.name, self.queries.render(policy.query))
         elif before is not None and before[0] == policy.name:
             log.info("policy %s: its query scores substations again", policy.name)
 
@@ -202,7 +202,8 @@ class PolicyRefreshLoop:
 
     async def _check_with_prometheus(self, policy: Policy) -> None:
         try:
-            await asyncio.to_thread(run_query, self.client, policy.query, self.extra_params)
+            await asyncio.to_thread(run_query, self.client, self.queries.render(policy.query),
+                                    self.extra_params)
         except QueryFailure as exc:
             if exc.reason in _REJECTIONS:
                 raise PolicyError(policy.source, [f"query: Prometheus rejected it: {exc.detail}"]

@@ -252,9 +252,11 @@ async def show_policy(request: web.Request) -> web.Response:
             "scraped_at": view.scrape_ts,
         })
     error = serving.last_error
+    # The query as evaluated: its variables filled in for this balancer's grid.
+    query = app[REFRESH_LOOP].queries.render(policy.query)
     return json_response({
         "policy": policy.name, "file": policy.source, "description": policy.description,
-        "query": policy.query,
+        "query": query, "grid": app[REFRESH_LOOP].queries.grid,
         "result": {"substation_label": policy.substation_label, "better": policy.better.value,
                    "select": policy.select.value,
                    "pending_adjustment": policy.pending_adjustment.value,
@@ -278,7 +280,7 @@ async def show_policy(request: web.Request) -> web.Response:
         "evaluations": serving.evaluations.as_dict(),
         "reload_error": serving.reload_error,
         "prometheus_graph_url": graph_url(config.prometheus_public_url or config.prometheus_url,
-                                          policy.query),
+                                          query),
     })
 
 

@@ -81,6 +81,9 @@ class GridConfig:
     speed_factor: float = 60.0
     policy_dir: str = "policies"
     source: str = DEFAULT_GRID_FILE
+    # The grid's name: the `grid` label Prometheus puts on every series of its targets, which
+    # discovery, policies, rules and the dashboard select by (several grids, one Prometheus).
+    name: str = "local"
 
     @property
     def prometheus_url(self) -> str:
@@ -200,7 +203,13 @@ def parse_grid(raw: object, source: str = DEFAULT_GRID_FILE) -> GridConfig:
         problems.append(f"balancer_replicas: must be an integer 1-{MAX_BALANCER_REPLICAS}, "
                         f"got {show(replicas)}")
         replicas = 1
+    name = raw.get("name", "local")
+    if not isinstance(name, str) or not GRID_NAME_RE.fullmatch(name):
+        problems.append("name: must be 1-63 lowercase letters, digits, '_', '.', '-' (the "
+                        f"grid label on every series), got {show(name)}")
+        name = "local"
     grid = GridConfig(
+        name=name,
         substations=tuple(substations),
         policy=policy,
         host=host,
@@ -234,6 +243,8 @@ def parse_grid(raw: object, source: str = DEFAULT_GRID_FILE) -> GridConfig:
 
 
 _KNOWN_KEYS = {"substations", "policy", "host", "ports", "scrape_interval_s", "speed_factor",
-               "policy_dir", "balancer_replicas"}
+               "policy_dir", "balancer_replicas", "name"}
+# A grid name goes into PromQL strings and label values: nothing that needs quoting.
+GRID_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _PORT_KEYS = {"ingress", "balancer", "prometheus"}
 _SUBSTATION_KEYS = {"id", "port", "capacity_kw"}

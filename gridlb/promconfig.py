@@ -14,18 +14,24 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_SOURCE = REPO_ROOT / "prometheus"
 
 
-def write_targets(prom_dir: Path, job: str, addresses: Iterable[str]) -> None:
-    """Replace a job's targets; Prometheus notices the file change by itself."""
+def write_targets(prom_dir: Path, job: str, addresses: Iterable[str], grid: str | None = None,
+                  name: str | None = None) -> None:
+    """Replace a job's targets; Prometheus notices the file change by itself. `grid`: the grid
+    label Prometheus then puts on every series of these targets (gridlb/grid.py). `name`: the
+    file (default: the job's), so several grids can share one job (`targets/<job>*.json`)."""
     targets_dir = prom_dir / "targets"
     targets_dir.mkdir(parents=True, exist_ok=True)
-    tmp = targets_dir / f".{job}.json.tmp"
-    tmp.write_text(json.dumps([{"targets": sorted(addresses), "labels": {}}]), encoding="utf-8")
+    name = name or job
+    labels = {"grid": grid} if grid else {}
+    tmp = targets_dir / f".{name}.json.tmp"
+    tmp.write_text(json.dumps([{"targets": sorted(addresses), "labels": labels}]),
+                   encoding="utf-8")
     # Atomic rename: Prometheus must never read a half-written target file.
-    os.replace(tmp, targets_dir / f"{job}.json")
+    os.replace(tmp, targets_dir / f"{name}.json")
 
 
 def render_prometheus_dir(prom_dir: Path, scrape_interval_s: float,
-                          targets: dict[str, list[str]]) -> Path:
+                          targets: dict[str, list[str]], grid: str | None = None) -> Path:
     """Copy the checked-in config and rules into `prom_dir`; return the config file."""
     prom_dir.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((PROMETHEUS_SOURCE / "prometheus.yml").read_text(encoding="utf-8"))
@@ -40,7 +46,7 @@ def render_prometheus_dir(prom_dir: Path, scrape_interval_s: float,
         shutil.rmtree(rules)
     shutil.copytree(PROMETHEUS_SOURCE / "rules", rules)
     for job in ("substation", "balancer", "ingress", "prometheus"):
-        write_targets(prom_dir, job, targets.get(job, []))
+        write_targets(prom_dir, job, targets.get(job, []), grid)
     return config_file
 
 

@@ -189,7 +189,8 @@ def balancer_spec(grid: GridConfig, env: Mapping[str, str],
         name=balancer_name(replica),
         argv=[sys.executable, "-m", "balancer", "--host", grid.host,
               "--port", str(port), "--prometheus-url", grid.prometheus_url,
-              "--policy-dir", grid.policy_dir, "--policy", grid.policy, *active,
+              "--policy-dir", grid.policy_dir, "--policy", grid.policy, "--grid", grid.name,
+              *active,
               "--max-snapshot-age", f"{max_snapshot_age_s(grid.scrape_interval_s):g}",
               *extra_args],
         ready_url=f"http://{grid.host}:{port}/healthz", env=env)
@@ -215,7 +216,8 @@ def prometheus_spec(grid: GridConfig, run_dir: Path) -> ServiceSpec:
         "ingress": [f"{host}:{grid.ingress_port}"],
         "prometheus": [f"{host}:{grid.prometheus_port}"],
     }
-    config_file = render_prometheus_dir(run_dir / "prometheus", grid.scrape_interval_s, targets)
+    config_file = render_prometheus_dir(run_dir / "prometheus", grid.scrape_interval_s, targets,
+                                        grid.name)
     return ServiceSpec(
         name="prometheus",
         argv=prometheus_command(config_file, run_dir / "prometheus-data",

@@ -243,9 +243,10 @@ class ChaosStack:
     def start_all(self) -> None:
         for name in self.specs:
             self.start(name)
-        write_targets(self.run_dir / "prometheus", "substation", self.addresses.values())
+        write_targets(self.run_dir / "prometheus", "substation", self.addresses.values(),
+                      self.grid.name)
         write_targets(self.run_dir / "prometheus", "balancer",
-                      [u.removeprefix("http://") for u in self.balancer_urls])
+                      [u.removeprefix("http://") for u in self.balancer_urls], self.grid.name)
 
     async def readyz(self, http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
         try:

@@ -89,8 +89,11 @@ class Prometheus:
         return {s["metric"].get(label, ""): float(s["value"][1])
                 for s in self.query(promql, at)}
 
-    def set_targets(self, job: str, addresses: list[str]) -> None:
-        write_targets(self.prom_dir, job, addresses)
+    def set_targets(self, job: str, addresses: list[str], grid: str | None = "local",
+                    name: str | None = None) -> None:
+        """`grid`: the label on these targets' series; the `cluster` fixture's grid is
+        GridConfig's default, "local" (None: no label, for a balancer started without --grid)."""
+        write_targets(self.prom_dir, job, addresses, grid, name)
 
     def forget(self, job: str) -> None:
         """Delete every series of `job`. Tests share this Prometheus, and a resolve asks every

@@ -75,7 +75,8 @@ def test_the_balancer_routes_on_victoria_metrics_and_its_age_is_the_scrapes(
     # The project's Prometheus config as is: VictoriaMetrics skips what it does not know
     # (rule_files) only with strictParse=false.
     config = render_prometheus_dir(tmp_path / "vm", SCRAPE_INTERVAL_S,
-                                   {"substation": [f"127.0.0.1:{s.port}" for s in subs]})
+                                   {"substation": [f"127.0.0.1:{s.port}" for s in subs]},
+                                   grid.name)
     start(group, ServiceSpec("victoria-metrics", [
         binary, f"-httpListenAddr=127.0.0.1:{grid.prometheus_port}",
         f"-storageDataPath={tmp_path / 'vm-data'}", f"-promscrape.config={config}",

@@ -302,12 +302,14 @@ async def test_policy_view_shows_query_scores_ledger_and_graph_link(
     await h.dispatch()
     body = await (await h.client.get("/policy")).json()
     assert body["policy"] == "least-load" and body["mode"] == "normal"
-    assert body["query"] == 'substation_load{job="substation"}'
+    # As evaluated: $grid filled in ("" without --grid: the series without a grid label).
+    assert body["query"] == 'substation_load{job="substation", grid=""}'
     row = body["substations"][0]
     assert (row["score"], row["load_kw"], row["pending_kw"], row["effective_load_kw"]) == \
         (20.0, 20.0, 11.0, 31.0)
     assert body["prometheus_graph_url"].startswith(
-        "http://127.0.0.1:9090/graph?g0.expr=substation_load%7Bjob%3D%22substation%22%7D")
+        "http://127.0.0.1:9090/graph?g0.expr=substation_load%7Bjob%3D%22substation%22%2C+grid"
+        "%3D%22%22%7D")
 
 
 async def test_broken_policy_edit_is_refused_and_the_old_policy_keeps_serving(

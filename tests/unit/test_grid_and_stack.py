@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gridlb.grid import ConfigError, GridConfig, SubstationSpec, load_grid, parse_grid
-from gridlb.promconfig import REPO_ROOT
+from gridlb.promconfig import REPO_ROOT, render_prometheus_dir, write_targets
 from gridlb.stack import (
     PID_FILE,
     Resumed,
@@ -67,8 +67,11 @@ def test_the_shipped_grid_file_has_two_equal_substations_and_default_ports() -> 
     ({"ports": {"balancer": 9090}}, r"ports\.balancer: port 9090 clashes with ports\.prometheus"),
     ({"ports": {"ingress": 9090}}, r"ports: ingress and prometheus both use port 9090"),
     ({"scrape_interval": 15}, r"grid\.yaml: scrape_interval: unknown field \(known: "
-     r"balancer_replicas, host, policy, policy_dir, ports, scrape_interval_s, speed_factor, "
-     r"substations\)"),
+     r"balancer_replicas, host, name, policy, policy_dir, ports, scrape_interval_s, "
+     r"speed_factor, substations\)"),
+    ({"name": "North Grid"}, r"name: must be 1-63 lowercase letters, digits, '_', '\.', '-' "
+     r"\(the grid label on every series\), got 'North Grid'"),
+    ({"name": 'a"}) or vector(1'}, r"name: must be 1-63 lowercase letters"),
     ({"ports": {"ingres": 8000}}, r"ports\.ingres: unknown field \(known: balancer, ingress, "
      r"prometheus\)"),
     ({"substations": [{"id": "a", "port": 9101, "capacity_kw": 1, "capacity": 5}]},
@@ -100,7 +103,7 @@ def test_balancer_replicas_run_on_consecutive_ports_are_scraped_and_all_given_to
         "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003"
     targets = json.loads((tmp_path / "prometheus" / "targets" / "balancer.json").read_text())
     assert targets == [{"targets": ["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"],
-                        "labels": {}}]
+                        "labels": {"grid": "local"}}]
 
 
 def test_every_replica_of_the_stack_watches_one_active_policy_file(tmp_path: Path) -> None:
@@ -222,3 +225,19 @@ def test_a_valid_grid_with_every_field_is_read_as_written() -> None:
     assert (grid.host, grid.policy_dir, grid.scrape_interval_s, grid.speed_factor,
             grid.balancer_ports, grid.ingress_port, grid.prometheus_port) == \
         ("127.0.0.2", "/etc/grid/policies", 5.0, 1.0, (8001, 8002), 8000, 8100)
+
+
+def test_a_grid_is_named_and_its_name_labels_its_targets_and_selects_its_balancer(
+        tmp_path: Path) -> None:
+    grid = parse_grid({**GOOD, "name": "north"}, source="grid.yaml")
+    assert grid.name == "north" and parse_grid(GOOD).name == "local"
+    argv = balancer_spec(grid, {}).argv
+    assert argv[argv.index("--grid") + 1] == "north"
+    render_prometheus_dir(tmp_path, 1.0, {"substation": ["127.0.0.1:9101"]}, "north")
+    assert json.loads((tmp_path / "targets" / "substation.json").read_text()) == \
+        [{"targets": ["127.0.0.1:9101"], "labels": {"grid": "north"}}]
+    write_targets(tmp_path, "substation", ["127.0.0.1:9201"], "south", name="substation-south")
+    assert json.loads((tmp_path / "targets" / "substation-south.json").read_text()) == \
+        [{"targets": ["127.0.0.1:9201"], "labels": {"grid": "south"}}]
+    write_targets(tmp_path, "balancer", ["127.0.0.1:8081"])
+    assert json.loads((tmp_path / "targets" / "balancer.json").read_text())[0]["labels"] == {}

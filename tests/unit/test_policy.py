@@ -16,11 +16,14 @@ from balancer.policy import (
     parse_duration,
     parse_policy,
     policy_path,
+    render_query,
 )
+from balancer.prom import GridQueries
 from gridlb.grid import show
 from tests.conftest import make_policy
 
 REPO = Path(__file__).resolve().parents[2]
+REPO_POLICY = REPO / "policies" / "least-utilization.yaml"
 GOOD = """\
 name: {name}
 query: substation_load{{job="substation"}}
@@ -312,3 +315,25 @@ def test_an_unknown_load_aging_is_refused_with_the_choices() -> None:
     with pytest.raises(PolicyError, match=r"result\.load_aging: must be one of none, forecast, "
                                           r"got 'predict'"):
         make_policy(result={"load_aging": "predict"})
+
+
+def test_a_policy_query_may_use_grid_and_nothing_else(tmp_path: Path) -> None:
+    text = (REPO_POLICY.read_text().replace('grid="$grid"', 'grid="$grid", zone="$zone"'))
+    path = tmp_path / "least-utilization.yaml"
+    path.write_text(text)
+    with pytest.raises(PolicyError, match=r"query: unknown variable \$zone \(known: \$grid\)"):
+        load_policy(path)
+
+
+def test_the_grid_is_filled_in_before_evaluation_and_selects_every_grid_query() -> None:
+    policy = load_policy(REPO_POLICY)
+    assert 'grid="$grid"' in policy.query
+    queries = GridQueries(grid="north")
+    assert queries.render(policy.query).count('grid="north"') == 2
+    assert "$grid" not in queries.render(policy.query)
+    for q in (queries.up, queries.scrape_time, queries.load, queries.capacity, queries.roster,
+              queries.balancers, queries.load_seq, queries.forecast):
+        assert 'grid="north"' in q, q
+    # Without a name: series that carry no grid label.
+    assert 'grid=""' in GridQueries().up and render_query("$grid", {"grid": ""}) == ""
+    assert render_query('x{a="$other"}', {"grid": "g"}) == 'x{a="$other"}'

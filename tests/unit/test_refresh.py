@@ -278,7 +278,7 @@ async def test_a_failing_policy_query_keeps_the_grid_and_ranks_by_utilization(
     prometheus = FakeQueryClient(answers)
     client = await balancer(prometheus, policy="least-utilization")
     serving = app_of(client)[SERVING]
-    prometheus.answers[serving.policy.query] = QueryFailure(
+    prometheus.answers[Q.render(serving.policy.query)] = QueryFailure(
         "execution", "found duplicate series for the match group ...; many-to-many matching "
         "not allowed")
     assert await app_of(client)[REFRESH_LOOP].refresh_once() is False
@@ -410,7 +410,7 @@ def test_no_data_means_no_substation_that_is_up_got_a_score(
         policy_answer: list[dict[str, Any]], up: dict[str, int], no_data: bool) -> None:
     canned = grid({a: (10.0, 100.0) for a in up}, up=up)
     policy = load_policy(REPO / "policies" / "least-load.yaml")
-    canned[policy.query] = policy_answer
+    canned[Q.render(policy.query)] = policy_answer
     snap = read_snapshot(FakeQueryClient(canned), policy, Q, time.time())
     assert snap.policy_no_data is no_data
     assert any("(a misspelt metric or label?)" in p for p in snap.problems) is no_data
@@ -421,7 +421,7 @@ async def test_a_query_that_fails_is_not_reported_as_no_data(balancer: MakeBalan
     client = await balancer(prometheus, policy="least-load")
     app = app_of(client)
     await stop_loop(app)
-    prometheus.answers[app[SERVING].policy.query] = QueryFailure("execution", "boom")
+    prometheus.answers[Q.render(app[SERVING].policy.query)] = QueryFailure("execution", "boom")
     assert await app[REFRESH_LOOP].refresh_once() is False
     assert await metric_value(client, "balancer_policy_no_data") == 0.0
     assert (await policy_view(client))["policy_no_data"] is False

@@ -32,7 +32,7 @@ async def test_no_balancer_scraped_means_this_one_alone(aiohttp_raw_server: Any)
 
 
 def test_the_replica_query_counts_only_replicas_that_are_up() -> None:
-    assert Q.balancers == 'count(up{job="balancer"} == 1)'
+    assert Q.balancers == 'count(up{job="balancer", grid=""} == 1)'
 
 
 @pytest.mark.parametrize("result", [
