@@ -1,4 +1,4 @@
-"""A real substation process on a slow disk, killed mid-save; stopped by SIGTERM at its last tick."""
+"""A real substation on a slow disk, killed mid-save; stopped by SIGTERM at its last tick."""
 
 from __future__ import annotations
 
