@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> SubstationConfig:
     parser.add_argument("--tick-interval", type=float, default=0.2,
                         help="seconds between two steps of the simulation (energy is credited "
                              "and completed sessions end at each step)")
+    parser.add_argument("--ended-retention", type=float, default=600.0,
+                        help="seconds an ended session stays readable (then it is forgotten, "
+                             "here and in the state file)")
     parser.add_argument("--history", action="store_true",
                         help="append every admission, stop and completion to a history table "
                              "in the state file, in the same transaction (for the nemesis's "
@@ -41,8 +44,10 @@ def parse_args(argv: list[str] | None = None) -> SubstationConfig:
                         help="TEST ONLY: a file holding a delay in ms that every commit waits "
                              "first (a slow disk, changed while running)")
     args = parser.parse_args(argv)
-    if args.capacity_kw <= 0 or args.speed_factor <= 0 or not args.tick_interval > 0:
-        parser.error("--capacity-kw, --speed-factor and --tick-interval must be positive")
+    if args.capacity_kw <= 0 or args.speed_factor <= 0 or not args.tick_interval > 0 \
+            or not args.ended_retention > 0:
+        parser.error("--capacity-kw, --speed-factor, --tick-interval and --ended-retention "
+                     "must be positive")
     if args.max_sessions < 1 or not args.min_kw > 0:
         parser.error("--max-sessions must be at least 1 and --min-kw above 0")
     return SubstationConfig(substation_id=args.id, capacity_kw=args.capacity_kw,
@@ -51,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> SubstationConfig:
                             max_sessions=args.max_sessions,
                             limits=ChargeLimits(min_kw=args.min_kw),
                             tick_interval_s=args.tick_interval, history=args.history,
+                            retention_s=args.ended_retention,
                             fault_file=args.fault_file,
                             internal_token=os.environ.get("GRID_INTERNAL_TOKEN") or None)
 

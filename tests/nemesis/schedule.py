@@ -10,6 +10,7 @@ while admissions are waiting for their commit.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -61,21 +62,23 @@ def make_schedule(seed: int, duration_s: float, topology: Topology, mean_gap_s: 
     t = warmup_s
     while True:
         t += rng.expovariate(1.0 / mean_gap_s)
-        if t > duration_s - 1.0:
+        at = round(t, 2)
+        if at > duration_s - 1.0:
             return faults
         kind = rng.choices(kinds, weights)[0]
         candidates = [c for c in _targets(kind, topology)
-                      if all(busy_until.get(b, 0.0) <= t for b in _holds(c, topology))]
+                      if all(busy_until.get(b, 0.0) <= at for b in _holds(c, topology))]
         if not candidates:
             continue
         target = rng.choice(candidates)
         length = 0.0 if kind == RESTART else \
-            min(rng.uniform(0.5, 6.0 if kind != SLOW_DISK else 8.0), duration_s - t)
+            min(rng.uniform(0.5, 6.0 if kind != SLOW_DISK else 8.0), duration_s - at)
+        length = math.floor(length * 100) / 100     # shown to the hundredth, never longer
         value = _value(kind, rng, topology)
-        faults.append(Fault(round(t, 2), kind, target, round(length, 2), value))
+        faults.append(Fault(at, kind, target, length, value))
         # A restart or a revert takes a moment: the target rests a second after it.
         for held in _holds(target, topology):
-            busy_until[held] = t + length + 1.0
+            busy_until[held] = at + length + 1.0
 
 
 def _holds(target: str, topology: Topology) -> tuple[str, ...]:

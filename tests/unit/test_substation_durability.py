@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from gridlb.durable import GroupCommitDB
+from substation.__main__ import parse_args
 from substation.app import create_app
 from substation.charging import CHARGING, OverCapacity, SessionTable
 from substation.config import SubstationConfig
@@ -276,3 +277,16 @@ def test_over_capacity_only_when_the_load_exceeds_it() -> None:
     assert not table.over_capacity
     table.capacity_kw = 9.0
     assert table.over_capacity
+
+
+def test_the_command_line_sets_the_tick_the_retention_the_history_and_the_slow_disk() -> None:
+    config = parse_args(["--id", "s1", "--capacity-kw", "50", "--tick-interval", "30",
+                         "--ended-retention", "8", "--history", "--fault-file", "/tmp/f"])
+    assert (config.tick_interval_s, config.retention_s, config.history, config.fault_file) == \
+        (30.0, 8.0, True, "/tmp/f")
+    default = parse_args(["--id", "s1", "--capacity-kw", "50"])
+    assert (default.tick_interval_s, default.retention_s, default.history,
+            default.fault_file) == (0.2, 600.0, False, None)
+    for bad in (["--tick-interval", "0"], ["--ended-retention", "-1"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--id", "s1", "--capacity-kw", "50", *bad])
