@@ -22,6 +22,10 @@ The report counts what must be zero: double bookings (a session id held by two s
 untrue answers (a non-replay "200 charging" naming a substation that does not hold the session,
 or that admitted it after the answer), keys that received two session ids, overloads in
 Prometheus, and 5xx answers beyond their bounds.
+
+`make chaos ARGS="--nemesis --seed N --duration S"` runs the randomized nemesis instead
+(tests/nemesis/runner.py): a seeded schedule of overlapping faults on every process, and a
+checker over every substation's durable history (docs/nemesis.md).
 """
 
 from __future__ import annotations

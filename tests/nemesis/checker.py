@@ -180,7 +180,16 @@ def _excerpt(spans: Iterable[Interval], t0: float, extra: Iterable[str] = ()) ->
     return (*lines, *extra)
 
 
-def check_double_booking(spans: Sequence[Interval], t0: float = 0.0) -> list[Violation]:
+def _answers_for(session_id: str, spans: Sequence[Interval], requests: Sequence[Request],
+                 t0: float) -> list[str]:
+    """What the clients heard about a session: the attempts of the request that asked for it."""
+    vehicles = {s.admit.vehicle_id for s in spans if s.session_id == session_id}
+    return [describe_attempt(r, a, t0) for r in requests if r.vehicle_id in vehicles
+            for a in r.attempts]
+
+
+def check_double_booking(spans: Sequence[Interval], t0: float = 0.0,
+                         requests: Sequence[Request] = ()) -> list[Violation]:
     by_session: dict[str, list[Interval]] = defaultdict(list)
     for span in spans:
         by_session[span.session_id].append(span)
@@ -194,12 +203,12 @@ def check_double_booking(spans: Sequence[Interval], t0: float = 0.0) -> list[Vio
                 "double_booking", session_id,
                 f"active at {a.substation} and {b.substation} at once from "
                 f"{max(a.start_at, b.start_at) - t0:+.3f} s",
-                _excerpt(mine, t0)))
+                _excerpt(mine, t0, _answers_for(session_id, mine, requests, t0))))
     return found
 
 
-def check_energy(spans: Sequence[Interval], final: Sequence[FinalSession], t0: float = 0.0
-                 ) -> list[Violation]:
+def check_energy(spans: Sequence[Interval], final: Sequence[FinalSession], t0: float = 0.0,
+                 requests: Sequence[Request] = ()) -> list[Violation]:
     last = {(f.substation, f.session_id): f.delivered_kwh for f in final}
     by_session: dict[str, list[Interval]] = defaultdict(list)
     for span in spans:
@@ -215,7 +224,7 @@ def check_energy(spans: Sequence[Interval], final: Sequence[FinalSession], t0: f
                 "energy", session_id,
                 f"admitted {len(mine)} times ({', '.join(s.substation for s in mine)}): its "
                 f"energy is counted once per admission, {delivered:g} of {asked:g} kWh asked",
-                _excerpt(mine, t0)))
+                _excerpt(mine, t0, _answers_for(session_id, mine, requests, t0))))
         elif delivered > asked + EPSILON:
             found.append(Violation("energy", session_id,
                                    f"delivered {delivered:g} kWh of {asked:g} kWh asked",
@@ -361,7 +370,8 @@ def check(events: Sequence[Event], requests: Sequence[Request],
           final: Sequence[FinalSession], t0: float = 0.0) -> list[Violation]:
     """Every violation of every invariant, in the order of the module's docstring."""
     spans = intervals(events)
-    return [*check_double_booking(spans, t0), *check_energy(spans, final, t0),
+    return [*check_double_booking(spans, t0, requests),
+            *check_energy(spans, final, t0, requests),
             *check_answers_true(requests, spans, t0),
             *check_one_session_per_request(requests, spans, t0),
             *check_no_lost_sessions(requests, spans, final, t0),

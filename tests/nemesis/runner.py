@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import shutil
 import signal
@@ -23,7 +24,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ from tests.nemesis.checker import (
 from tests.nemesis.history import read_final, read_history
 from tests.nemesis.schedule import (
     CAPACITY,
+    HANG,
     KILL,
     PAUSE,
     REPLICAS,
@@ -280,7 +282,7 @@ class NemesisStack:
         self.note(f"{fault.kind} {fault.target}" + (f" {fault.value}" if fault.value else ""))
         if fault.kind == KILL:
             self.kill(fault.target)
-        elif fault.kind == PAUSE:
+        elif fault.kind in (PAUSE, HANG):
             self.signal(fault.target, signal.SIGSTOP)
         elif fault.kind == RESTART:
             self.stop(fault.target)
@@ -303,6 +305,9 @@ class NemesisStack:
             self.start(fault.target)
         elif fault.kind == PAUSE:
             self.signal(fault.target, signal.SIGCONT)
+        elif fault.kind == HANG:
+            self.kill(fault.target)
+            self.start(fault.target)
         elif fault.kind == CAPACITY:
             self.stop(fault.target)
             self.start(fault.target)
@@ -483,6 +488,7 @@ async def run_nemesis(seed: int, duration_s: float, workload: Workload = Workloa
                         balancers=tuple(balancer_name(n) for n in (1, 2, 3)), replicas=replicas)
     schedule = make_schedule(seed, duration_s, topology)
     report = NemesisReport(seed, duration_s, schedule, replicas=replicas)
+    keep = run_dir is not None
     with contextlib.ExitStack() as cleanup:
         if run_dir is None:
             run_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="nemesis-")))
@@ -514,4 +520,13 @@ async def run_nemesis(seed: int, duration_s: float, workload: Workload = Workloa
             await asyncio.to_thread(stack.shutdown)
         collect(stack, report)
         report.violations = check(report.events, report.requests, report.final, report.t0)
+        if keep:
+            # Everything the checker judged, to read again (the interleaving does not repeat).
+            (run_dir / "nemesis-run.json").write_text(json.dumps(
+                {"seed": seed, "t0": report.t0, "schedule": [asdict(f) for f in schedule],
+                 "actions": [asdict(a) for a in report.actions],
+                 "requests": [asdict(r) for r in report.requests],
+                 "events": [asdict(e) for e in report.events],
+                 "final": [asdict(f) for f in report.final],
+                 "violations": [asdict(v) for v in report.violations]}, indent=1))
     return report

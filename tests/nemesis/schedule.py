@@ -1,8 +1,10 @@
 """The nemesis's seeded fault schedule: the same seed and topology give the same schedule.
 
 Faults arrive at random (exponential gaps) and last a random while; several overlap, on different
-targets. A target takes one fault at a time: a process (kill and restart later, SIGSTOP then
-SIGCONT, a graceful restart, a restart with less capacity), a substation's disk (slow commits),
+targets. A target takes one fault at a time: a process (SIGKILL and start it later; SIGSTOP then
+SIGCONT; hang: SIGSTOP, then SIGKILL and start, as a supervisor does with a hung process, so
+that what it had read and not answered is lost; a graceful restart; a restart with less
+capacity), a substation's disk (slow commits),
 Prometheus's list of substations (empty, or some left out), the balancer replica count. A slow
 disk and a kill of the same substation are different targets, so they can overlap: a crash
 while admissions are waiting for their commit.
@@ -16,11 +18,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-KILL, PAUSE, RESTART, CAPACITY = "kill", "pause", "restart", "capacity"
-SLOW_DISK, TARGETS, REPLICAS = "slow_disk", "targets", "replicas"
-KINDS = (KILL, PAUSE, RESTART, CAPACITY, SLOW_DISK, TARGETS, REPLICAS)
+KILL, PAUSE, HANG, RESTART = "kill", "pause", "hang", "restart"
+CAPACITY, SLOW_DISK, TARGETS, REPLICAS = "capacity", "slow_disk", "targets", "replicas"
+KINDS = (KILL, PAUSE, HANG, RESTART, CAPACITY, SLOW_DISK, TARGETS, REPLICAS)
 # How often each kind is drawn (out of the sum).
-WEIGHTS = {KILL: 4, PAUSE: 4, RESTART: 2, CAPACITY: 1, SLOW_DISK: 3, TARGETS: 2, REPLICAS: 2}
+WEIGHTS = {KILL: 4, PAUSE: 4, HANG: 3, RESTART: 2, CAPACITY: 1, SLOW_DISK: 3, TARGETS: 2,
+           REPLICAS: 2}
 SLOW_DISK_MS = (200, 800, 2500)
 
 
@@ -92,7 +95,7 @@ def _holds(target: str, topology: Topology) -> tuple[str, ...]:
 
 
 def _targets(kind: str, topology: Topology) -> Sequence[str]:
-    if kind in (KILL, PAUSE, RESTART):
+    if kind in (KILL, PAUSE, HANG, RESTART):
         # Only replicas that run by default: the replica-count fault starts and stops the rest.
         return topology.processes
     if kind == CAPACITY:
