@@ -527,7 +527,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="make chaos", description=__doc__)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--rate", type=float, default=15.0)
-    parser.add_argument("--nemesis-rate", dest="rate_nemesis", type=float, default=4.0,
+    parser.add_argument("--nemesis-rate", dest="rate_nemesis", type=float, default=3.0,
                         help="the nemesis: new charge requests per second")
     parser.add_argument("--max-snapshot-age", type=float, default=3.0)
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2],

@@ -13,8 +13,8 @@ from tests.nemesis.schedule import KINDS
 
 pytestmark = pytest.mark.integration
 
-# Chosen for its schedule: every kind of fault within 35 s (25 faults, several overlapping).
-SEED = 8
+# Chosen for its schedule: every kind of fault within 35 s (25, several overlapping), one replica.
+SEED = 5
 
 
 def test_a_short_seeded_nemesis_run_keeps_every_invariant() -> None:

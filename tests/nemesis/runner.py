@@ -88,11 +88,11 @@ _FINAL_4XX = {400, 401, 413, 415, 422}
 
 @dataclass(frozen=True)
 class Workload:
-    rate_per_s: float = 4.0
+    rate_per_s: float = 3.0
     keyless_share: float = 0.25
     stop_share: float = 0.25
     huge_share: float = 0.02
-    session_s: tuple[float, float] = (2.0, 10.0)
+    session_s: tuple[float, float] = (1.5, 6.0)
     # How long a client keeps retrying one request, at most.
     patience_s: float = 25.0
     keyless_attempts: int = 8
