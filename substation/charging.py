@@ -152,7 +152,7 @@ class SessionTable:
         or recognise a repeat of one (in whatever state it is now)."""
         admission = self.reserve(session_id, vehicle_id, power_kw, energy_kwh, now, epoch)
         if not admission.duplicate:
-            self.confirm(session_id, now)
+            self.confirm(session_id)
         return admission
 
     def reserve(self, session_id: str, vehicle_id: str, power_kw: float, energy_kwh: float,
@@ -179,18 +179,19 @@ class SessionTable:
         if not fits(self.load_kw + self.saving_kw, power_kw, self.capacity_kw):
             raise OverCapacity(self.load_kw, self.capacity_kw, power_kw, self.saving_kw)
         # No advance() here: that walks every session, on every request. A new session
-        # accrues from its confirmation (see confirm and _deliver).
+        # accrues from its own start (see _deliver).
         session = ChargingSession(session_id, vehicle_id, power_kw, energy_kwh, 0.0, CHARGING,
                                   started_at=now, epoch=epoch)
         self.saving[session_id] = session
         self.saving_kw += power_kw
         return Admission(session, duplicate=False)
 
-    def confirm(self, session_id: str, now: float) -> ChargingSession:
+    def confirm(self, session_id: str) -> ChargingSession:
         """The reserved session is on disk: from now on it charges, counts in the load and is
         seen by every view, fence and repeat."""
         session = self._unreserve(session_id)
-        session.credited_at = max(session.credited_at, now)
+        # It charges from its admission (`started_at`, on disk): its forecast end and the
+        # energy credited at the next tick count from there, as they would without a disk.
         self.active[session_id] = session
         self._track_end(session)
         self.fences.pop(session_id, None)

@@ -66,7 +66,7 @@ async def save_admission(app: web.Application, session: ChargingSession) -> None
         table.withdraw(session.session_id)
         refresh_gauges(app)
         raise
-    table.confirm(session.session_id, time.time())
+    table.confirm(session.session_id)
     refresh_gauges(app)
 
 

@@ -254,11 +254,11 @@ def test_a_reserved_session_takes_capacity_but_shows_nowhere_until_confirmed() -
     with pytest.raises(RuntimeError, match="being saved: wait for its save first"):
         table.reserve("a", "ev", 7.0, 20.0, now=1.0)
     seq = table.load_seq
-    session = table.confirm("a", now=2.0)
+    session = table.confirm("a")
     assert table.get("a") is session and session.epoch == 4 and session.started_at == 1.0
     assert (table.load_kw, table.saving_kw, table.load_seq) == (7.0, 0.0, seq + 1)
-    # It charges from its confirmation, not while it was being saved.
-    assert session.credited_at == 2.0
+    # It charges from its admission, as the forecast and `ends_at` say.
+    assert session.credited_at == 1.0 and table.ends_at(session) == 1.0 + 20.0 / 7.0 * 60.0
 
 
 def test_a_withdrawn_reservation_gives_its_capacity_back_and_keeps_the_fence() -> None:
