@@ -106,14 +106,19 @@ class GroupCommitDB:
         self._writer.execute("COMMIT")
         return result
 
-    async def write(self, write: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `write` in the next commit group; return once that group is on disk."""
+    def submit(self, write: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue `write` for the next commit group now (writes commit in the order they are
+        submitted); the future is done once its group is on disk."""
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._task = asyncio.create_task(self._commit_groups(), name="sqlite-group-commit")
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(write, done))
-        return await done
+        return done
+
+    async def write(self, write: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `write` in the next commit group; return once that group is on disk."""
+        return await self.submit(write)
 
     async def _commit_groups(self) -> None:
         assert self._queue is not None

@@ -14,6 +14,7 @@ production).
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -91,15 +92,24 @@ class SessionStore:
                    events: Sequence[tuple[str, ChargingSession, float]] = ()) -> None:
         """Upsert `sessions` and append `events` ((event, session, at), kept only with a
         history), all in one transaction."""
+        await self.submit(sessions, events)
+
+    def submit(self, sessions: Iterable[ChargingSession],
+               events: Sequence[tuple[str, ChargingSession, float]] = ()
+               ) -> asyncio.Future[None]:
+        """As `save`, queued at once (so the history keeps the order things happened in);
+        await the future for it to be on disk."""
         rows = _rows(sessions)
         history = self._history_rows(events)
         if not rows and not history:
-            return
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
 
         def write(c: sqlite3.Connection) -> None:
             c.executemany(_UPSERT, rows)
             c.executemany(_HISTORY, history)
-        await self.db.write(write)
+        return self.db.submit(write)
 
     def _history_rows(self, events: Sequence[tuple[str, ChargingSession, float]]
                       ) -> list[tuple[object, ...]]:

@@ -13,6 +13,7 @@ for that save; the load and every list count only sessions already on disk.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -56,12 +57,13 @@ def refresh_gauges(app: web.Application) -> None:
     metrics.over_capacity.set(1 if table.over_capacity else 0)
 
 
-async def save_admission(app: web.Application, session: ChargingSession) -> None:
-    """On disk (with its history event), then confirmed; withdrawn if the save fails."""
+async def save_admission(app: web.Application, session: ChargingSession,
+                         saved: Awaitable[None] | None) -> None:
+    """Once its save is on disk (with its history event), confirmed; withdrawn if it fails."""
     table = app[TABLE]
     try:
-        if STORE in app:
-            await app[STORE].save([session], [(ADMIT, session, session.started_at)])
+        if saved is not None:
+            await saved
     except BaseException:
         table.withdraw(session.session_id)
         refresh_gauges(app)
@@ -98,7 +100,11 @@ async def charge(request: web.Request) -> web.Response:
     try:
         # On disk before the answer (and before anything else shows it): a confirmed session
         # survives a crash right after.
-        await app[SAVES].run(parsed.session_id, save_admission(app, admission.session))
+        session = admission.session
+        # Queued now, in the order of admission: the history's order is the capacity's.
+        saved = app[STORE].submit([session], [(ADMIT, session, session.started_at)]) \
+            if STORE in app else None
+        await app[SAVES].run(parsed.session_id, save_admission(app, session, saved))
     except Exception as exc:
         metrics.requests["not_saved"].inc()
         # A 5xx: the balancer fences the session here (now absent) and tries the next.
