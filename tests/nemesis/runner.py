@@ -383,7 +383,10 @@ class Clients:
         self.http = http
         self.url = ingress_url
         self.workload = workload
-        self.rng = random.Random(seed * 7919 + 1)   # the clients' own stream, not the faults'
+        self.seed = seed
+        # The retries' jitter: a stream of its own, so the workload (plan_requests) is the
+        # seed's whatever the timing.
+        self.jitter = random.Random(f"jitter-{seed}")
         self.requests: list[Request] = []
         self.stops: Counter[str] = Counter()
         self.headers = {"Authorization": f"Bearer {API_KEY}"}
@@ -433,7 +436,7 @@ class Clients:
                 return     # without a key, only what says nothing was sent or started
             if time.time() + wait > deadline:
                 return
-            await asyncio.sleep(wait * self.rng.uniform(1.0, 1.5))
+            await asyncio.sleep(wait * self.jitter.uniform(1.0, 1.5))
 
     async def stop(self, session_id: str, deadline: float) -> None:
         while time.time() < deadline:
@@ -450,28 +453,41 @@ class Clients:
 
     async def run(self, t0: float, duration_s: float, settle_s: float) -> None:
         """New requests for `duration_s`; their retries go on for at most `settle_s` after."""
-        w = self.workload
         tasks = []
-        at = t0
-        i = 0
-        while True:
-            at += self.rng.expovariate(w.rate_per_s)
-            if at > t0 + duration_s:
-                break
-            keyed = self.rng.random() >= w.keyless_share
-            kw = HUGE_KW if self.rng.random() < w.huge_share else self.rng.choice(POWERS_KW)
-            session_s = self.rng.uniform(*w.session_s)
-            stop_after = self.rng.uniform(0.5, 4.0) if self.rng.random() < w.stop_share \
-                else None
-            request = Request(f"r{i}", f"ev-{i}", kw,
-                              round(kw * session_s * SPEED_FACTOR / 3600.0, 3),
-                              key=f"nemesis-{i}" if keyed else None)
-            self.requests.append(request)
-            deadline = min(at + w.patience_s, t0 + duration_s + settle_s)
+        for planned in plan_requests(self.seed, duration_s, self.workload):
+            self.requests.append(planned.request)
+            at = t0 + planned.at
+            deadline = min(at + self.workload.patience_s, t0 + duration_s + settle_s)
             await sleep_until(at)
-            tasks.append(asyncio.create_task(self.charge(request, deadline, stop_after)))
-            i += 1
+            tasks.append(asyncio.create_task(self.charge(planned.request, deadline,
+                                                         planned.stop_after)))
         await asyncio.gather(*tasks)
+
+
+@dataclass(frozen=True)
+class Planned:
+    at: float                   # seconds after the traffic starts
+    request: Request
+    stop_after: float | None    # stopped this long after its 200, if at all
+
+
+def plan_requests(seed: int, duration_s: float, workload: Workload) -> list[Planned]:
+    """The run's requests, from the seed alone: the same seed, the same requests."""
+    rng = random.Random(f"workload-{seed}")
+    planned: list[Planned] = []
+    at = 0.0
+    while True:
+        at += rng.expovariate(workload.rate_per_s)
+        if at > duration_s:
+            return planned
+        i = len(planned)
+        keyed = rng.random() >= workload.keyless_share
+        kw = HUGE_KW if rng.random() < workload.huge_share else rng.choice(POWERS_KW)
+        session_s = rng.uniform(*workload.session_s)
+        stop_after = rng.uniform(0.5, 4.0) if rng.random() < workload.stop_share else None
+        request = Request(f"r{i}", f"ev-{i}", kw, round(kw * session_s * SPEED_FACTOR / 3600, 3),
+                          key=f"nemesis-{i}" if keyed else None)
+        planned.append(Planned(at, request, stop_after))
 
 
 def collect(stack: NemesisStack, report: NemesisReport) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.nemesis.runner import Workload, plan_requests
 from tests.nemesis.schedule import KINDS, Topology, make_schedule, render
 
 TOPOLOGY = Topology(("sub-a", "sub-b", "sub-c"), ("balancer", "balancer-2", "balancer-3"), 2)
@@ -47,3 +48,14 @@ def test_faults_on_one_target_never_overlap_and_all_are_undone_in_time(seed: int
                 assert f.at >= end - 1e-9 or f.at + f.duration <= start, (name, f)
             held.setdefault(name, []).append((f.at, f.at + f.duration + 1.0))
     assert [f.at for f in faults] == sorted(f.at for f in faults)
+
+
+def test_the_same_seed_gives_the_same_requests() -> None:
+    workload = Workload(rate_per_s=3.0, keyless_share=0.25)
+    first, again = plan_requests(5, 60, workload), plan_requests(5, 60, workload)
+    assert first == again and first != plan_requests(6, 60, workload)
+    assert 120 <= len(first) <= 240 and all(0 < p.at <= 60 for p in first)
+    keyless = sum(1 for p in first if p.request.key is None)
+    assert 0.1 < keyless / len(first) < 0.4
+    # One vehicle per request: the history tells which sessions each request started.
+    assert len({p.request.vehicle_id for p in first}) == len(first)
