@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -37,9 +39,39 @@ class _Pending(Generic[T]):
     done: asyncio.Future[T]
 
 
+class FileDelay:
+    """A slow disk for tests and the nemesis (tests/nemesis/), injectable into a running process:
+    each commit first sleeps the milliseconds written in `path` (absent, empty or not a number:
+    none). The file is read again only when it changes, so a commit costs one stat."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._stamp: tuple[int, int] | None = None
+        self.delay_s = 0.0
+
+    def __call__(self) -> None:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            self._stamp, self.delay_s = None, 0.0
+            return
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                ms = float(self.path.read_text().strip() or 0)
+                # At most a minute (and no inf or NaN): slow, never hung for good.
+                self.delay_s = min(60.0, ms / 1000.0) if ms > 0 else 0.0
+            except (OSError, ValueError):
+                self.delay_s = 0.0
+        if self.delay_s > 0:
+            time.sleep(self.delay_s)   # the writer thread's, as a slow fsync would
+
+
 class GroupCommitDB:
     def __init__(self, path: str | Path, schema: str,
-                 durability: Durability = Durability.FULL) -> None:
+                 durability: Durability = Durability.FULL,
+                 before_commit: Callable[[], None] | None = None) -> None:
         if str(path) == ":memory:":
             # Two connections must see one database: a named in-memory database, shared.
             uri = f"file:gridlb-memory-{next(_memory_ids)}?mode=memory&cache=shared"
@@ -59,6 +91,9 @@ class GroupCommitDB:
         self._task: asyncio.Task[None] | None = None
         self.groups_committed = 0
         self.writes_committed = 0
+        # Runs in the writer thread after a group's writes, before its COMMIT: a slow or failing
+        # disk for tests (FileDelay); what it raises fails the whole group.
+        self.before_commit = before_commit
 
     def write_now(self, write: Write) -> Any:
         """A synchronous write, for start-up and shutdown (no event loop running the writer)."""
@@ -71,14 +106,19 @@ class GroupCommitDB:
         self._writer.execute("COMMIT")
         return result
 
-    async def write(self, write: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `write` in the next commit group; return once that group is on disk."""
+    def submit(self, write: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue `write` for the next commit group now (writes commit in the order they are
+        submitted); the future is done once its group is on disk."""
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._task = asyncio.create_task(self._commit_groups(), name="sqlite-group-commit")
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(write, done))
-        return await done
+        return done
+
+    async def write(self, write: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `write` in the next commit group; return once that group is on disk."""
+        return await self.submit(write)
 
     async def _commit_groups(self) -> None:
         assert self._queue is not None
@@ -122,6 +162,8 @@ class GroupCommitDB:
                     self._writer.execute("ROLLBACK TO one_write")
                     outcomes.append(exc)
                 self._writer.execute("RELEASE one_write")
+            if self.before_commit is not None:
+                self.before_commit()
         except BaseException:
             self._writer.execute("ROLLBACK")
             raise

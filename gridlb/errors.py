@@ -46,6 +46,7 @@ class ErrorCode(str, Enum):
     TOO_MANY_SESSIONS = "too_many_sessions"
     SESSION_CONFLICT = "session_conflict"
     SESSION_FENCED = "session_fenced"
+    SESSION_NOT_SAVED = "session_not_saved"
 
     def __str__(self) -> str:
         return self.value

@@ -32,14 +32,25 @@ def parse_args(argv: list[str] | None = None) -> SubstationConfig:
                         help="sessions charging at once, at most")
     parser.add_argument("--min-kw", type=float, default=DEFAULT_MIN_KW,
                         help="the smallest charging power accepted")
-    parser.add_argument("--retention-s", type=float, default=600.0,
-                        help="seconds an ended session stays readable before it is forgotten")
+    parser.add_argument("--tick-interval", type=float, default=0.2,
+                        help="seconds between two steps of the simulation (energy is credited "
+                             "and completed sessions end at each step)")
+    parser.add_argument("--ended-retention", type=float, default=600.0,
+                        help="seconds an ended session stays readable (then it is forgotten, "
+                             "here and in the state file)")
+    parser.add_argument("--history", action="store_true",
+                        help="append every admission, stop and completion to a history table "
+                             "in the state file, in the same transaction (for the nemesis's "
+                             "checker; never pruned)")
+    parser.add_argument("--fault-file", default=None,
+                        help="TEST ONLY: a file holding a delay in ms that every commit waits "
+                             "first (a slow disk, changed while running)")
     add_common_args(parser)
     args = parser.parse_args(argv)
-    if not args.retention_s > 0:
-        parser.error("--retention-s must be above 0")
-    if args.capacity_kw <= 0 or args.speed_factor <= 0:
-        parser.error("--capacity-kw and --speed-factor must be positive")
+    if args.capacity_kw <= 0 or args.speed_factor <= 0 or not args.tick_interval > 0 \
+            or not args.ended_retention > 0:
+        parser.error("--capacity-kw, --speed-factor, --tick-interval and --ended-retention "
+                     "must be positive")
     if args.max_sessions < 1 or not args.min_kw > 0:
         parser.error("--max-sessions must be at least 1 and --min-kw above 0")
     token = os.environ.get("GRID_INTERNAL_TOKEN") or None
@@ -47,8 +58,10 @@ def parse_args(argv: list[str] | None = None) -> SubstationConfig:
     return SubstationConfig(substation_id=args.id, capacity_kw=args.capacity_kw,
                             host=args.host, port=args.port, speed_factor=args.speed_factor,
                             state_path=args.state_path, durability=Durability(args.durability),
-                            max_sessions=args.max_sessions, retention_s=args.retention_s,
+                            max_sessions=args.max_sessions, retention_s=args.ended_retention,
                             limits=ChargeLimits(min_kw=args.min_kw),
+                            tick_interval_s=args.tick_interval, history=args.history,
+                            fault_file=args.fault_file,
                             internal_token=token, log_format=args.log_format)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from gridlb.durable import FileDelay
 from gridlb.http import bearer_token_middleware, json_errors_middleware
 from gridlb.logs import access_log_middleware, log_startup, request_id_middleware
 from gridlb.serviceinfo import package_version, register_service_info
@@ -17,8 +18,9 @@ from gridlb.tasks import background
 from substation.charging import ChargingSession, SessionTable
 from substation.config import SubstationConfig
 from substation.metrics import SubstationMetrics
-from substation.state import CONFIG, METRICS, STORE, TABLE
-from substation.store import SessionStore
+from substation.saving import Saves
+from substation.state import CONFIG, METRICS, SAVES, STORE, TABLE
+from substation.store import COMPLETE, SessionStore
 from substation.views import refresh_gauges, setup_routes
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,14 @@ def tick(app: web.Application, now: float) -> list[ChargingSession]:
     return completed
 
 
+async def save_progress(app: web.Application, completed: list[ChargingSession],
+                        charging: Iterable[ChargingSession]) -> None:
+    """Completed sessions (with their history events) and the energy of those charging."""
+    now = time.time()
+    await app[STORE].save([*completed, *charging],
+                          [(COMPLETE, s, s.ended_at or now) for s in completed])
+
+
 async def run_simulation(app: web.Application) -> None:
     config = app[CONFIG]
     slices = max(1, round(_SAVE_EVERY_S / config.tick_interval_s))
@@ -50,30 +60,40 @@ async def run_simulation(app: web.Application) -> None:
             if STORE not in app:
                 continue
             store, turn = app[STORE], (turn + 1) % slices
-            await store.save([*completed, *(s for s in app[TABLE].active.values()
-                                            if hash(s.session_id) % slices == turn)])
+            await save_progress(app, completed, (s for s in app[TABLE].active.values()
+                                                 if hash(s.session_id) % slices == turn))
             if turn == 0:
                 now = time.time()
                 await store.delete_before(now - config.retention_s,
                                           now - app[TABLE].fence_retention_s)
     finally:
-        tick(app, time.time())
+        # The last tick's completions are saved too: left out, they would come back charging
+        # from an older save after a restart and deliver their energy a second time.
+        completed = tick(app, time.time())
+        if STORE in app:
+            await save_progress(app, completed, list(app[TABLE].active.values()))
 
 
 async def session_store(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     if config.state_path is None:
         yield
+        await app[SAVES].all_settled()
         return
-    store = SessionStore(config.state_path, config.durability)
+    store = SessionStore(config.state_path, config.durability,
+                         history_of=config.substation_id if config.history else None,
+                         before_commit=FileDelay(config.fault_file) if config.fault_file
+                         else None)
     now = time.time()
     for session in store.load():
         app[TABLE].resume(session, now)
     for session_id, epoch, at in store.load_fences():
         app[TABLE].resume_fence(session_id, epoch, at)
+    store.record_start(config.capacity_kw, now)
     refresh_gauges(app)
     app[STORE] = store
     yield
+    await app[SAVES].all_settled()    # every admission confirmed or withdrawn
     await store.save(app[TABLE].active.values())   # the energy delivered up to the shutdown
     await store.aclose()
 
@@ -110,6 +130,7 @@ def create_app(config: SubstationConfig, registry: CollectorRegistry | None = No
                      bearer_token_middleware([config.internal_token or ""],
                                              ("/metrics", "/healthz", "/readyz"))])
     app[CONFIG] = config
+    app[SAVES] = Saves()
     app[TABLE] = SessionTable(config.capacity_kw, config.speed_factor, config.retention_s,
                               max_sessions=config.max_sessions,
                               load_seq=first_load_seq(time.time()),

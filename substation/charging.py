@@ -10,6 +10,10 @@ charge carries the `epoch` of the dispatch that sent it; `fence(id, epoch)` answ
 session is here and, if it is not, refuses every later copy with a lower epoch. A dispatch that
 fenced every substation knows that no late copy of an older dispatch can start the session
 anywhere, and may place it itself.
+
+Durable before visible: a new session is first reserved (its power taken, so nothing admitted
+meanwhile can exceed the capacity), saved, and only then confirmed; until then no answer, view,
+fence or repeat shows it, so nothing is ever confirmed that a crash could still lose.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gridlb.charge import fits
+from gridlb.charge import FIT_TOLERANCE_KW, fits
 
 CHARGING, COMPLETED, STOPPED = "charging", "completed", "stopped"
 
@@ -34,10 +38,14 @@ class Refusal(Exception):
 class OverCapacity(Refusal):
     code = "over_capacity"
 
-    def __init__(self, load_kw: float, capacity_kw: float, requested_kw: float) -> None:
+    def __init__(self, load_kw: float, capacity_kw: float, requested_kw: float,
+                 saving_kw: float = 0.0) -> None:
         self.load_kw, self.capacity_kw = load_kw, capacity_kw
-        super().__init__(f"{requested_kw:g} kW does not fit: load {load_kw:g} kW of "
-                         f"{capacity_kw:g} kW capacity")
+        saving = f" (+{saving_kw:g} kW being saved)" if saving_kw > 0 else ""
+        over = ("; above its capacity since it was restarted with less, it takes no new "
+                "session until its load is under it") if load_kw > capacity_kw else ""
+        super().__init__(f"{requested_kw:g} kW does not fit: load {load_kw:g} kW{saving} of "
+                         f"{capacity_kw:g} kW capacity{over}")
 
 
 class TooManySessions(Refusal):
@@ -68,6 +76,9 @@ class ChargingSession:
     state: str
     started_at: float
     ended_at: float | None = None
+    # The epoch of the dispatch that admitted it, for the history (0: not known, resumed
+    # from disk, where it is not kept). Not in its JSON.
+    epoch: int = field(default=0, compare=False)
     # Until when energy has been credited: not persisted, because a restarted substation
     # must not credit the time it was down.
     credited_at: float = field(default=-1.0, compare=False)
@@ -78,7 +89,7 @@ class ChargingSession:
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
-        del body["credited_at"]
+        del body["credited_at"], body["epoch"]
         return body
 
     def same_request(self, vehicle_id: str, power_kw: float, energy_kwh: float) -> bool:
@@ -105,6 +116,10 @@ class SessionTable:
         self.fence_retention_s = fence_retention_s
         self.max_fences = max_fences
         self.active: dict[str, ChargingSession] = {}
+        # Admitted, not yet on disk (reserve -> confirm or withdraw): their power is taken,
+        # but nothing the substation reports shows them (durable before visible).
+        self.saving: dict[str, ChargingSession] = {}
+        self.saving_kw = 0.0
         self.ended: OrderedDict[str, ChargingSession] = OrderedDict()
         # session id -> (lowest epoch still allowed to start it, when fenced), oldest first
         self.fences: OrderedDict[str, tuple[int, float]] = OrderedDict()
@@ -133,8 +148,21 @@ class SessionTable:
 
     def admit(self, session_id: str, vehicle_id: str, power_kw: float, energy_kwh: float,
               now: float, epoch: int = 1) -> Admission:
-        """Start a session, or recognise a repeat of one (in whatever state it is now);
-        never exceed capacity or the session cap; never start a fenced copy."""
+        """Start a session at once (`reserve` then `confirm`: for a table kept in memory only),
+        or recognise a repeat of one (in whatever state it is now)."""
+        admission = self.reserve(session_id, vehicle_id, power_kw, energy_kwh, now, epoch)
+        if not admission.duplicate:
+            self.confirm(session_id)
+        return admission
+
+    def reserve(self, session_id: str, vehicle_id: str, power_kw: float, energy_kwh: float,
+                now: float, epoch: int = 1) -> Admission:
+        """Take the capacity for a new session, invisibly until `confirm` (once it is on disk)
+        or `withdraw` (its save failed); or recognise a repeat of one (in whatever state it is
+        now). Never exceed capacity (counting the sessions being saved) or the session cap;
+        never start a fenced copy."""
+        if session_id in self.saving:
+            raise RuntimeError(f"session {session_id} is being saved: wait for its save first")
         existing = self.get(session_id)
         if existing is not None:
             if not existing.same_request(vehicle_id, power_kw, energy_kwh):
@@ -144,21 +172,49 @@ class SessionTable:
         if fence is not None and epoch < fence[0]:
             raise SessionFenced(f"session {session_id}: epoch {epoch} is older than the fence "
                                 f"at epoch {fence[0]}; a newer dispatch owns it")
-        if len(self.active) >= self.max_sessions:
-            raise TooManySessions(f"{len(self.active)} sessions are charging, the most this "
-                                  "substation takes")
-        if not fits(self.load_kw, power_kw, self.capacity_kw):
-            raise OverCapacity(self.load_kw, self.capacity_kw, power_kw)
+        if len(self.active) + len(self.saving) >= self.max_sessions:
+            saving = f" (with {len(self.saving)} being saved)" if self.saving else ""
+            raise TooManySessions(f"{len(self.active) + len(self.saving)} sessions are "
+                                  f"charging{saving}, the most this substation takes")
+        if not fits(self.load_kw + self.saving_kw, power_kw, self.capacity_kw):
+            raise OverCapacity(self.load_kw, self.capacity_kw, power_kw, self.saving_kw)
         # No advance() here: that walks every session, on every request. A new session
         # accrues from its own start (see _deliver).
         session = ChargingSession(session_id, vehicle_id, power_kw, energy_kwh, 0.0, CHARGING,
-                                  started_at=now)
+                                  started_at=now, epoch=epoch)
+        self.saving[session_id] = session
+        self.saving_kw += power_kw
+        return Admission(session, duplicate=False)
+
+    def confirm(self, session_id: str) -> ChargingSession:
+        """The reserved session is on disk: from now on it charges, counts in the load and is
+        seen by every view, fence and repeat."""
+        session = self._unreserve(session_id)
+        # It charges from its admission (`started_at`, on disk): its forecast end and the
+        # energy credited at the next tick count from there, as they would without a disk.
         self.active[session_id] = session
         self._track_end(session)
         self.fences.pop(session_id, None)
-        self.load_kw += power_kw
+        self.load_kw += session.power_kw
         self._changed()
-        return Admission(session, duplicate=False)
+        return session
+
+    def withdraw(self, session_id: str) -> None:
+        """The reserved session could not be saved: it never started, its capacity is free."""
+        self._unreserve(session_id)
+
+    def _unreserve(self, session_id: str) -> ChargingSession:
+        session = self.saving.pop(session_id)
+        self.saving_kw -= session.power_kw
+        if not self.saving:
+            self.saving_kw = 0.0    # no float drift survives an empty reservation list
+        return session
+
+    @property
+    def over_capacity(self) -> bool:
+        """Above its capacity: only when restarted with a lower one than its sessions took.
+        It keeps them and admits nothing until the load is under the capacity again."""
+        return self.load_kw > self.capacity_kw + FIT_TOLERANCE_KW
 
     def ends_at(self, session: ChargingSession) -> float:
         """When the session leaves the load (real time) if it runs to its declared energy:
@@ -206,7 +262,10 @@ class SessionTable:
 
     def fence(self, session_id: str, epoch: int, now: float) -> ChargingSession | None:
         """The session if it is here (in any state); otherwise None, and from now on copies
-        with an epoch below `epoch` are refused (fences only rise)."""
+        with an epoch below `epoch` are refused (fences only rise). A session being saved
+        must be waited for first: it is neither here yet nor absent."""
+        if session_id in self.saving:
+            raise RuntimeError(f"session {session_id} is being saved: wait for its save first")
         existing = self.get(session_id)
         if existing is not None:
             return existing
@@ -216,8 +275,10 @@ class SessionTable:
         return None
 
     def resume(self, session: ChargingSession, now: float) -> None:
-        """Take back a session persisted before a restart (capacity is not re-checked: it was
-        admitted under the same capacity). It charges again from `now`, not while it was down."""
+        """Take back a session persisted before a restart. Capacity is not re-checked: it was
+        admitted, and is kept even if the substation now has less (`over_capacity` then says
+        so, and nothing new is admitted until the load is under it). It charges again from
+        `now`, not while it was down."""
         session.credited_at = now
         if session.state == CHARGING:
             self.active[session.session_id] = session

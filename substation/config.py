@@ -27,3 +27,8 @@ class SubstationConfig:
     # scrape intervals (1 to 60 s) with little error, few enough to stay a handful of series.
     forecast_horizons_s: tuple[float, ...] = FORECAST_HORIZONS_S
     log_format: str = "text"        # or "json" (gridlb/logs.py)
+    # Append every admission, stop and completion to the state file's history table (for the
+    # nemesis's checker; never pruned).
+    history: bool = False
+    # Test only: a file holding a delay in ms that every commit waits first (a slow disk).
+    fault_file: str | None = None

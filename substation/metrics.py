@@ -12,7 +12,7 @@ from gridlb.charge import horizon_label
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 OUTCOMES = ("accepted", "duplicate", "over_capacity", "too_many_sessions", "conflict", "fenced",
-            "invalid")
+            "invalid", "not_saved")
 
 
 class SubstationMetrics:
@@ -40,6 +40,15 @@ class SubstationMetrics:
                               registry=registry).labels(**label)
         self.active = Gauge("substation_active_sessions", "Sessions charging now",
                             ["substation"], registry=registry).labels(**label)
+        # Admitted, waiting for their commit: above a few, the disk is slow (none of them is
+        # in the load or the other gauges until it is on disk).
+        self.saving = Gauge("substation_sessions_saving", "Sessions admitted and being saved",
+                            ["substation"], registry=registry).labels(**label)
+        # 1 while the load is above the capacity (restarted with less than its sessions
+        # take): nothing new is admitted until it is under it again.
+        self.over_capacity = Gauge("substation_over_capacity",
+                                   "1 while the load is above the capacity", ["substation"],
+                                   registry=registry).labels(**label)
         requests = Counter("substation_charge_requests", "Charge requests by outcome",
                            ["substation", "outcome"], registry=registry)
         # Every outcome exists from the start, so rate() works before the first refusal.

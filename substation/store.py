@@ -4,16 +4,27 @@ A session is committed (fsync'd, see gridlb/durable.py) before its admission is 
 fence before the fence is answered: a confirmed session and a promise to refuse late copies both
 survive a crash of the process or of the machine. Delivered energy is saved in slices every few
 seconds; a crash loses at most those seconds of progress, never a session.
+
+With a history (`--history`, for the nemesis's checker, tests/nemesis/) every admission, stop
+and completion is also appended to the `history` table in the same transaction as the session's
+row, so the history is exactly as durable as the sessions: what it says happened, happened, and
+what a crash took back never appears in it. It is never pruned (a test's record, not for
+production).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from gridlb.durable import Durability, GroupCommitDB
 from substation.charging import ChargingSession
+
+# History events: the substation (re)started with a capacity; a session was admitted, stopped,
+# or completed (its energy delivered).
+START, ADMIT, STOP, COMPLETE = "start", "admit", "stop", "complete"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -35,7 +46,22 @@ CREATE TABLE IF NOT EXISTS fences (
 INSERT OR IGNORE INTO fences
     SELECT session_id, 2147483647, started_at FROM sessions WHERE state = 'cancelled';
 DELETE FROM sessions WHERE state = 'cancelled';
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    substation TEXT NOT NULL,
+    event TEXT NOT NULL,
+    session_id TEXT,
+    vehicle_id TEXT,
+    power_kw REAL,
+    energy_kwh REAL,
+    delivered_kwh REAL,
+    epoch INTEGER,
+    capacity_kw REAL
+);
 """
+_HISTORY = "INSERT INTO history (at, substation, event, session_id, vehicle_id, power_kw, " \
+    "energy_kwh, delivered_kwh, epoch, capacity_kw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPSERT = """
 INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(session_id) DO UPDATE SET delivered_kwh = excluded.delivered_kwh,
@@ -54,13 +80,49 @@ def _rows(sessions: Iterable[ChargingSession]) -> list[tuple[object, ...]]:
 
 
 class SessionStore:
-    def __init__(self, path: str | Path, durability: Durability = Durability.FULL) -> None:
-        self.db = GroupCommitDB(path, _SCHEMA, durability)
+    def __init__(self, path: str | Path, durability: Durability = Durability.FULL,
+                 history_of: str | None = None,
+                 before_commit: Callable[[], None] | None = None) -> None:
+        """`history_of`: the substation id under which events are appended to the history
+        (None: no history is kept). `before_commit`: see GroupCommitDB (a slow disk)."""
+        self.db = GroupCommitDB(path, _SCHEMA, durability, before_commit)
+        self.history_of = history_of
 
-    async def save(self, sessions: Iterable[ChargingSession]) -> None:
+    async def save(self, sessions: Iterable[ChargingSession],
+                   events: Sequence[tuple[str, ChargingSession, float]] = ()) -> None:
+        """Upsert `sessions` and append `events` ((event, session, at), kept only with a
+        history), all in one transaction."""
+        await self.submit(sessions, events)
+
+    def submit(self, sessions: Iterable[ChargingSession],
+               events: Sequence[tuple[str, ChargingSession, float]] = ()
+               ) -> asyncio.Future[None]:
+        """As `save`, queued at once (so the history keeps the order things happened in);
+        await the future for it to be on disk."""
         rows = _rows(sessions)
-        if rows:
-            await self.db.write(lambda c: c.executemany(_UPSERT, rows))
+        history = self._history_rows(events)
+        if not rows and not history:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+        def write(c: sqlite3.Connection) -> None:
+            c.executemany(_UPSERT, rows)
+            c.executemany(_HISTORY, history)
+        return self.db.submit(write)
+
+    def _history_rows(self, events: Sequence[tuple[str, ChargingSession, float]]
+                      ) -> list[tuple[object, ...]]:
+        if self.history_of is None:
+            return []
+        return [(at, self.history_of, event, s.session_id, s.vehicle_id, s.power_kw,
+                 s.energy_kwh, s.delivered_kwh, s.epoch, None) for event, s, at in events]
+
+    def record_start(self, capacity_kw: float, at: float) -> None:
+        """At start-up, before anything is served: the capacity it runs with from now on."""
+        if self.history_of is not None:
+            row = (at, self.history_of, START, None, None, None, None, None, None, capacity_kw)
+            self.db.write_now(lambda c: c.execute(_HISTORY, row))
 
     async def save_fence(self, session_id: str, min_epoch: int, at: float) -> None:
         await self.db.write(lambda c: c.execute(_FENCE, (session_id, min_epoch, at)))

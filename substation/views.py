@@ -4,11 +4,16 @@ Every answer that speaks for a session carries its real state now (a repeat of a
 ended says so) and the substation's load with its sequence number (`load_kw`, `load_seq`) and
 its forecast (`load_forecast_kw`), which the balancer keeps as a reading fresher than the last
 scrape.
+
+Durable before visible (substation/saving.py): a new session is answered only once it is on
+disk, and whatever asks about a session being saved (a repeat, a fence, a read, a stop) waits
+for that save; the load and every list count only sessions already on disk.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -17,7 +22,8 @@ from gridlb.charge import describe, parse_session_charge
 from gridlb.errors import ErrorCode
 from gridlb.http import healthz, json_error, json_response, metrics_response, read_json_object
 from substation.charging import CHARGING, ChargingSession, OverCapacity, Refusal
-from substation.state import CONFIG, METRICS, STORE, TABLE
+from substation.state import CONFIG, METRICS, SAVES, STORE, TABLE
+from substation.store import ADMIT, STOP
 
 _OUTCOME_BY_CODE = {"over_capacity": "over_capacity", "too_many_sessions": "too_many_sessions",
                     "session_conflict": "conflict", "session_fenced": "fenced"}
@@ -47,6 +53,23 @@ def refresh_gauges(app: web.Application) -> None:
     metrics.load.set(table.load_kw)
     metrics.load_seq.set(table.load_seq)
     metrics.active.set(len(table.active))
+    metrics.saving.set(len(table.saving))
+    metrics.over_capacity.set(1 if table.over_capacity else 0)
+
+
+async def save_admission(app: web.Application, session: ChargingSession,
+                         saved: Awaitable[None] | None) -> None:
+    """Once its save is on disk (with its history event), confirmed; withdrawn if it fails."""
+    table = app[TABLE]
+    try:
+        if saved is not None:
+            await saved
+    except BaseException:
+        table.withdraw(session.session_id)
+        refresh_gauges(app)
+        raise
+    table.confirm(session.session_id)
+    refresh_gauges(app)
 
 
 async def charge(request: web.Request) -> web.Response:
@@ -60,9 +83,11 @@ async def charge(request: web.Request) -> web.Response:
     if isinstance(parsed, dict):
         metrics.requests["invalid"].inc()
         return json_error(422, ErrorCode.INVALID_REQUEST, describe(parsed), fields=parsed)
+    await app[SAVES].settled(parsed.session_id)
     try:
-        admission = app[TABLE].admit(parsed.session_id, parsed.vehicle_id, parsed.requested_kw,
-                                     parsed.energy_kwh, time.time(), parsed.epoch)
+        admission = app[TABLE].reserve(parsed.session_id, parsed.vehicle_id,
+                                       parsed.requested_kw, parsed.energy_kwh, time.time(),
+                                       parsed.epoch)
     except Refusal as exc:
         metrics.requests[_OUTCOME_BY_CODE[exc.code]].inc()
         extra = {"load_kw": exc.load_kw} if isinstance(exc, OverCapacity) else {}
@@ -71,11 +96,22 @@ async def charge(request: web.Request) -> web.Response:
         metrics.requests["duplicate"].inc()
         return json_response(session_body(app, admission.session),
                              headers={"X-Duplicate": "true"})
-    # On disk before the answer: a confirmed session survives a crash right after.
-    if STORE in app:
-        await app[STORE].save([admission.session])
-    metrics.requests["accepted"].inc()
     refresh_gauges(app)
+    try:
+        # On disk before the answer (and before anything else shows it): a confirmed session
+        # survives a crash right after.
+        session = admission.session
+        # Queued now, in the order of admission: the history's order is the capacity's.
+        saved = app[STORE].submit([session], [(ADMIT, session, session.started_at)]) \
+            if STORE in app else None
+        await app[SAVES].run(parsed.session_id, save_admission(app, session, saved))
+    except Exception as exc:
+        metrics.requests["not_saved"].inc()
+        # A 5xx: the balancer fences the session here (now absent) and tries the next.
+        return json_error(503, ErrorCode.SESSION_NOT_SAVED,
+                          f"the session could not be saved ({type(exc).__name__}: {exc}); it "
+                          "was not started", **load_fields(app))
+    metrics.requests["accepted"].inc()
     return json_response(session_body(app, admission.session))
 
 
@@ -91,7 +127,9 @@ async def fence(request: web.Request) -> web.Response:
             or set(body) - {"epoch"}:
         return json_error(422, ErrorCode.INVALID_REQUEST,
                           "the body must be {\"epoch\": <integer from 1 to 2^31>}")
-    session_id, now = request.match_info["id"], time.time()
+    session_id = request.match_info["id"]
+    await app[SAVES].settled(session_id)    # neither here nor absent until its save is done
+    now = time.time()
     session = app[TABLE].fence(session_id, epoch, now)
     if session is not None:
         return json_response(session_body(app, session))
@@ -102,6 +140,7 @@ async def fence(request: web.Request) -> web.Response:
 
 
 async def get_session(request: web.Request) -> web.Response:
+    await request.app[SAVES].settled(request.match_info["id"])
     session = request.app[TABLE].get(request.match_info["id"])
     if session is None:
         return json_error(404, ErrorCode.UNKNOWN_SESSION, "no session with this id here")
@@ -118,21 +157,26 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 async def stop_session(request: web.Request) -> web.Response:
     app = request.app
+    await app[SAVES].settled(request.match_info["id"])
     before = len(app[TABLE].active)
-    session = app[TABLE].stop(request.match_info["id"], time.time())
+    now = time.time()
+    session = app[TABLE].stop(request.match_info["id"], now)
     if session is None:
         return json_error(404, ErrorCode.UNKNOWN_SESSION, "no session with this id here")
     if len(app[TABLE].active) < before:
         app[METRICS].ended["stopped"].inc()
         if STORE in app:
-            await app[STORE].save([session])
+            await app[STORE].save([session], [(STOP, session, now)])
     refresh_gauges(app)
     return json_response(session_body(app, session))
 
 
 async def status(request: web.Request) -> web.Response:
+    """The load and its sessions; `over_capacity`: above its capacity (restarted with less than
+    its sessions take), so it admits nothing until under it again."""
     table = request.app[TABLE]
-    return json_response({**load_fields(request.app), "active_sessions": len(table.active)})
+    return json_response({**load_fields(request.app), "active_sessions": len(table.active),
+                          "over_capacity": table.over_capacity})
 
 
 def refresh_forecast(app: web.Application, now: float) -> None:

@@ -22,6 +22,10 @@ The report counts what must be zero: double bookings (a session id held by two s
 untrue answers (a non-replay "200 charging" naming a substation that does not hold the session,
 or that admitted it after the answer), keys that received two session ids, overloads in
 Prometheus, and 5xx answers beyond their bounds.
+
+`make chaos ARGS="--nemesis --seed N --duration S"` runs the randomized nemesis instead
+(tests/nemesis/runner.py): a seeded schedule of overlapping faults on every process, and a
+checker over every substation's durable history (docs/nemesis.md).
 """
 
 from __future__ import annotations
@@ -524,11 +528,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="make chaos", description=__doc__)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--rate", type=float, default=15.0)
+    parser.add_argument("--nemesis-rate", dest="rate_nemesis", type=float, default=3.0,
+                        help="the nemesis: new charge requests per second")
     parser.add_argument("--max-snapshot-age", type=float, default=3.0)
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2],
                         help="balancer replicas of each run (default: a run with 1, then 2)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--nemesis", action="store_true",
+                        help="the randomized nemesis instead (tests/nemesis/): seeded faults on "
+                             "every process and a history checker")
+    parser.add_argument("--seed", type=int, default=1, help="the nemesis's seed")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="the nemesis: keep logs and state files here")
     args = parser.parse_args()
+    if args.nemesis:
+        from tests.nemesis.runner import Workload, run_nemesis
+        nemesis = asyncio.run(run_nemesis(args.seed, args.duration,
+                                          Workload(rate_per_s=args.rate_nemesis),
+                                          args.run_dir))
+        print(nemesis.render())
+        sys.exit(0 if nemesis.clean else 1)
     reports = [asyncio.run(run_chaos(args.duration, args.rate, args.max_snapshot_age, n))
                for n in args.replicas]
     for report in reports:

@@ -368,7 +368,7 @@ def test_an_unresolved_key_is_resolved_before_its_ended_session_is_forgotten(
     the session ended (and its substation forgot it) answers what was found, never a second
     charge."""
     c = cluster([("a", 500.0), ("b", 500.0)], balancer_args=FAST,
-                substation_args=("--retention-s", "6"))
+                substation_args=("--ended-retention", "6"))
     preload(c, "b", 200.0)
     key = keys(1)[0].key
     body = {"vehicle_id": f"ev-{key}", "requested_kw": KW, "energy_kwh": 0.01}  # ~3 s
