@@ -279,7 +279,9 @@ def test_over_capacity_only_when_the_load_exceeds_it() -> None:
     assert table.over_capacity
 
 
-def test_the_command_line_sets_the_tick_the_retention_the_history_and_the_slow_disk() -> None:
+def test_the_command_line_sets_the_tick_the_retention_the_history_and_the_slow_disk(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRID_INTERNAL_TOKEN", "t0k")
     config = parse_args(["--id", "s1", "--capacity-kw", "50", "--tick-interval", "30",
                          "--ended-retention", "8", "--history", "--fault-file", "/tmp/f"])
     assert (config.tick_interval_s, config.retention_s, config.history, config.fault_file) == \
