@@ -25,7 +25,7 @@ HOUR = 3600.0
 
 def kw(capacity: float, demands: list[Demand], strategy: str = AUTO, now: float = 0.0,
        **options: float) -> dict[str, float]:
-    allocation = allocate(capacity, demands, now, strategy, **options)  # type: ignore[arg-type]
+    allocation = allocate(capacity, demands, now, strategy, **options)
     assert allocation.paused == ()
     return allocation.kw
 
