@@ -20,9 +20,11 @@ among themselves: strict LLF swaps two nearly tied sessions on every tick (the o
 its laxity, the waiting one's falls below it), which is the oscillation a substation must not
 show. Sessions without a departure come last, water-filled.
 
-If the floors no longer fit (the capacity fell below what was committed), floors are granted whole
-or not at all, oldest admission first (as EVerest's energy manager does with its minimum
-currents); the rest are `paused` at 0 kW: below the floors, sharing becomes admission.
+If the floors do not all fit (the capacity fell below what was committed, or the caller lets
+sessions wait instead of refusing them), floors are granted whole or not at all (as EVerest's
+energy manager does with its minimum currents) in the strategy's order: least laxity first under
+least-laxity, then the oldest admission; the rest are `paused` at 0 kW: below the floors, sharing
+becomes admission.
 
 `Smoother` passes a session's new power on only when it really changes (by at least 0.01 kW) and
 at most once per call (the substation calls it once per tick), never above capacity.
@@ -58,7 +60,7 @@ class Demand:
     max_kw: float                       # its requested_kw
     remaining_kwh: float = math.inf     # still to deliver
     departure_at: float | None = None   # when the driver leaves, if known
-    admitted_at: float = 0.0            # orders the floors when they no longer all fit
+    admitted_at: float = 0.0            # among equals, the oldest keeps its floor first
 
 
 @dataclass(frozen=True)
@@ -165,11 +167,14 @@ def allocate(capacity_kw: float, demands: Sequence[Demand], now: float, strategy
         strategy = LEAST_LAXITY if any(d.departure_at is not None for d in demands) \
             else WATER_FILLING
     needs = {d.session_id: need_kw(d, slot_s, speed_factor) for d in demands}
-    # Floors, whole or not at all, oldest admission first.
+    keys = {d.session_id: _order_key(d, strategy, now, speed_factor, laxity_step_s)
+            for d in demands}
+    # Floors, whole or not at all, in the strategy's order, the oldest admission first among
+    # equals.
     floors: dict[str, float] = {}
     committed: list[float] = []
     paused: list[str] = []
-    for d in sorted(demands, key=lambda d: (d.admitted_at, d.session_id)):
+    for d in sorted(demands, key=lambda d: (keys[d.session_id], d.admitted_at, d.session_id)):
         floor = min(d.min_kw, needs[d.session_id])
         if floor_fits(capacity_kw, committed, floor):
             floors[d.session_id] = floor
@@ -183,8 +188,7 @@ def allocate(capacity_kw: float, demands: Sequence[Demand], now: float, strategy
     classes: dict[float, list[Demand]] = {}
     for d in demands:
         if d.session_id in floors:
-            key = _order_key(d, strategy, now, speed_factor, laxity_step_s)
-            classes.setdefault(key, []).append(d)
+            classes.setdefault(keys[d.session_id], []).append(d)
     for key in sorted(classes):
         if budget <= 0.0:
             break
