@@ -15,13 +15,18 @@ gives a session more than it can still take in the slot.
                   departure - remaining energy / max power) each take the most that still fits.
     round-robin   acnportal's round robin in the limit of small increments: water-filling
                   (max-min fair), no admission.
-    ours          admission by floors (substation.allocation.floor_fits) and its default
-                  allocation (floors, then least-laxity-first by laxity steps, departures being
+    ours          the issue's design: admission by floors (substation.allocation.floor_fits,
+                  refused when the floor fits nowhere) and the allocation module's default
+                  (committed floors, then least-laxity-first by laxity steps, departures being
                   known); routed to the substation that can deliver the session the most energy
-                  by its departure, then the least committed floors per kW of capacity.
-    ours-waiting  the same, but a session whose floor fits nowhere is not refused: it waits
-                  plugged in at 0 kW, and the allocation grants floors whole or not at all,
-                  least laxity first, pausing the rest (EVerest's minimum-current rule).
+                  by its departure, then the least committed energy and floors per kW.
+    ours-queue    the same, but a session whose floor fits nowhere is not refused: it is taken
+                  on a best-effort basis (`committed=False`: 0 kW or at least its floor, from
+                  what the committed floors leave, least laxity first) and committed as soon as
+                  its floor fits beside the committed ones. No promise is ever broken.
+    ours-no-promise  every session best effort: floors are only minimum powers (0 or at least
+                  min_kw, as EVerest grants minimum currents), nothing is reserved; the
+                  allocation is then least-laxity-first with a minimum power.
     optimum       the offline LP (bench/power_lp.py), every arrival known in advance, a session
                   allowed to split across substations: an upper bound.
     optimum-routed  the same LP with ours's routing fixed (a refused session at the substation
@@ -47,10 +52,10 @@ from bench.power_workloads import TRACES, Session, Trace, shape
 from substation.allocation import CHANGE_THRESHOLD_KW, Demand, allocate, floor_fits, water_fill
 
 TODAY, FCFS, EDF, LLF, ROUND_ROBIN, OURS = "today", "fcfs", "edf", "llf", "round-robin", "ours"
-OURS_WAITING, OURS_QUEUE = "ours-waiting", "ours-queue"
+QUEUE, NO_PROMISE = "ours-queue", "ours-no-promise"
 OPTIMUM, OPTIMUM_ROUTED = "optimum", "optimum-routed"
-SIMULATED = (TODAY, FCFS, EDF, LLF, ROUND_ROBIN, OURS, OURS_WAITING, OURS_QUEUE)
-ALLOCATED = (OURS, OURS_WAITING, OURS_QUEUE)   # by substation.allocation
+SIMULATED = (TODAY, FCFS, EDF, LLF, ROUND_ROBIN, OURS, QUEUE, NO_PROMISE)
+ALLOCATED = (OURS, QUEUE, NO_PROMISE)   # by substation.allocation
 STRATEGIES = (*SIMULATED, OPTIMUM, OPTIMUM_ROUTED)
 CAPACITY_PCTS = (20, 30, 40, 50, 60, 70, 80, 90, 100)
 DONE_KWH = 1e-9   # less than this left: the session is full
@@ -107,8 +112,8 @@ class Simulation:
         self.by_id = {s.id: s for s in trace.sessions}
         self.remaining = {s.id: s.energy_kwh for s in trace.sessions}
         self.present: list[list[int]] = [[] for _ in capacities_kw]
-        # ours-queue: plugged in at 0 kW until their floor fits (then admitted, in `present`)
-        self.waiting: list[list[int]] = [[] for _ in capacities_kw]
+        # The sessions whose floor is committed (ours); the others present are best effort.
+        self.committed: set[int] = set()
 
     # -- routing ------------------------------------------------------------------------
     def _committed_kwh(self, k: int, s: Session, t: int) -> float:
@@ -116,7 +121,7 @@ class Simulation:
         remaining energy evenly over its own stay."""
         horizon = s.departure - t
         return sum(self.remaining[j] * min(1.0, horizon / (self.by_id[j].departure - t))
-                   for j in (*self.present[k], *self.waiting[k]))
+                   for j in self.present[k])
 
     def _rank(self, s: Session, t: int) -> list[int]:
         """Substations, best first: the most deliverable energy by departure, then the least
@@ -127,9 +132,9 @@ class Simulation:
             committed = self._committed_kwh(k, s, t)
             deliverable = min(s.energy_kwh, s.max_kw * horizon_h,
                               capacity * horizon_h - committed)
-            floors = sum(self.by_id[j].min_kw for j in self.present[k])
-            second = floors if self.strategy in ALLOCATED else committed
-            keys.append((-deliverable, second / capacity if capacity else math.inf, k))
+            per_kw = 1.0 / capacity if capacity else math.inf
+            floors = self._floors_kw(k) if self.strategy in ALLOCATED else 0.0
+            keys.append((-deliverable, committed * per_kw, floors * per_kw, k))
         return [k for *_, k in sorted(keys)]
 
     def _place(self, s: Session, t: int, run: Run) -> None:
@@ -144,38 +149,35 @@ class Simulation:
             ranked = self._rank(s, t)
             if self.strategy in ALLOCATED:
                 run.placed[s.id] = ranked[0]   # where it would go: the routed LP's routing
-                fitting = [k for k in ranked if floor_fits(
-                    self.capacities[k], (self.by_id[j].min_kw for j in self.present[k]),
-                    s.min_kw)]
-                if fitting:
+                fitting = [k for k in ranked if self._floor_fits(k, s.id)]
+                if fitting and self.strategy != NO_PROMISE:
                     k = fitting[0]
-                elif self.strategy == OURS_WAITING:
-                    k = ranked[0]   # waits at 0 kW until its floor fits (allocate pauses it)
-                elif self.strategy == OURS_QUEUE:
-                    self.waiting[ranked[0]].append(s.id)
-                    return
-                else:
+                    self.committed.add(s.id)
+                elif self.strategy == OURS:
                     run.refused.add(s.id)
                     return
+                else:
+                    k = fitting[0] if fitting else ranked[0]   # best effort
             else:
                 k = ranked[0]
         run.placed[s.id] = k
         self.present[k].append(s.id)
 
+    def _floors_kw(self, k: int) -> float:
+        return sum(self.by_id[j].min_kw for j in self.present[k] if j in self.committed)
+
+    def _floor_fits(self, k: int, i: int) -> bool:
+        return floor_fits(self.capacities[k], (self.by_id[j].min_kw for j in self.present[k]
+                                               if j in self.committed), self.by_id[i].min_kw)
+
     def _promote(self, k: int, t: int) -> None:
-        """ours-queue: waiting sessions whose floor now fits are admitted, least laxity first."""
-        if not self.waiting[k]:
-            return
+        """ours-queue: best-effort sessions whose floor now fits beside the committed ones are
+        committed, least laxity first."""
         s = self.by_id
-        still: list[int] = []
-        for i in sorted(self.waiting[k], key=lambda i: (self._laxity_h(i, t), s[i].arrived_at_s,
-                                                          i)):
-            if floor_fits(self.capacities[k], (s[j].min_kw for j in self.present[k]),
-                          s[i].min_kw):
-                self.present[k].append(i)
-            else:
-                still.append(i)
-        self.waiting[k] = still
+        waiting = [i for i in self.present[k] if i not in self.committed]
+        for i in sorted(waiting, key=lambda i: (self._laxity_h(i, t), s[i].arrived_at_s, i)):
+            if self._floor_fits(k, i):
+                self.committed.add(i)
 
     def _laxity_h(self, i: int, t: int) -> float:
         s = self.by_id[i]
@@ -191,7 +193,8 @@ class Simulation:
             now = t * self.trace.slot_s
             demands = [Demand(str(i), self.by_id[i].min_kw, self.by_id[i].max_kw,
                               self.remaining[i], self.by_id[i].departure * self.trace.slot_s,
-                              self.by_id[i].arrived_at_s) for i in ids]
+                              self.by_id[i].arrived_at_s, committed=i in self.committed)
+                       for i in ids]
             kw = allocate(capacity, demands, now, slot_s=self.trace.slot_s).kw
             return {i: kw[str(i)] for i in ids}
         if self.strategy == ROUND_ROBIN:
@@ -218,8 +221,8 @@ class Simulation:
             for k, ids in enumerate(self.present):   # gone or full: leaves, its floor with it
                 self.present[k] = [i for i in ids if self.by_id[i].departure > t
                                    and self.remaining[i] > DONE_KWH]
-                self.waiting[k] = [i for i in self.waiting[k] if self.by_id[i].departure > t]
-                self._promote(k, t)
+                if self.strategy == QUEUE:
+                    self._promote(k, t)
             while next_arrival < len(arriving) and arriving[next_arrival].arrival <= t:
                 self._place(arriving[next_arrival], t, run)
                 next_arrival += 1

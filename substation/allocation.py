@@ -8,7 +8,8 @@ substation admits a session only when its floor fits beside the floors it has al
 one starts, ends or stops and on every tick:
 
 - never more than `capacity_kw` in all (up to FIT_TOLERANCE_KW of float residue);
-- every session at least its floor (or what it still needs, if less: `need_kw`);
+- every session at least its floor (or what it still needs, if less: `need_kw`), or 0 kW while
+  it waits (see below);
 - nothing left over while a session could take more (work-conserving up to each one's need);
 - the same sessions in any order give the same answer.
 
@@ -20,11 +21,13 @@ among themselves: strict LLF swaps two nearly tied sessions on every tick (the o
 its laxity, the waiting one's falls below it), which is the oscillation a substation must not
 show. Sessions without a departure come last, water-filled.
 
-If the floors do not all fit (the capacity fell below what was committed, or the caller lets
-sessions wait instead of refusing them), floors are granted whole or not at all (as EVerest's
-energy manager does with its minimum currents) in the strategy's order: least laxity first under
-least-laxity, then the oldest admission; the rest are `paused` at 0 kW: below the floors, sharing
-becomes admission.
+A session whose floor does not fit need not be refused: the caller may admit it on a best-effort
+basis (`committed=False`): it then charges at 0 kW or at least its floor, in the strategy's
+order, from what the committed floors leave, and never takes from them. Should the committed
+floors themselves no longer fit (the capacity fell below them), they are granted whole or not at
+all (as EVerest's energy manager does with its minimum currents) in the strategy's order (least
+laxity first under least-laxity, then the oldest admission). Sessions left at 0 kW are `paused`:
+below the floors, sharing becomes admission.
 
 `Smoother` passes a session's new power on only when it really changes (by at least 0.01 kW) and
 at most once per call (the substation calls it once per tick), never above capacity.
@@ -61,6 +64,9 @@ class Demand:
     remaining_kwh: float = math.inf     # still to deliver
     departure_at: float | None = None   # when the driver leaves, if known
     admitted_at: float = 0.0            # among equals, the oldest keeps its floor first
+    # Its floor was committed at admission (floor_fits). False: admitted on a best-effort basis,
+    # it charges at its floor or more only when that fits in what the committed floors leave.
+    committed: bool = True
 
 
 @dataclass(frozen=True)
@@ -169,30 +175,43 @@ def allocate(capacity_kw: float, demands: Sequence[Demand], now: float, strategy
     needs = {d.session_id: need_kw(d, slot_s, speed_factor) for d in demands}
     keys = {d.session_id: _order_key(d, strategy, now, speed_factor, laxity_step_s)
             for d in demands}
-    # Floors, whole or not at all, in the strategy's order, the oldest admission first among
-    # equals.
+
+    def order(d: Demand) -> tuple[float, float, str]:
+        return keys[d.session_id], d.admitted_at, d.session_id
+
+    def floor_of(d: Demand) -> float:
+        return min(d.min_kw, needs[d.session_id])
+    # Committed floors first, whole or not at all, in the strategy's order.
     floors: dict[str, float] = {}
-    committed: list[float] = []
     paused: list[str] = []
-    for d in sorted(demands, key=lambda d: (keys[d.session_id], d.admitted_at, d.session_id)):
-        floor = min(d.min_kw, needs[d.session_id])
-        if floor_fits(capacity_kw, committed, floor):
-            floors[d.session_id] = floor
-            committed.append(floor)
+    committed_kw = 0.0   # a running sum: floor_fits over every floor is quadratic
+    for d in sorted((d for d in demands if d.committed), key=order):
+        if fits(committed_kw, floor_of(d), capacity_kw):
+            floors[d.session_id] = floor_of(d)
+            committed_kw += floor_of(d)
         else:
             paused.append(d.session_id)
     kw = dict.fromkeys((d.session_id for d in demands), 0.0)
     kw.update(floors)
-    budget = capacity_kw - math.fsum(committed)
-    # What the floors leave: class by class, water-filled within each class.
+    budget = capacity_kw - math.fsum(floors.values())
+    # What they leave: class by class. In each, a best-effort session takes its floor if that
+    # fits whole in what is left (otherwise it waits at 0 kW), then the class is water-filled.
     classes: dict[float, list[Demand]] = {}
     for d in demands:
-        if d.session_id in floors:
+        if d.session_id not in paused:
             classes.setdefault(keys[d.session_id], []).append(d)
     for key in sorted(classes):
-        if budget <= 0.0:
-            break
-        members = sorted(classes[key], key=lambda d: d.session_id)
+        members = sorted(classes[key], key=order)
+        for d in members:
+            if not d.committed:
+                if fits(0.0, floor_of(d), budget):
+                    floors[d.session_id] = kw[d.session_id] = floor_of(d)
+                    budget -= floor_of(d)
+                else:
+                    paused.append(d.session_id)
+        members = [d for d in members if d.session_id in floors]
+        if budget <= 0.0 or not members:
+            continue
         bounds = [(floors[d.session_id], needs[d.session_id]) for d in members]
         shares = water_fill(bounds, budget)
         for d, share in zip(members, shares, strict=True):
