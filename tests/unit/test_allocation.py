@@ -183,3 +183,40 @@ def test_the_smoother_never_keeps_an_old_value_above_the_capacity() -> None:
     smoother = Smoother()
     smoother.update(30.0, {"a": 10.0, "b": 20.0})
     assert smoother.update(29.992, {"a": 9.998, "b": 19.994}) == {"a": 9.998, "b": 19.994}
+
+
+def test_floors_that_no_longer_fit_are_paused_most_relaxed_first_under_least_laxity() -> None:
+    # The capacity fell to 12: two 6 kW floors fit. The most relaxed (r, 10 h) is paused,
+    # whatever the order of admission.
+    demands = [Demand("r", 6.0, 11.0, 10.0, 10 * HOUR, admitted_at=1.0),
+               Demand("u", 6.0, 11.0, 10.0, 2 * HOUR, admitted_at=2.0),
+               Demand("m", 6.0, 11.0, 10.0, 5 * HOUR, admitted_at=3.0)]
+    allocation = allocate(12.0, demands, 0.0)
+    assert allocation.paused == ("r",)
+    assert allocation.kw == {"r": 0.0, "u": 6.0, "m": 6.0}
+
+
+def test_a_best_effort_session_never_takes_from_committed_floors() -> None:
+    # c1 and c2 have committed floors of 5 kW (10 of 12); b, best effort, is more urgent but its
+    # 5 kW floor does not fit in the 2 kW left: it waits at 0, and the 2 kW go to the committed.
+    c1 = Demand("c1", 5.0, 11.0, 30.0, 8 * HOUR)
+    c2 = Demand("c2", 5.0, 11.0, 30.0, 9 * HOUR)
+    b = Demand("b", 5.0, 11.0, 10.0, HOUR, committed=False)
+    allocation = allocate(12.0, [c1, c2, b], 0.0)
+    assert allocation.paused == ("b",)
+    assert allocation.kw == {"c1": 7.0, "c2": 5.0, "b": 0.0}
+    # With 18 kW its floor fits in what is left (8): being the most urgent, it takes all 8.
+    allocation = allocate(18.0, [c1, c2, b], 0.0)
+    assert allocation.paused == ()
+    assert allocation.kw == {"c1": 5.0, "c2": 5.0, "b": 8.0}
+
+
+def test_best_effort_sessions_take_their_floors_by_least_laxity_whole_or_not_at_all() -> None:
+    # No committed floor: LLF with a minimum power. 13 kW: u (most urgent) takes 11, m's 6 kW
+    # floor does not fit in the 2 left, r's 1.4 does.
+    demands = [Demand("u", 6.0, 11.0, 10.0, HOUR, committed=False),
+               Demand("m", 6.0, 11.0, 10.0, 3 * HOUR, committed=False),
+               Demand("r", 1.4, 11.0, 10.0, 9 * HOUR, committed=False)]
+    allocation = allocate(13.0, demands, 0.0)
+    assert allocation.paused == ("m",)
+    assert allocation.kw == pytest.approx({"u": 11.0, "m": 0.0, "r": 2.0})

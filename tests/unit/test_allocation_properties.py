@@ -1,5 +1,6 @@
 """The promises of substation/allocation.py, as properties over any sessions and capacity:
-capacity never exceeded, floors held, nothing left unallocated while a session wants more, the
+capacity never exceeded, floors held (committed ones even beside best-effort sessions, which get
+0 or at least their floor), nothing left unallocated while a session wants more, the
 order of the sessions irrelevant, the same answer for the same question (float residue
 included), max-min fairness (a session that needs less than its share gets it, the rest goes
 to the others), priority respected under least-laxity, and a Smoother that never exceeds the
@@ -39,7 +40,8 @@ def demand(draw: st.DrawFn, session_id: str) -> Demand:
     remaining = draw(st.just(math.inf) | st.floats(0.0, 200.0))
     departure = draw(st.none() | st.floats(0.0, 48 * 3600.0))
     admitted = draw(st.floats(-3600.0, 0.0))
-    return Demand(session_id, min_kw, max_kw, remaining, departure, admitted)
+    committed = draw(st.booleans() | st.just(True))
+    return Demand(session_id, min_kw, max_kw, remaining, departure, admitted, committed)
 
 
 @st.composite
@@ -75,9 +77,15 @@ def test_capacity_floors_and_needs_hold(capacity: float, demands: list[Demand], 
             assert granted == 0.0
         else:
             assert floor[d.session_id] - EPS <= granted <= need_kw(d, slot_s) + EPS
-    # Nobody is paused while every floor fits.
-    if math.fsum(floor.values()) <= capacity:
+    # No committed session is paused while the committed floors fit, whatever the best-effort
+    # sessions beside them; nobody is paused while every floor fits.
+    if math.fsum(floor[d.session_id] for d in demands if d.committed) <= capacity:
+        assert not {d.session_id for d in demands if d.committed} & set(allocation.paused)
+    if math.fsum(floor.values()) <= capacity and all(d.committed for d in demands):
         assert allocation.paused == ()
+    # A session waits only when its floor does not fit whole in what is left over.
+    for sid in allocation.paused:
+        assert capacity - total(allocation) < floor[sid] + EPS
 
 
 @settings(max_examples=200, deadline=None)
