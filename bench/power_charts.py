@@ -65,8 +65,12 @@ def write_power_charts(rows: list[Row], out: Path) -> list[Path]:
                 ax.set_ylabel(label)
                 ax.set_title(f"{n} substation{'s' if n > 1 else ''}: {label}", fontsize=10)
                 ax.grid(True, alpha=0.3)
-        handles, labels = grid[0][0].get_legend_handles_labels()
-        grid[0][-1].legend(handles, labels, fontsize=8, loc="upper left",
+        legend: dict[str, Any] = {}   # every strategy drawn in any row, once
+        for axes in grid:
+            handles, labels = axes[0].get_legend_handles_labels()
+            legend.update((label, h) for h, label in zip(handles, labels, strict=True)
+                          if label not in legend)
+        grid[0][-1].legend(list(legend.values()), list(legend), fontsize=8, loc="upper left",
                            bbox_to_anchor=(1.02, 1.0))
         fig.suptitle(f"Sharing power: {TITLES.get(workload, workload)}", fontsize=12)
         fig.tight_layout()
