@@ -49,7 +49,8 @@ AUTO = "auto"
 STRATEGIES = (AUTO, WATER_FILLING, LEAST_LAXITY, EARLIEST_DEADLINE)
 # A change of power smaller than this is not passed on to a charger (Smoother).
 CHANGE_THRESHOLD_KW = 0.01
-# Laxities within one step (on the allocation's clock) are a tie, shared by water-filling.
+# Laxities within one step of charging time (5 minutes, whatever the speed factor) are a tie,
+# shared by water-filling.
 LAXITY_STEP_S = 300.0
 
 
@@ -72,7 +73,7 @@ class Demand:
 @dataclass(frozen=True)
 class Allocation:
     kw: dict[str, float]        # every session's power, 0.0 for a paused one
-    paused: tuple[str, ...]     # sessions whose floor does not fit any more, by id
+    paused: tuple[str, ...]     # at 0 kW, their floor not fitting (waiting best effort too)
 
 
 def floor_fits(capacity_kw: float, committed_floors_kw: Iterable[float], min_kw: float) -> bool:
@@ -137,8 +138,8 @@ def _order_key(demand: Demand, strategy: str, now: float, speed_factor: float,
         return math.inf if demand.departure_at is None else demand.departure_at
     if strategy == LEAST_LAXITY:
         lax = laxity_s(demand, now, speed_factor)
-        if laxity_step_s > 0.0 and math.isfinite(lax):
-            return float(math.floor(lax / laxity_step_s))
+        if laxity_step_s > 0.0 and math.isfinite(lax):   # the step is in charging time
+            return float(math.floor(lax * speed_factor / laxity_step_s))
         return lax
     return 0.0   # water-filling: one class
 

@@ -220,3 +220,15 @@ def test_best_effort_sessions_take_their_floors_by_least_laxity_whole_or_not_at_
     allocation = allocate(13.0, demands, 0.0)
     assert allocation.paused == ("m",)
     assert allocation.kw == pytest.approx({"u": 11.0, "m": 0.0, "r": 2.0})
+
+
+def test_the_laxity_step_is_charging_time_whatever_the_speed_factor() -> None:
+    # At speed 60 a real second is a minute of charging: 11 kWh at 11 kW take 60 real s.
+    # Laxities of 600 s and 602 s (real) are 36,000 and 36,120 s of charging time: the same
+    # 5-minute step (the 120th); 606 s is 36,360 s, the next step.
+    a = Demand("a", 1.4, 11.0, 11.0, 660.0)
+    b = Demand("b", 1.4, 11.0, 11.0, 662.0)
+    c = Demand("c", 1.4, 11.0, 11.0, 666.0)
+    assert laxity_s(a, 0.0, speed_factor=60.0) == pytest.approx(600.0)
+    assert kw(12.0, [a, b], speed_factor=60.0) == pytest.approx({"a": 6.0, "b": 6.0})
+    assert kw(12.0, [a, c], speed_factor=60.0) == pytest.approx({"a": 10.6, "c": 1.4})
