@@ -2,8 +2,9 @@
 
 A time-slotted simulation (bench/power_workloads.py: a Caltech-ACN-shaped workplace day at
 5-minute slots, and the `today` trace with drivers who stay longer than they charge, at 1-minute
-slots) over a sweep of capacity from 20 % to 100 % of the uncontrolled peak (every car at its
-maximum from arrival until full), split evenly over 1 or 10 substations. Every strategy sees the
+slots, also with every floor at the grid's minimum) over a sweep of capacity from 20 % to 100 %
+of the uncontrolled peak (every car at its maximum from arrival until full), split evenly over
+1 or 10 substations. Every strategy sees the
 same arrivals; within a slot arrivals are placed in arrival order, then each substation decides
 one power per session for the slot; a session leaves at its departure or when full. No strategy
 gives a session more than it can still take in the slot.
@@ -282,7 +283,7 @@ class Tally:
 
 @dataclass(frozen=True)
 class PowerPlan:
-    workloads: tuple[str, ...] = ("acn", "today")
+    workloads: tuple[str, ...] = ("acn", "today", "today-min")
     sizes: tuple[int, ...] = (1, 10)
     capacity_pcts: tuple[int, ...] = CAPACITY_PCTS
     seeds: tuple[int, ...] = (1, 2, 3)

@@ -39,7 +39,8 @@ PANELS = (("energy_pct", "energy delivered by departure (%)"),
           ("served_pct", "sessions fully served (%)"),
           ("changes_per_session", "power changes per session"))
 TITLES = {"acn": "ACN-shaped workplace day (5-min slots)",
-          "today": "today's trace, drivers staying 1-3x their charging time (1-min slots)"}
+          "today": "today's trace, drivers staying 1-3x their charging time (1-min slots)",
+          "today-min": "today's trace, every floor at the grid's minimum 1.4 kW"}
 
 
 def write_power_charts(rows: list[Row], out: Path) -> list[Path]:

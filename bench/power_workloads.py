@@ -17,6 +17,8 @@ the floor alone fills the car.
             substation, 10-minute sessions at 3.7-150 kW, a burst every 5 minutes), each
             driver staying 1-3 times its charging time: 1-minute slots over the hour and until
             the last departure.
+    today-min   the same cars, each with its floor at the grid's minimum (1.4 kW): the floor is
+            the driver's choice, and the smaller it is, the less a promise costs.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bench.workloads import arrivals
 from gridlb.charge import DEFAULT_MIN_KW
@@ -108,7 +110,18 @@ def _trace(name: str, slot_s: float, sessions: list[Session]) -> Trace:
     return Trace(name, slot_s, max(s.departure for s in ordered), ordered)
 
 
-TRACES = {"acn": acn, "today": today}
+def minimum_floors(trace: Trace) -> Trace:
+    """The same cars, each asking only for the grid's minimum power as its floor."""
+    return replace(trace, name=f"{trace.name}-min",
+                   sessions=tuple(replace(s, min_kw=min(s.max_kw, DEFAULT_MIN_KW))
+                                  for s in trace.sessions))
+
+
+def today_min(substations: int, seed: int) -> Trace:
+    return minimum_floors(today(substations, seed))
+
+
+TRACES = {"acn": acn, "today": today, "today-min": today_min}
 
 
 def shape(trace: Trace) -> dict[str, float]:

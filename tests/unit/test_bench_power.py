@@ -31,7 +31,7 @@ from bench.power import (
     uncontrolled_peak_kw,
 )
 from bench.power_lp import offline_optimum
-from bench.power_workloads import Session, Trace, acn, floor_kw, shape, today
+from bench.power_workloads import TRACES, Session, Trace, acn, floor_kw, shape, today
 
 
 def car(sid: int, arrival: int, departure: int, kwh: float, max_kw: float, min_kw: float = 1.4,
@@ -213,3 +213,12 @@ def test_a_tiny_run_gives_rows_targets_a_pivot_and_charts(tmp_path: Path) -> Non
     assert "| today | 1 | 30 % |" in table and "| today | 1 | **mean** |" in table
     assert [p.name for p in tmp_path.iterdir()] == ["power-today.png"]
     assert "power" in PARTS
+
+
+def test_today_min_is_today_with_every_floor_at_the_grid_minimum() -> None:
+    plain, low = TRACES["today"](1, 4), TRACES["today-min"](1, 4)
+    assert low.name == "today-min" and len(low.sessions) == len(plain.sessions)
+    for a, b in zip(plain.sessions, low.sessions, strict=True):
+        assert (a.arrival, a.departure, a.energy_kwh, a.max_kw) == \
+            (b.arrival, b.departure, b.energy_kwh, b.max_kw)
+        assert b.min_kw == min(1.4, a.max_kw) <= a.min_kw
