@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench.decision import run_decision
 from bench.memory import run_memory
+from bench.power import PowerPlan, run_power
 from bench.quality import Plan, run_quality
 from bench.realstack import run_realstack
 from bench.refresh import run_refresh
@@ -33,6 +34,11 @@ def quality(quick: bool) -> list[dict[str, object]]:
     return run_quality(plan, charts_dir=RESULTS / "images" if quick else IMAGES)
 
 
+def power(quick: bool) -> list[dict[str, object]]:
+    plan = PowerPlan(capacity_pcts=(20, 50, 100), seeds=(1,)) if quick else PowerPlan()
+    return run_power(plan, charts_dir=RESULTS / "images" if quick else IMAGES)
+
+
 PARTS: dict[str, Callable[[bool], list[dict[str, object]]]] = {
     "quality": quality,
     "decision": run_decision,
@@ -40,6 +46,7 @@ PARTS: dict[str, Callable[[bool], list[dict[str, object]]]] = {
     "throughput": run_throughput,
     "memory": run_memory,
     "realstack": run_realstack,
+    "power": power,
 }
 
 
@@ -57,6 +64,8 @@ PART_INFO: dict[str, tuple[str, float, float]] = {
                    "direct call and nginx", 180, 60),
     "memory": ("each service's memory after 100,000 sessions (--quick: 10,000)", 150, 30),
     "realstack": ("balance on the real stack at a 1 s and a 15 s scrape", 600, 240),
+    "power": ("sharing power (floors + least-laxity) against fixed kW, FCFS, EDF, LLF, round "
+              "robin and an offline LP optimum; draws the charts", 120, 10),
 }
 
 
