@@ -175,8 +175,8 @@ def test_a_substation_is_its_ordinal_and_resumes_its_sessions_after_a_restart(
 def test_the_balancer_serves_the_policy_from_the_config_map_volume(pods: PodmanPods) -> None:
     url = f"http://127.0.0.1:{pods.ports[pod_named(pods, 'balancer')]}"
     view = http("GET", f"{url}/policy").body
-    assert view["policy"] == "least-utilization"
-    assert view["file"] == "/policies/least-utilization.yaml"
+    assert view["policy"] == "least-forecast-utilization"
+    assert view["file"] == "/policies/least-forecast-utilization.yaml"
     # No Service, so no Prometheus to reach: alive, and rightly not ready.
     ready = http("GET", f"{url}/readyz")
     assert ready.status == 503 and ready.body["usable_substations"] == 0

@@ -261,7 +261,7 @@ def test_a_bearer_token_and_tenant_header_reach_a_gateway_and_a_rotated_token_is
                 sys.executable, "-m", "balancer", "--port", str(port),
                 "--prometheus-url", f"http://127.0.0.1:{gateway.port}",
                 "--prometheus-bearer-token-file", str(token_file),
-                "--prometheus-header", "X-Scope-OrgID: grid-a"],
+                "--prometheus-header", "X-Scope-OrgID: grid-a", "--grid", "local"],
                 f"http://127.0.0.1:{port}/healthz", env=SERVICE_ENV)
             wait_ready(spec.ready_url, group.start(spec))
             wait_for(lambda: http_json("GET", f"http://127.0.0.1:{port}/readyz")[0] == 200,

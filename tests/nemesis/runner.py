@@ -259,11 +259,12 @@ class NemesisStack:
 
     def write_balancer_targets(self) -> None:
         write_targets(self.run_dir / "prometheus", "balancer",
-                      [u.removeprefix("http://") for u in self.balancer_urls[:self.replicas]])
+                      [u.removeprefix("http://") for u in self.balancer_urls[:self.replicas]],
+                      self.grid.name)
 
     def list_substations(self, subs: Sequence[str]) -> None:
         write_targets(self.run_dir / "prometheus", "substation",
-                      [self.addresses[s] for s in subs])
+                      [self.addresses[s] for s in subs], self.grid.name)
 
     def start_all(self) -> None:
         for sub in self.topology.substations:

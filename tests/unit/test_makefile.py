@@ -4,6 +4,7 @@ path that does not exist, so every install step shows."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -19,8 +20,12 @@ TEST_AND_BENCH_TOOLS = ("wrk", "nginx", "docker-compose", "matplotlib")
 
 
 def dry_run(target: str, tmp_path: Path) -> list[str]:
-    result = subprocess.run(["make", "-n", target, f"VENV={tmp_path / 'venv'}"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    # Not the environment of a make that runs pytest (`make test`): its MAKEFLAGS/MAKELEVEL
+    # would make this one print "Entering/Leaving directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    result = subprocess.run(["make", "--no-print-directory", "-n", target,
+                             f"VENV={tmp_path / 'venv'}"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
 
