@@ -29,8 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from gridlb.grid import ConfigError, GridConfig, load_grid
+from gridlb.postgres import RunAs, accepts_connections
 from gridlb.promconfig import REPO_ROOT, prometheus_command, render_prometheus_dir
 from gridlb.supervisor import RestartPolicy, Supervisor
 
@@ -41,8 +43,9 @@ PID_FILE = "stack.pid"
 class ServiceSpec:
     name: str
     argv: list[str]
-    ready_url: str
+    ready_url: str          # http(s):// answers 2xx when ready; postgresql:// runs a query
     env: Mapping[str, str] = field(default_factory=dict)
+    run_as: RunAs | None = None    # another account (PostgreSQL refuses to run as root)
 
 
 def _die_with_parent_hook() -> Callable[[], None] | None:
@@ -78,12 +81,16 @@ class ProcessGroup:
 
     def start(self, spec: ServiceSpec) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        account: dict[str, Any] = {}
+        if spec.run_as is not None and spec.run_as.user is not None:
+            account = {"user": spec.run_as.uid, "group": spec.run_as.gid, "extra_groups": []}
         with (self.log_dir / f"{spec.name}.log").open("ab") as log:
             proc = subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
                                     env={**os.environ, **spec.env},
                                     start_new_session=self.detach,
-                                    preexec_fn=self._pre_exec)   # None unless detached
+                                    preexec_fn=self._pre_exec,   # None unless detached
+                                    **account)
         self.procs[spec.name] = proc
         return proc
 
@@ -128,6 +135,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def answers_ok(url: str, timeout_s: float = 1.0) -> bool:
+    if url.startswith("postgresql://"):
+        return accepts_connections(url, timeout_s)
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             return 200 <= int(resp.status) < 300

@@ -8,8 +8,10 @@ free ports, points Prometheus's file-based discovery at them and waits on real c
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import signal
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -19,8 +21,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
+from gridlb import postgres as pg
 from gridlb.grid import GridConfig, SubstationSpec
 from gridlb.promconfig import (
     REPO_ROOT,
@@ -126,6 +130,78 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
         yield prom
     finally:
         group.stop_all()
+
+
+@dataclass
+class Postgres:
+    """A real PostgreSQL server on a free loopback port, its data in a temporary directory."""
+
+    port: int
+    group: ProcessGroup
+    spec: ServiceSpec
+
+    @property
+    def admin_url(self) -> str:
+        return pg.url(self.port)
+
+    def create_database(self) -> str:
+        """A new, empty database; its URL. Each test gets its own: no test sees another's."""
+        name = f"t_{secrets.token_hex(6)}"
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return pg.url(self.port, database=name)
+
+    def kill(self) -> None:
+        """SIGKILL the server (the postmaster), as a crash would."""
+        self.group.kill("postgres")
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start it (again): after a SIGKILL its old backends may hold the shared memory for
+        a moment, and the new server refuses to start until they are gone: try again."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            proc = self.group.start(self.spec)
+            try:
+                wait_ready(self.spec.ready_url, proc, timeout_s=max(1.0, deadline -
+                                                                    time.monotonic()))
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                self.group.procs.pop("postgres", None)
+                time.sleep(0.2)
+
+
+def start_postgres(group: ProcessGroup) -> Postgres:
+    """initdb in a temporary directory the server's account can reach (as root pytest's own
+    temporary directories are closed to the `postgres` user), then the server."""
+    try:
+        account = pg.run_as()
+        pg.bin_dir()
+    except pg.PostgresMissing as exc:
+        pytest.fail(str(exc))
+    base = Path(tempfile.mkdtemp(prefix="gridlb-test-pg-"))
+    base.chmod(0o755)
+    data_dir = base / "data"
+    pg.init_data_dir(data_dir, account, sync=False)
+    port = free_port()
+    spec = ServiceSpec("postgres", pg.server_command(data_dir, port), pg.url(port),
+                       run_as=account)
+    server = Postgres(port, group, spec)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    group = ProcessGroup(tmp_path_factory.mktemp("postgres-logs"))
+    server = start_postgres(group)
+    try:
+        yield server
+    finally:
+        group.stop_all()
+        data_dir = Path(server.spec.argv[server.spec.argv.index("-D") + 1])
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
 
 
 @dataclass
