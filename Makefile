@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 	@scripts/ensure-prometheus.sh
+	@scripts/ensure-postgres.sh
 	@scripts/ensure-tools.sh
 
 $(STAMP): pyproject.toml
@@ -21,8 +22,8 @@ $(STAMP): pyproject.toml
 up: setup
 	@$(PY) -m gridlb.stack
 
-# Start the next `make up` empty: drops .run/'s sessions, Prometheus data and logs (keeps the
-# API key, the internal token and the virtualenv).
+# Start the next `make up` empty: drops .run/'s sessions, PostgreSQL and Prometheus data and logs
+# (keeps the API key, the internal token and the virtualenv).
 reset: setup
 	@$(PY) -m gridlb.stack --reset
 
