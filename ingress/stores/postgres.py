@@ -92,6 +92,8 @@ _SAVE_ROUTE = ("INSERT INTO session_routes VALUES (%s, %s, %s, %s, %s, %s, %s) "
                "substation = excluded.substation, routed_to = excluded.routed_to, "
                "vehicle_id = excluded.vehicle_id, policy = excluded.policy, "
                "created_at = excluded.created_at")
+# A record and a route in one statement: one round trip, one commit, atomic.
+_SAVE_BOTH = f"WITH saved AS ({_SAVE_RECORD}) {_SAVE_ROUTE}"
 _SETTLED = [RecordState.DONE.value, RecordState.ABSENT.value]
 
 
@@ -275,15 +277,21 @@ class PostgresStore:
 
     async def save(self, record: KeyRecord | None = None, route: SessionRoute | None = None
                    ) -> None:
+        routed = () if route is None else (
+            route.session_id, route.tenant, route.substation, route.routed_to,
+            route.vehicle_id, route.policy, route.created_at)
+        # Each a single statement in autocommit: its own transaction, one round trip.
+        if record is not None and route is not None:
+            query, params = _SAVE_BOTH, (*_record_row(record), *routed)
+        elif record is not None:
+            query, params = _SAVE_RECORD, _record_row(record)
+        elif route is not None:
+            query, params = _SAVE_ROUTE, routed
+        else:
+            return
         async with self._connection() as conn:
             with self._failures():
-                async with conn.transaction():
-                    if record is not None:
-                        await conn.execute(_SAVE_RECORD, _record_row(record))
-                    if route is not None:
-                        await conn.execute(_SAVE_ROUTE, (
-                            route.session_id, route.tenant, route.substation, route.routed_to,
-                            route.vehicle_id, route.policy, route.created_at))
+                await conn.execute(query, params)
 
     async def route(self, session_id: str) -> SessionRoute | None:
         async with self._connection() as conn:
