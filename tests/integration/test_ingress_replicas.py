@@ -33,6 +33,7 @@ from tests.integration.test_fault_matrix import (
     FAST,
     audit,
     in_background,
+    preload,
     retry_until_definite,
     send,
 )
@@ -223,3 +224,89 @@ def test_postgres_sigkilled_and_restarted_under_keyed_load(
         status, body, replayed = send(c, log.key, via=1)
         assert (status, replayed) == (200, True) and body == log.answers[-1][1]
     assert len(audit(c, logs)) == 16
+
+
+def metric_sum(urls: list[str], prefix: str) -> float:
+    """The sum over every replica of the samples whose line starts with `prefix`."""
+    total = 0.0
+    for url in urls:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=2) as resp:
+            total += sum(float(line.rsplit(" ", 1)[1]) for line in resp.read().decode()
+                         .splitlines() if line.startswith(prefix))
+    return total
+
+
+def test_the_reconcilers_of_two_replicas_resolve_each_record_once(
+        cluster: StartCluster, keys: Any) -> None:
+    c = cluster([("a", 500.0), ("b", 500.0)], ingresses=2, store="postgresql",
+                balancer_args=FAST, ingress_args=("--reconcile-interval", "0.3"))
+    logs: list[KeyLog] = keys(4)
+    for sub in ("a", "b"):
+        c.signal(sub, signal.SIGSTOP)
+
+    def first_try(n: int, log: KeyLog) -> None:
+        log.answers.append(send(c, log.key, via=n % 2))
+    threads = [in_background(functools.partial(first_try, n, log))
+               for n, log in enumerate(logs)]
+    for thread in threads:
+        thread.join(30)
+    assert all(log.final[1].get("error") == "outcome_unknown" for log in logs), \
+        [log.answers for log in logs]
+    for sub in ("a", "b"):
+        c.signal(sub, signal.SIGCONT)        # the queued copies are admitted late
+    # Nobody retries: the reconcilers of both replicas settle the keys in the background.
+    wait_for(lambda: all(stored(c, log.key) == ("done", 2) for log in logs),
+             "every record resolved, at its second epoch", timeout_s=60)
+    found = metric_sum(c.ingress_urls, 'ingress_reconciled_records_total{result="found"}')
+    assert found == 4, found                 # each record resolved by one replica, once
+    for n, log in enumerate(logs):           # the clients' retries replay what was found
+        log.answers.append(send(c, log.key, via=(n + 1) % 2))
+        assert (log.final[0], log.final[2]) == (200, True), log.answers
+    assert len(audit(c, logs)) == 4
+
+
+def test_an_ingress_timeout_shorter_than_the_balancers_work_on_two_replicas(
+        cluster: StartCluster, keys: Any) -> None:
+    """The fault-matrix case, each retry sent to the other replica while the first copy is
+    still queued at the balancer."""
+    c = cluster([("a", 500.0), ("b", 500.0)], ingresses=2, store="postgresql",
+                balancer_args=("--forward-timeout", "5", "--max-snapshot-age", "600"),
+                ingress_args=("--request-timeout", "2", "--reconcile-interval", "600"))
+    logs: list[KeyLog] = keys(2)
+    c.signal("balancer", signal.SIGSTOP)
+    for log in logs:
+        log.answers.append(send(c, log.key, via=0))
+        log.answers.append(send(c, log.key, via=1))
+    assert all(status == 504 for log in logs for status, _, _ in log.answers), \
+        [log.answers for log in logs]
+    assert all(stored(c, log.key) == ("pending", 2) for log in logs)
+    c.signal("balancer", signal.SIGCONT)
+    retry_until_definite(c, logs, via=0)
+    assert len(audit(c, logs)) == 2
+
+
+def test_unresolved_records_survive_eviction_on_two_replicas(cluster: StartCluster,
+                                                             keys: Any) -> None:
+    """The fault-matrix case with both replicas pruning the shared store (one at a time)."""
+    c = cluster([("a", 500.0), ("b", 500.0)], ingresses=2, store="postgresql",
+                balancer_args=FAST,
+                ingress_args=("--max-keys", "1", "--prune-interval", "0.2",
+                              "--reconcile-interval", "600"))
+    preload(c, "b", 200.0)                   # a is preferred
+    unresolved, others = keys(1), keys(6)
+    c.signal("a", signal.SIGSTOP)
+    unresolved[0].answers.append(send(c, unresolved[0].key, via=0))
+    assert unresolved[0].final[1].get("error") == "outcome_unknown", unresolved[0].answers
+    c.signal("a", signal.SIGCONT)
+    retry_until_definite(c, others, via=1)
+    assert c.store_url is not None
+
+    def counts() -> dict[str, int]:
+        assert c.store_url is not None
+        with psycopg.connect(c.store_url) as conn:
+            return dict(conn.execute("SELECT state, count(*) FROM key_records "
+                                     "GROUP BY state").fetchall())
+    wait_for(lambda: counts().get("done", 0) <= 1 and counts().get("pending") == 1,
+             "settled records evicted down to the cap, the unresolved one kept")
+    retry_until_definite(c, unresolved, via=1)
+    audit(c, [*unresolved, *others])
