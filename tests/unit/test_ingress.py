@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import socket
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from ingress.app import create_app
 from ingress.config import IngressConfig
 from ingress.idempotency import KeyRecord, RecordState
 from ingress.state import STORE
+from ingress.store import StoreUnavailable
 from ingress.stores.sqlite import SQLiteStore
 
 CHARGE = {"vehicle_id": "ev-1", "requested_kw": 11, "energy_kwh": 30}
@@ -611,3 +613,62 @@ async def move_route(client: Client, session_id: str, routed_to: str) -> None:
     route = await store.route(session_id)
     assert route is not None
     await store.save(route=dataclasses.replace(route, routed_to=routed_to))
+
+
+# --- The store (ingress/store.py) failing or shared: what the client is told. -------------
+
+def store_of(client: Client) -> Any:
+    assert client.app is not None
+    return client.app[STORE]
+
+
+async def test_an_epoch_taken_by_another_replica_first_is_a_409_and_nothing_is_sent(
+        make_client: Any, backends: FakeBackends) -> None:
+    client = await make_client()
+
+    async def lost(record: KeyRecord, previous_epoch: int | None) -> bool:
+        return False                   # another replica claimed it between our read and write
+    store_of(client).claim = lost
+    status, body, headers = await post(client, key="k-race")
+    assert (status, body["error"], headers["Retry-After"]) == (409, "request_in_progress", "1")
+    assert backends.dispatches == []
+
+
+async def test_a_store_that_cannot_be_reached_is_a_503_store_unavailable_never_a_500(
+        make_client: Any, backends: FakeBackends) -> None:
+    client = await make_client()
+    _, started, _ = await post(client)
+    store = store_of(client)
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("postgresql://grid@127.0.0.1:5432/grid: connection refused")
+    store.record = store.route = store.counts = unreachable
+    status, body, headers = await post(client, key="k-down")
+    assert (status, body["error"], headers["Retry-After"]) == (503, "store_unavailable", "1")
+    assert "nothing was sent" in body["detail"] and "connection refused" in body["detail"]
+    assert len(backends.dispatches) == 1           # only the first charge's
+    resp = await client.get(f"/sessions/{started['session_id']}", headers=AUTH)
+    assert resp.status == 503 and (await resp.json())["error"] == "store_unavailable"
+    resp = await client.get("/metrics")           # still scraped: the other metrics count
+    assert resp.status == 200 and "ingress_requests_total" in await resp.text()
+
+
+async def test_an_answer_that_cannot_be_recorded_says_it_may_have_started(
+        make_client: Any, backends: FakeBackends) -> None:
+    client = await make_client()
+    store = store_of(client)
+    real_save = store.save
+
+    async def save_fails(record: Any = None, route: Any = None) -> None:
+        raise StoreUnavailable("connection lost")
+    store.save = save_fails
+    status, body, _ = await post(client, key="k-lost")
+    assert (status, body["error"]) == (503, "outcome_unknown")
+    assert "could not be recorded" in body["detail"] and "same Idempotency-Key" in body["detail"]
+    tenant = hashlib.sha256(KEY.encode()).hexdigest()[:24]      # gridlb/http.py's identity
+    record = await store.record(tenant, "k-lost")
+    assert record is not None and record.state is RecordState.PENDING   # the claim stands
+    store.save = real_save
+    status, again, _ = await post(client, key="k-lost")        # the retry finds it
+    assert status == 200 and again["session_id"] == record.session_id
+    assert backends.dispatches[-1]["resolve"] is True
