@@ -37,7 +37,7 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gridlb.durable import Durability
 from ingress.idempotency import KeyRecord, RecordState
@@ -76,6 +76,7 @@ MIGRATIONS = (
 # Advisory lock ids of this schema's own work, apart from any key's hash by their high bits.
 _MIGRATION_LOCK = 0x6772_6964_6d69_6772     # "gridmigr"
 _PRUNE_LOCK = 0x6772_6964_7072_756e         # "gridprun"
+_STATEMENT_TIMEOUT_MS = 5000
 _COLUMNS = ("tenant, key, session_id, fingerprint, epoch, state, status, response, created_at, "
             "updated_at")
 _INSERT = (f"INSERT INTO key_records ({_COLUMNS}) "
@@ -151,6 +152,10 @@ class PostgresStore:
 
         async def configure(conn: Connection) -> None:
             await conn.execute(f"SET synchronous_commit = {commit}")
+            # A request's statements are small: one that hangs (a stalled disk) fails as
+            # StoreUnavailable instead of outliving the client's patience. Pruning and
+            # migrating lift it for their transaction.
+            await conn.execute(f"SET statement_timeout = {_STATEMENT_TIMEOUT_MS}")
 
         where = redact(url)
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
@@ -174,6 +179,7 @@ class PostgresStore:
     async def migrate(self) -> list[int]:
         """Apply the versions not applied yet, in one transaction; returns them."""
         async with self._connection() as conn, conn.transaction():
+            await conn.execute("SET LOCAL statement_timeout = 0")
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             await conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version integer "
                                "PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT "
@@ -196,6 +202,10 @@ class PostgresStore:
         """Lost connections and a database that cannot be reached, as StoreUnavailable."""
         try:
             yield
+        except PoolTimeout as exc:
+            raise StoreUnavailable(
+                f"{self.where}: no connection within {self.pool.timeout:g} s (this replica's "
+                f"{self.pool.max_size} are all in use, or the server does not answer)") from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             # After a restart of PostgreSQL every idle connection of the pool is broken: have
             # the pool test and replace them now, not one failed request each.
@@ -313,6 +323,7 @@ class PostgresStore:
                     got = await cur.fetchone()
                     if got is None or got[0] is not True:
                         return 0
+                    await conn.execute("SET LOCAL statement_timeout = 0")
                     cur = await conn.execute(
                         "DELETE FROM key_records WHERE state = ANY(%s) AND updated_at < %s",
                         (_SETTLED, now - self.key_ttl_s))

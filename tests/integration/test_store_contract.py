@@ -241,6 +241,25 @@ async def test_the_lock_of_a_replica_that_died_is_released_with_its_connection(
         await two.aclose()
 
 
+async def test_a_lock_holder_works_on_its_own_connection_and_a_full_pool_says_so(
+        pg_url: str) -> None:
+    store = await PostgresStore.open(pg_url, pool_size=1, wait_s=0.5)
+    try:
+        async with store.key_lock("t", "k"):
+            # The only connection holds the lock: the holder's own work still runs (on it) ...
+            assert await store.claim(record("k"), None)
+            assert await store.record("t", "k") == record("k")
+            # ... and anyone else is told, within the wait, why nothing happened.
+            with pytest.raises(StoreUnavailable, match=r"no connection within 0\.5 s \(this "
+                                                       r"replica's 1 are all in use"):
+                async with store.key_lock("t", "other"):
+                    pass
+        async with store.key_lock("t", "other"):
+            pass
+    finally:
+        await store.aclose()
+
+
 async def test_migrations_are_versioned_and_applied_once(pg_url: str) -> None:
     first = await PostgresStore.open(pg_url)
     await first.save(record("kept"))
