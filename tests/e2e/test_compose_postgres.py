@@ -222,8 +222,10 @@ def test_a_replica_killed_under_keyed_load_loses_no_key_and_charges_none_twice(
         back_at = time.monotonic()
         time.sleep(2.0)
         stop.set()
-        for done in [*clients, *burst]:
-            done.result(timeout=120)
+        for client_done in clients:
+            client_done.result(timeout=120)
+        for burst_done in burst:
+            burst_done.result(timeout=120)
 
     in_flight = [seen for _, _, sent, _, seen in results
                  if killed_at - FROZEN_S <= sent < killed_at and seen[0] != "200"]
