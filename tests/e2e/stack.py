@@ -90,7 +90,7 @@ class ComposeStack:
     env: dict[str, str]             # the compose process's whole environment
     env_file: Path
     services: tuple[str, ...]
-    ingress_port: int
+    ingress_port: int           # 0: each replica publishes a port the engine chose
     prometheus_port: int
     api_key: str
     internal_token: str
@@ -103,7 +103,23 @@ class ComposeStack:
 
     @property
     def ingress(self) -> str:
-        return f"http://127.0.0.1:{self.ingress_port}"
+        if self.ingress_port:
+            return f"http://127.0.0.1:{self.ingress_port}"
+        urls = sorted(self.ingress_urls().values())
+        if not urls:
+            raise OSError("no ingress container publishes a port yet")
+        return urls[0]
+
+    def ingress_urls(self) -> dict[str, str]:
+        """Ingress container name -> the URL of the port it publishes (none yet: left out)."""
+        urls = {}
+        for container in self.containers("ingress"):
+            container.reload()
+            bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get("8080/tcp")
+            if bindings:
+                urls[str(container.name)] = \
+                    f"http://{bindings[0]['HostIp'] or '127.0.0.1'}:{bindings[0]['HostPort']}"
+        return urls
 
     @property
     def prometheus(self) -> str:
@@ -230,7 +246,9 @@ class ComposeStack:
             return True if counts == expected else None
 
         def published_ports_answer() -> bool | None:
-            if http("GET", f"{self.ingress}/healthz", timeout_s=3).status != 200:
+            ingress = [self.ingress] if self.ingress_port else list(self.ingress_urls().values())
+            if len(ingress) < (1 if self.ingress_port else ingresses) or any(
+                    http("GET", f"{url}/healthz", timeout_s=3).status != 200 for url in ingress):
                 return None
             if http("GET", f"{self.prometheus}/-/ready", timeout_s=3).status != 200:
                 return None

@@ -1,7 +1,7 @@
 """`docker compose -f docker-compose.yml -f docker-compose.postgres.yml up --scale ingress=2`, for
-real: two ingress replicas on one PostgreSQL, each publishing one port of GRID_INGRESS_PORT's
-range. A key answered by one replica is replayed by the other; one replica SIGKILLed under keyed
-load (with charges in flight to it) loses no key and charges none twice.
+real: two ingress replicas on one PostgreSQL, each publishing a loopback port of its own
+(GRID_INGRESS_PORT empty). A key answered by one replica is replayed by the other; one replica
+SIGKILLed under keyed load (with charges in flight to it) loses no key and charges none twice.
 
 Same engine and images as tests/e2e/test_compose_stack.py (a registry's where one answers, else
 made from Debian's packages, PostgreSQL included: container/postgres.Dockerfile).
@@ -14,7 +14,6 @@ import itertools
 import os
 import secrets
 import signal
-import socket
 import threading
 import time
 from collections import Counter
@@ -50,19 +49,6 @@ BURST = 12                # keyed charges sent to the replica while it is frozen
 FROZEN_S = 1.0
 
 
-def consecutive_free_ports(count: int) -> int:
-    for _ in range(50):
-        first = free_port()
-        try:
-            for port in range(first, first + count):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
-    raise RuntimeError(f"no {count} consecutive free ports")
-
-
 @pytest.fixture(scope="module")
 def stack(engine: tuple[engines.Engine, str], tmp_path_factory: pytest.TempPathFactory,
           say: Callable[[str], None]) -> Iterator[ComposeStack]:
@@ -79,8 +65,7 @@ def stack(engine: tuple[engines.Engine, str], tmp_path_factory: pytest.TempPathF
         images = stack_images(client, try_registry=found.kind == "docker", log=say)
         say(f"images: {images.how}")
         app_image = app_image_tag(str(client.images.get(images.base).id))
-        first = consecutive_free_ports(2)
-        values = {**images.env, "GRID_INGRESS_PORT": f"{first}-{first + 1}",
+        values = {**images.env, "GRID_INGRESS_PORT": "",
                   "GRID_PROMETHEUS_PORT": str(free_port()),
                   "GRID_GRAFANA_PORT": str(free_port()), "GRID_IMAGE": app_image,
                   "GRID_API_KEYS": secrets.token_urlsafe(24),
@@ -94,7 +79,7 @@ def stack(engine: tuple[engines.Engine, str], tmp_path_factory: pytest.TempPathF
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                  "HOME": os.environ.get("HOME", "/root"), "DOCKER_HOST": found.docker_host,
                  **values},
-            env_file=env_file, services=SERVICES, ingress_port=first,
+            env_file=env_file, services=SERVICES, ingress_port=0,
             prometheus_port=int(values["GRID_PROMETHEUS_PORT"]),
             api_key=values["GRID_API_KEYS"], internal_token=values["GRID_INTERNAL_TOKEN"],
             files=(COMPOSE_FILE, POSTGRES_FILE))
@@ -125,12 +110,8 @@ def stack(engine: tuple[engines.Engine, str], tmp_path_factory: pytest.TempPathF
 
 
 def replica_urls(stack: ComposeStack) -> dict[str, str]:
-    """Ingress container name -> the URL of the port it publishes."""
-    urls = {}
-    for container in stack.containers("ingress"):
-        container.reload()
-        binding = container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]
-        urls[str(container.name)] = f"http://{binding['HostIp']}:{binding['HostPort']}"
+    urls = stack.ingress_urls()
+    assert len(urls) == 2, urls
     return urls
 
 

@@ -202,8 +202,7 @@ def compose_postgres_config(env: dict[str, str], cwd: Path
 
 @needs_compose
 def test_the_postgres_file_puts_every_ingress_replica_on_one_postgresql(workdir: Path) -> None:
-    result = compose_postgres_config({**ALL_SECRETS, "GRID_INGRESS_PORT": "18080-18081"},
-                                     workdir)
+    result = compose_postgres_config({**ALL_SECRETS, "GRID_INGRESS_PORT": ""}, workdir)
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
     ingress, postgres = services["ingress"], services["postgres"]
@@ -213,8 +212,8 @@ def test_the_postgres_file_puts_every_ingress_replica_on_one_postgresql(workdir:
     assert not any("store" in arg or "pa55" in arg for arg in ingress["command"])
     assert ingress["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert ingress["depends_on"]["balancer"]["condition"] == "service_healthy"
-    # Each replica publishes one port of the range, on loopback.
-    assert ingress["ports"] == ["127.0.0.1:18080-18081:8080/tcp"]
+    # Each replica publishes a port of its own, on loopback.
+    assert ingress["ports"] == ["127.0.0.1::8080/tcp"]
     assert "ports" not in postgres                     # inside the compose network only
     assert postgres["environment"]["POSTGRES_PASSWORD"] == "pa55"
     assert "synchronous_commit=on" in postgres["command"]
@@ -231,6 +230,19 @@ def test_the_postgres_file_refuses_to_start_without_its_password(workdir: Path) 
     assert result.returncode != 0
     assert "set GRID_POSTGRES_PASSWORD" in result.stderr
     assert "scripts/compose-env.sh" in result.stderr
+
+
+@needs_compose
+def test_the_ingress_port_is_8080_unless_set_and_may_be_left_to_the_engine(
+        workdir: Path) -> None:
+    def ports(env: dict[str, str]) -> list[str]:
+        result = compose_config({"GRID_INTERNAL_TOKEN": "t", "GRID_API_KEYS": "k", **env},
+                                workdir)
+        assert result.returncode == 0, result.stderr
+        return list(yaml.safe_load(result.stdout)["services"]["ingress"]["ports"])
+    assert ports({}) == ["127.0.0.1:8080:8080/tcp"]
+    assert ports({"GRID_INGRESS_PORT": "18080"}) == ["127.0.0.1:18080:8080/tcp"]
+    assert ports({"GRID_INGRESS_PORT": ""}) == ["127.0.0.1::8080/tcp"]
 
 
 def test_the_postgres_password_has_no_default() -> None:
