@@ -255,10 +255,15 @@ def test_the_reconcilers_of_two_replicas_resolve_each_record_once(
     for sub in ("a", "b"):
         c.signal(sub, signal.SIGCONT)        # the queued copies are admitted late
     # Nobody retries: the reconcilers of both replicas settle the keys in the background.
-    wait_for(lambda: all(stored(c, log.key) == ("done", 2) for log in logs),
-             "every record resolved, at its second epoch", timeout_s=60)
+    wait_for(lambda: all((stored(c, log.key) or ("",))[0] == "done" for log in logs),
+             "every record resolved", timeout_s=60)
+    # Each record was found by one replica, once (a round that ran before the substations
+    # resumed may have left it pending at its second epoch: then it was found at a later one).
     found = metric_sum(c.ingress_urls, 'ingress_reconciled_records_total{result="found"}')
-    assert found == 4, found                 # each record resolved by one replica, once
+    tried = metric_sum(c.ingress_urls, 'ingress_reconciled_records_total{result="pending"}')
+    assert found == 4, found
+    epochs = [stored(c, log.key)[1] for log in logs]          # type: ignore[index]
+    assert sum(epoch - 1 for epoch in epochs) == found + tried, (epochs, found, tried)
     for n, log in enumerate(logs):           # the clients' retries replay what was found
         log.answers.append(send(c, log.key, via=(n + 1) % 2))
         assert (log.final[0], log.final[2]) == (200, True), log.answers
