@@ -672,3 +672,20 @@ async def test_an_answer_that_cannot_be_recorded_says_it_may_have_started(
     status, again, _ = await post(client, key="k-lost")        # the retry finds it
     assert status == 200 and again["session_id"] == record.session_id
     assert backends.dispatches[-1]["resolve"] is True
+
+
+def test_the_store_is_sqlite_unless_a_postgresql_url_is_given(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from ingress.__main__ import parse_args
+    monkeypatch.delenv("GRID_STORE_URL", raising=False)
+    assert parse_args([]).store_url is None
+    url = "postgresql://grid:pw@db:5432/grid"
+    assert parse_args(["--store-url", url]).store_url == url
+    monkeypatch.setenv("GRID_STORE_URL", url)     # the password out of the process list
+    config = parse_args(["--store-pool-size", "8"])
+    assert (config.store_url, config.store_pool_size) == (url, 8)
+    for argv, message in ((["--store-url", "mysql://db/grid"], "must be a postgresql:// URL"),
+                          (["--store-pool-size", "0"], "--store-pool-size: must be at least 1")):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        assert message in capsys.readouterr().err
