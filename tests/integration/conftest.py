@@ -185,9 +185,9 @@ class Postgres:
                                                                     time.monotonic()))
                 return
             except RuntimeError:
+                self.group.stop("postgres")      # exited already, or never became ready
                 if time.monotonic() > deadline:
                     raise
-                self.group.procs.pop("postgres", None)
                 time.sleep(0.2)
 
 
