@@ -163,6 +163,12 @@ class Postgres:
     def admin_url(self) -> str:
         return pg.url(self.port)
 
+    def remove(self) -> None:
+        """Stop it and remove its temporary directory."""
+        self.group.stop("postgres")
+        data_dir = Path(self.spec.argv[self.spec.argv.index("-D") + 1])
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
+
     def create_database(self) -> str:
         """A new, empty database; its URL. Each test gets its own: no test sees another's."""
         name = f"t_{secrets.token_hex(6)}"
@@ -218,9 +224,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
     try:
         yield server
     finally:
-        group.stop_all()
-        data_dir = Path(server.spec.argv[server.spec.argv.index("-D") + 1])
-        shutil.rmtree(data_dir.parent, ignore_errors=True)
+        server.remove()
 
 
 @dataclass

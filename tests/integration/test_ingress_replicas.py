@@ -159,7 +159,7 @@ def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Any:
     group = ProcessGroup(tmp_path_factory.mktemp("own-postgres-logs"))
     server = start_postgres(group)
     yield server
-    group.stop_all()
+    server.remove()
 
 
 def test_postgres_sigkilled_and_restarted_under_keyed_load(
