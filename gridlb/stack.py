@@ -438,7 +438,8 @@ def reset(run_dir: Path) -> int:
 def run(grid: GridConfig, run_dir: Path, restart_policy: RestartPolicy | None = None) -> int:
     if busy := ports_in_use(grid):
         print(f"make up: already in use on {grid.host}: {', '.join(busy)}. Stop what holds "
-              "them (a system Prometheus: `systemctl stop prometheus`), or choose other ports "
+              "them (a system Prometheus: `systemctl stop prometheus`; a system PostgreSQL: "
+              "`service postgresql stop`), or choose other ports "
               f"in a copy of {grid.source} and run GRID_CONFIG=that-file make up",
               file=sys.stderr)
         return 1
