@@ -4,12 +4,16 @@ Writes go through group commit (gridlb/durable.py: WAL, `synchronous=FULL` by de
 per group of writes), so a record is on disk before its dispatch starts and before its answer is
 sent. Reads run on the event loop's thread (WAL lets them run beside the writer). The key lock is
 in this process's memory: SQLite is one process's file, and grid.yaml refuses more than one
-ingress replica on it (gridlb/grid.py).
+ingress replica on it (gridlb/grid.py). So that two processes never share one file anyway (two
+containers on one volume, a second ingress started by hand), the store holds an exclusive lock
+on `<file>.lock` while it is open: a second one is refused at start, naming the file.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -76,6 +80,29 @@ def _record(row: Sequence[Any]) -> KeyRecord:
                      None if row[7] is None else json.loads(row[7]), row[8], row[9])
 
 
+class StoreInUse(RuntimeError):
+    """Another process has this SQLite store open."""
+
+
+def exclusive(path: str | Path) -> int | None:
+    """An exclusive lock on `<path>.lock` (its file descriptor: closing it releases the lock;
+    so does the process's death), or StoreInUse."""
+    if str(path) == ":memory:":
+        return None
+    lock_path = Path(f"{path}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreInUse(
+            f"{path} is in use by another ingress process: an SQLite store serves one process "
+            "(two would each start a session for one key); run one ingress per file, or share "
+            "a PostgreSQL store between replicas (--store-url postgresql://...)") from None
+    return fd
+
+
 def migrate(c: sqlite3.Connection, where: str) -> list[int]:
     """Apply the versions not applied yet (in the caller's transaction); returns them."""
     c.execute(_MIGRATIONS_TABLE)
@@ -94,11 +121,16 @@ class SQLiteStore:
     def __init__(self, path: str | Path, durability: Durability = Durability.FULL,
                  key_ttl_s: float = 24 * 3600.0, session_ttl_s: float = 7 * 24 * 3600.0,
                  max_keys: int = 1_000_000) -> None:
-        self.db = GroupCommitDB(path, "", durability)
+        self._lock_fd = exclusive(path)
+        try:
+            self.db = GroupCommitDB(path, "", durability)
+        except BaseException:
+            self._release()
+            raise
         try:
             self.db.write_now(lambda c: migrate(c, str(path)))
         except BaseException:
-            self.db.close()
+            self.close()
             raise
         self.key_ttl_s = key_ttl_s
         self.session_ttl_s = session_ttl_s
@@ -171,4 +203,19 @@ class SQLiteStore:
             "SELECT state, count(*) FROM key_records GROUP BY state")}
 
     async def aclose(self) -> None:
-        await self.db.aclose()
+        try:
+            await self.db.aclose()
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        """Without an event loop (start-up, tests)."""
+        try:
+            self.db.close()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from ingress.stores.migrations import SchemaTooNew
 from ingress.stores.postgres import MIGRATIONS as PG_MIGRATIONS
 from ingress.stores.postgres import PostgresStore
 from ingress.stores.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
-from ingress.stores.sqlite import SQLiteStore
+from ingress.stores.sqlite import SQLiteStore, StoreInUse
 from tests.integration.conftest import Postgres
 
 pytestmark = pytest.mark.integration
@@ -342,7 +344,7 @@ async def test_a_sqlite_database_from_before_versioning_is_adopted_not_dropped(
                                                         1.0, 2.0)
     finally:
         await store.aclose()
-    SQLiteStore(path).db.close()          # opened again: nothing more to apply
+    SQLiteStore(path).close()             # opened again: nothing more to apply
     with sqlite3.connect(path) as db:
         tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         versions = db.execute("SELECT version, name FROM schema_migrations").fetchall()
@@ -353,10 +355,37 @@ async def test_a_sqlite_database_from_before_versioning_is_adopted_not_dropped(
 
 def test_a_sqlite_database_migrated_by_a_newer_release_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.sqlite3"
-    SQLiteStore(path).db.close()
+    SQLiteStore(path).close()
     with sqlite3.connect(path) as db:
         db.execute("INSERT INTO schema_migrations VALUES (7, 'future', 0)")
     db.close()
     with pytest.raises(SchemaTooNew, match=rf"{path}: schema version 7 was applied by a newer "
                                            r"release of the ingress \(this one knows up to 1\)"):
         SQLiteStore(path)
+
+
+def test_one_sqlite_file_serves_one_process_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "ingress.sqlite3"
+    first = SQLiteStore(path)
+    try:
+        # Another process (here: another opening) is refused, naming the file and the way out.
+        with pytest.raises(StoreInUse, match=rf"{path} is in use by another ingress process: .*"
+                                             r"--store-url postgresql://"):
+            SQLiteStore(path)
+    finally:
+        first.close()
+    second = SQLiteStore(path)              # free again once the first is closed
+    second.close()
+    # A process that dies holds nothing: the kernel drops its lock.
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from ingress.stores.sqlite import SQLiteStore; "
+        f"SQLiteStore({str(path)!r}); print('open', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreInUse):
+            SQLiteStore(path)
+    finally:
+        holder.kill()
+        holder.communicate(timeout=10)     # reaps it and closes its pipe
+    SQLiteStore(path).close()

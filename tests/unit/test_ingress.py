@@ -340,6 +340,7 @@ async def test_a_replica_that_has_not_read_prometheus_yet_passes_the_charge_on(
         status, body, _ = await post(client, {**CHARGE, "vehicle_id": f"ev-{i}"})
         assert status == 200, body
     assert asked and len(backends.dispatches) == 20
+    await client.close()                  # its SQLite store serves one ingress at a time
     alone = await make_client(balancer_url=f"http://127.0.0.1:{new.port}")
     status, body, headers = await post(alone)
     assert (status, body["error"], headers["Retry-After"]) == (503, "no_snapshot", "1")
