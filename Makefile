@@ -21,9 +21,11 @@ setup: runtime test-tools bench-tools
 runtime: $(RUNTIME)
 	@scripts/ensure-prometheus.sh
 
-# What `make test` needs on top: pytest, ruff, mypy, ... (the dev extras) and docker-compose.
+# What `make test` needs on top: pytest, ruff, mypy, ... (the dev extras), docker-compose and
+# PostgreSQL (the ingress store's contract tests and the replicas on PostgreSQL).
 test-tools: runtime $(DEV)
 	@scripts/ensure-tools.sh test
+	@scripts/ensure-postgres.sh
 
 # What `make bench` needs on top: matplotlib (the bench extras), wrk and nginx.
 bench-tools: runtime $(BENCH)
@@ -51,8 +53,9 @@ $(BENCH): $(RUNTIME)
 up: runtime
 	@$(PY) -m gridlb.stack
 
-# Start the next `make up` empty: drops .run/'s sessions, Prometheus data, logs and the policy
-# chosen with POST /-/reload (keeps the API key, the internal token and the virtualenv).
+# Start the next `make up` empty: drops .run/'s sessions, PostgreSQL and Prometheus data, logs
+# and the policy chosen with POST /-/reload (keeps the API key, the internal token and the
+# virtualenv).
 reset: runtime
 	@$(PY) -m gridlb.stack --reset
 

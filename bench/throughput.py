@@ -3,7 +3,9 @@
 (b+key) the same with an Idempotency-Key on every request (two durable commits more),
 (c) nginx least_conn in front of the substations (a user's obvious alternative).
 Each with the stores' default durability (fsync per commit group) and with `process`
-durability, so the cost of surviving a power loss is measured, not guessed."""
+durability, so the cost of surviving a power loss is measured, not guessed. Then the keyed path
+with the ingress store on PostgreSQL (full durability: `synchronous_commit = on`), with one
+ingress and with two replicas sharing it (a wrk per replica, half the connections each)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 from bench.stack import API_KEY, TOKEN, BenchStack, bench_stack
+from gridlb.postgres import PostgresMissing, bin_dir
 from gridlb.stack import free_port, wait_ready
 
 # The smallest power and a tiny energy: capacity never runs out and sessions finish within a
@@ -108,9 +112,44 @@ def run_throughput(quick: bool = False) -> list[dict[str, object]]:
     if shutil.which("wrk") is None:
         return [{"skipped": "wrk is not installed (make setup installs it on Debian)"}]
     rows: list[dict[str, object]] = []
+    seconds = 3 if quick else 10
     for durability in ("full", "process"):
-        rows += _run_paths(durability, seconds=3 if quick else 10)
+        rows += _run_paths(durability, seconds)
+    rows += _run_postgres_paths(seconds)
     return rows + _ratios(rows)
+
+
+def run_wrk_split(urls: list[str], script: Path, connections: int, seconds: int
+                  ) -> dict[str, float]:
+    """One wrk per URL at once, the connections split between them: the sum of their rates,
+    the worst of their percentiles."""
+    with ThreadPoolExecutor(len(urls)) as pool:
+        parts = list(pool.map(lambda u: run_wrk(u, script, connections // len(urls), seconds),
+                              urls))
+    return {"rps": sum(p["rps"] for p in parts),
+            "p50_ms": max(p["p50_ms"] for p in parts), "p99_ms": max(p["p99_ms"] for p in parts),
+            "non_2xx": sum(p["non_2xx"] for p in parts)}
+
+
+def _run_postgres_paths(seconds: int) -> list[dict[str, object]]:
+    """(b+key) with the ingress store on PostgreSQL: one ingress, then two replicas."""
+    try:
+        bin_dir()
+    except PostgresMissing as exc:
+        return [{"skipped": f"PostgreSQL paths: {exc}"}]
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="sglb-wrk-") as tmp:
+        script = Path(tmp) / "keyed.lua"
+        script.write_text(LUA % {"token": API_KEY, "strip": STRIP, "key": KEY})
+        for replicas, name in ((1, "b+key/pg: the same, store on PostgreSQL"),
+                               (2, "b+key/pg2: the same, 2 ingress replicas on PostgreSQL")):
+            with bench_stack(store="postgresql", ingresses=replicas) as stack:
+                for connections in (16, 64):
+                    rows.append({"durability": "full", "path": name,
+                                 "connections": connections,
+                                 **run_wrk_split(list(stack.ingress_urls), script, connections,
+                                                 seconds)})
+    return rows
 
 
 def _run_paths(durability: str, seconds: int) -> list[dict[str, object]]:
@@ -145,7 +184,8 @@ def _ratios(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     ratios: list[dict[str, object]] = []
     for durability in ("full", "process"):
         for c in (16, 64):
-            for num, den in (("b", "a"), ("b+key", "a"), ("b", "c")):
+            for num, den in (("b", "a"), ("b+key", "a"), ("b", "c"), ("b+key/pg", "a"),
+                             ("b+key/pg2", "a"), ("b+key/pg", "b+key")):
                 b, o = by.get((durability, num, c)), by.get((durability, den, c))
                 if b and o and o["rps"]:
                     ratios.append({"durability": durability, "ratio": f"{num}/{den}",

@@ -30,6 +30,7 @@ class ErrorCode(str, Enum):
     BAD_GATEWAY = "bad_gateway"
     BALANCER_UNAVAILABLE = "balancer_unavailable"
     BALANCER_TIMEOUT = "balancer_timeout"
+    STORE_UNAVAILABLE = "store_unavailable"
     # Balancer: placement outcomes
     NO_CAPACITY = "no_capacity"
     EXCEEDS_CAPACITY = "exceeds_capacity"

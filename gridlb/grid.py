@@ -19,6 +19,10 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # Balancer replicas of the local stack: each is a process with its own port; more than a few
 # only compete for the same cores.
 MAX_BALANCER_REPLICAS = 16
+MAX_INGRESS_REPLICAS = 16
+# Where the ingress keeps its idempotency records and session index: an SQLite file (one
+# ingress process) or a PostgreSQL server that `make up` starts (any number of replicas).
+INGRESS_STORES = ("sqlite", "postgresql")
 
 
 class ConfigError(ValueError):
@@ -77,6 +81,9 @@ class GridConfig:
     balancer_port: int = 8081
     prometheus_port: int = 9090
     balancer_replicas: int = 1
+    ingress_replicas: int = 1
+    ingress_store: str = "sqlite"
+    postgres_port: int = 5432
     scrape_interval_s: float = 1.0
     speed_factor: float = 60.0
     policy_dir: str = "policies"
@@ -91,7 +98,21 @@ class GridConfig:
 
     @property
     def ingress_url(self) -> str:
+        """The first ingress replica's URL."""
         return f"http://{self.host}:{self.ingress_port}"
+
+    @property
+    def ingress_ports(self) -> tuple[int, ...]:
+        """One port per ingress replica, consecutive from `ports.ingress`."""
+        return tuple(range(self.ingress_port, self.ingress_port + self.ingress_replicas))
+
+    @property
+    def ingress_urls(self) -> tuple[str, ...]:
+        return tuple(f"http://{self.host}:{port}" for port in self.ingress_ports)
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.ingress_store == "postgresql"
 
     @property
     def balancer_url(self) -> str:
@@ -197,12 +218,18 @@ def parse_grid(raw: object, source: str = DEFAULT_GRID_FILE) -> GridConfig:
     if not isinstance(policy_dir, str) or not policy_dir:
         problems.append(f"policy_dir: must be a directory path, got {show(policy_dir)}")
         policy_dir = "policies"
-    replicas = raw.get("balancer_replicas", 1)
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or \
-            not 1 <= replicas <= MAX_BALANCER_REPLICAS:
-        problems.append(f"balancer_replicas: must be an integer 1-{MAX_BALANCER_REPLICAS}, "
-                        f"got {show(replicas)}")
-        replicas = 1
+    replicas = _replicas(raw, "balancer_replicas", MAX_BALANCER_REPLICAS, problems)
+    ingress_replicas = _replicas(raw, "ingress_replicas", MAX_INGRESS_REPLICAS, problems)
+    store = raw.get("ingress_store", "sqlite")
+    if store not in INGRESS_STORES:
+        problems.append(f"ingress_store: must be one of {', '.join(INGRESS_STORES)}, "
+                        f"got {show(store)}")
+        store = "sqlite"
+    if ingress_replicas > 1 and store == "sqlite":
+        problems.append(f"ingress_replicas: {ingress_replicas} ingress replicas need a store "
+                        "they share: set ingress_store: postgresql (the SQLite store is one "
+                        "process's file: a second replica would start a second session for a "
+                        "retry that lands on it)")
     name = raw.get("name", "local")
     if not isinstance(name, str) or not GRID_NAME_RE.fullmatch(name):
         problems.append("name: must be 1-63 lowercase letters, digits, '_', '.', '-' (the "
@@ -217,12 +244,16 @@ def parse_grid(raw: object, source: str = DEFAULT_GRID_FILE) -> GridConfig:
         balancer_port=_port(ports, "balancer", 8081, problems, "ports."),
         prometheus_port=_port(ports, "prometheus", 9090, problems, "ports."),
         balancer_replicas=replicas,
+        ingress_replicas=ingress_replicas,
+        ingress_store=store,
+        postgres_port=_port(ports, "postgres", 5432, problems, "ports."),
         scrape_interval_s=_positive(raw, "scrape_interval_s", 1.0, problems, ""),
         speed_factor=_positive(raw, "speed_factor", 60.0, problems, ""),
         policy_dir=policy_dir,
         source=source,
     )
-    service_ports = {grid.ingress_port, grid.prometheus_port, *grid.balancer_ports}
+    service_ports = {*grid.ingress_ports, grid.prometheus_port, *grid.balancer_ports,
+                     *((grid.postgres_port,) if grid.uses_postgres else ())}
     for clash in sorted(seen_ports & service_ports):
         problems.append(f"substations: port {clash} clashes with a service port")
     if grid.balancer_ports[-1] > 65535:
@@ -237,14 +268,47 @@ def parse_grid(raw: object, source: str = DEFAULT_GRID_FILE) -> GridConfig:
                      f"balancer_replicas: replica {replica}'s port (consecutive from "
                      "ports.balancer)")
             problems.append(f"{where}: port {port} clashes with ports.{name}")
+    _ingress_and_postgres_ports(grid, problems)
     if problems:
         raise ConfigError(source, problems)
     return grid
 
 
+def _replicas(raw: dict[str, Any], key: str, most: int, problems: list[str]) -> int:
+    value = raw.get(key, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        problems.append(f"{key}: must be an integer 1-{most}, got {show(value)}")
+        return 1
+    return value
+
+
+def _ingress_and_postgres_ports(grid: GridConfig, problems: list[str]) -> None:
+    """The ports of ingress replicas after the first, and PostgreSQL's, clash with nothing
+    (the first ingress replica's port is checked with the others above)."""
+    if grid.ingress_ports[-1] > 65535:
+        problems.append(f"ingress_replicas: {grid.ingress_replicas} replicas on consecutive "
+                        f"ports from ports.ingress ({grid.ingress_port}) go past port 65535")
+    others = {grid.prometheus_port: "ports.prometheus",
+              **{port: ("ports.balancer" if n == 1 else f"balancer replica {n}")
+                 for n, port in enumerate(grid.balancer_ports, start=1)}}
+    if grid.uses_postgres:
+        others.setdefault(grid.postgres_port, "ports.postgres")
+    for n, port in enumerate(grid.ingress_ports[1:], start=2):
+        if port in others:
+            problems.append(f"ingress_replicas: replica {n}'s port (consecutive from "
+                            f"ports.ingress): port {port} clashes with {others[port]}")
+    if grid.uses_postgres:
+        clash = {grid.prometheus_port: "ports.prometheus", grid.ingress_port: "ports.ingress",
+                 **{port: ("ports.balancer" if n == 1 else f"balancer replica {n}")
+                    for n, port in enumerate(grid.balancer_ports, start=1)}}
+        if grid.postgres_port in clash:
+            problems.append(f"ports.postgres: port {grid.postgres_port} clashes with "
+                            f"{clash[grid.postgres_port]}")
+
+
 _KNOWN_KEYS = {"substations", "policy", "host", "ports", "scrape_interval_s", "speed_factor",
-               "policy_dir", "balancer_replicas", "name"}
+               "policy_dir", "balancer_replicas", "ingress_replicas", "ingress_store", "name"}
 # A grid name goes into PromQL strings and label values: nothing that needs quoting.
 GRID_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
-_PORT_KEYS = {"ingress", "balancer", "prometheus"}
+_PORT_KEYS = {"ingress", "balancer", "prometheus", "postgres"}
 _SUBSTATION_KEYS = {"id", "port", "capacity_kw"}

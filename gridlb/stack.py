@@ -1,12 +1,13 @@
 """`make up`: the whole system on this machine, in the foreground, without Docker.
 
-Starts Prometheus, the substations, the balancer and the ingress on the grid file's host and
-ports, says what it resumed from `.run/`, prints the URLs, and then supervises them like
-Compose (gridlb/supervisor.py): a service that exits is restarted with backoff while the others
-keep running. On Ctrl-C, SIGTERM or SIGHUP it stops every process it started, front to back
-(by PID, TERM then KILL), so nothing is left behind. `make reset` (`--reset`) empties `.run/`'s
-state so that the next `make up` starts with no sessions. The same pieces start the stacks of the
-integration tests.
+Starts Prometheus, PostgreSQL (with `ingress_store: postgresql`: the store the ingress replicas
+share, its data in `.run/postgres`), the substations, the balancer and the ingress replicas on the
+grid file's host and ports, says what it resumed from `.run/`, prints the URLs, and then
+supervises them like Compose (gridlb/supervisor.py): a service that exits is restarted with
+backoff while the others keep running. On Ctrl-C, SIGTERM or SIGHUP it stops every process it
+started, front to back (by PID, TERM then KILL), so nothing is left behind. `make reset`
+(`--reset`) empties `.run/`'s state so that the next `make up` starts with no sessions. The same
+pieces start the stacks of the integration tests.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
+from gridlb import postgres
 from gridlb.grid import ConfigError, GridConfig, load_grid
+from gridlb.postgres import RunAs, accepts_connections
 from gridlb.promconfig import REPO_ROOT, prometheus_command, render_prometheus_dir
 from gridlb.supervisor import RestartPolicy, Supervisor
 
@@ -42,8 +46,9 @@ ACTIVE_POLICY_FILE = "active-policy"   # the fleet's policy choice (balancer/act
 class ServiceSpec:
     name: str
     argv: list[str]
-    ready_url: str
+    ready_url: str          # http(s):// answers 2xx when ready; postgresql:// runs a query
     env: Mapping[str, str] = field(default_factory=dict)
+    run_as: RunAs | None = None    # another account (PostgreSQL refuses to run as root)
 
 
 def _die_with_parent_hook() -> Callable[[], None] | None:
@@ -79,12 +84,16 @@ class ProcessGroup:
 
     def start(self, spec: ServiceSpec) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        account: dict[str, Any] = {}
+        if spec.run_as is not None and spec.run_as.user is not None:
+            account = {"user": spec.run_as.uid, "group": spec.run_as.gid, "extra_groups": []}
         with (self.log_dir / f"{spec.name}.log").open("ab") as log:
             proc = subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
                                     env={**os.environ, **spec.env},
                                     start_new_session=self.detach,
-                                    preexec_fn=self._pre_exec)   # None unless detached
+                                    preexec_fn=self._pre_exec,   # None unless detached
+                                    **account)
         self.procs[spec.name] = proc
         return proc
 
@@ -129,6 +138,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def answers_ok(url: str, timeout_s: float = 1.0) -> bool:
+    if url.startswith("postgresql://"):
+        return accepts_connections(url, timeout_s)
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             return 200 <= int(resp.status) < 300
@@ -196,16 +207,38 @@ def balancer_spec(grid: GridConfig, env: Mapping[str, str],
         ready_url=f"http://{grid.host}:{port}/healthz", env=env)
 
 
+def ingress_name(replica: int) -> str:
+    """`ingress` for the first replica, `ingress-n` for the n-th."""
+    return "ingress" if replica == 1 else f"ingress-{replica}"
+
+
 def ingress_spec(grid: GridConfig, run_dir: Path, env: Mapping[str, str],
-                 balancer_urls: Sequence[str] = (), extra_args: Sequence[str] = ()
+                 balancer_urls: Sequence[str] = (), extra_args: Sequence[str] = (),
+                 replica: int = 1, port: int | None = None, store_url: str | None = None
                  ) -> ServiceSpec:
+    """Replica n > 1 is named `ingress-n` and listens on `port`. `store_url`: the PostgreSQL
+    store every replica shares; without it, the SQLite file in `run_dir`."""
+    port = grid.ingress_port if port is None else port
+    store = ["--store-url", store_url] if store_url else \
+        ["--store-path", str(run_dir / "ingress.sqlite3")]
     return ServiceSpec(
-        name="ingress",
-        argv=[sys.executable, "-m", "ingress", "--host", grid.host,
-              "--port", str(grid.ingress_port),
+        name=ingress_name(replica),
+        argv=[sys.executable, "-m", "ingress", "--host", grid.host, "--port", str(port),
               "--balancer-url", ",".join(balancer_urls or [grid.balancer_url]),
-              "--store-path", str(run_dir / "ingress.sqlite3"), *extra_args],
-        ready_url=f"{grid.ingress_url}/healthz", env=env)
+              *store, *extra_args],
+        ready_url=f"http://{grid.host}:{port}/healthz", env=env)
+
+
+def postgres_data_dir(run_dir: Path) -> Path:
+    return run_dir / "postgres" / "data"
+
+
+def postgres_spec(grid: GridConfig, run_dir: Path) -> ServiceSpec:
+    """The ingress replicas' store, on loopback only (gridlb/postgres.py)."""
+    return ServiceSpec(
+        name="postgres",
+        argv=postgres.server_command(postgres_data_dir(run_dir), grid.postgres_port),
+        ready_url=postgres.url(grid.postgres_port), run_as=postgres.run_as())
 
 
 def prometheus_spec(grid: GridConfig, run_dir: Path) -> ServiceSpec:
@@ -213,7 +246,7 @@ def prometheus_spec(grid: GridConfig, run_dir: Path) -> ServiceSpec:
     targets = {
         "substation": [f"{host}:{s.port}" for s in grid.substations],
         "balancer": [f"{host}:{port}" for port in grid.balancer_ports],
-        "ingress": [f"{host}:{grid.ingress_port}"],
+        "ingress": [f"{host}:{port}" for port in grid.ingress_ports],
         "prometheus": [f"{host}:{grid.prometheus_port}"],
     }
     config_file = render_prometheus_dir(run_dir / "prometheus", grid.scrape_interval_s, targets,
@@ -246,9 +279,14 @@ def stack_specs(grid: GridConfig, run_dir: Path) -> list[ServiceSpec]:
     balancers = [balancer_spec(grid, internal, replica=n, port=port,
                                active_policy_file=run_dir / ACTIVE_POLICY_FILE)
                  for n, port in enumerate(grid.balancer_ports, start=1)]
-    # Start order; the supervisor stops in the reverse order (the ingress first).
-    return [prometheus_spec(grid, run_dir), *subs, *balancers,
-            ingress_spec(grid, run_dir, ingress_env, grid.balancer_urls)]
+    store_url = postgres.url(grid.postgres_port) if grid.uses_postgres else None
+    ingresses = [ingress_spec(grid, run_dir, ingress_env, grid.balancer_urls, replica=n,
+                              port=port, store_url=store_url)
+                 for n, port in enumerate(grid.ingress_ports, start=1)]
+    store = [postgres_spec(grid, run_dir)] if grid.uses_postgres else []
+    # Start order; the supervisor stops in the reverse order (the ingress replicas first, the
+    # store they write to after them).
+    return [prometheus_spec(grid, run_dir), *store, *subs, *balancers, *ingresses]
 
 
 def banner(grid: GridConfig, api_key: str, serving: str | None = None) -> str:
@@ -260,11 +298,16 @@ def banner(grid: GridConfig, api_key: str, serving: str | None = None) -> str:
                      for s in grid.substations)
     balancers = "\n".join(f"  {balancer_name(n):<14} {url}/policy"
                           for n, url in enumerate(grid.balancer_urls, start=1))
+    ingresses = "\n".join(f"  {ingress_name(n):<14} {url}/charge" + (
+        f"      (API key: {api_key})" if n == 1 else "")
+        for n, url in enumerate(grid.ingress_urls, start=1))
+    store = (f"  postgres       {postgres.url(grid.postgres_port)}  (the ingress store; data in "
+             ".run/postgres)\n" if grid.uses_postgres else "")
     return f"""
 Smart Grid Load Balancer is up ({grid.source}, policy {policy}).
-  ingress        {grid.ingress_url}/charge      (API key: {api_key})
+{ingresses}
 {balancers}
-  prometheus     {grid.prometheus_url}/graph
+{store}  prometheus     {grid.prometheus_url}/graph
 {subs}
 Try:   curl -s -H 'Authorization: Bearer {api_key}' \\
          -H 'Content-Type: application/json' \\
@@ -324,7 +367,9 @@ def wait_for_grid(grid: GridConfig, timeout_s: float = 30.0) -> None:
 
 def ports_in_use(grid: GridConfig) -> list[str]:
     """The grid's ports that something else already listens on."""
-    wanted = {"ingress": grid.ingress_port, "prometheus": grid.prometheus_port,
+    wanted = {**{ingress_name(n): port for n, port in enumerate(grid.ingress_ports, start=1)},
+              **({"postgres": grid.postgres_port} if grid.uses_postgres else {}),
+              "prometheus": grid.prometheus_port,
               **{balancer_name(n): port
                  for n, port in enumerate(grid.balancer_ports, start=1)},
               **{s.id: s.port for s in grid.substations}}
@@ -417,7 +462,7 @@ def reset(run_dir: Path) -> int:
         if path.exists():
             path.unlink()
             removed.append(path.name)
-    for directory in ("prometheus-data", "logs"):
+    for directory in ("postgres", "prometheus-data", "logs"):
         if (run_dir / directory).exists():
             shutil.rmtree(run_dir / directory)
             removed.append(f"{directory}/")
@@ -432,10 +477,20 @@ def reset(run_dir: Path) -> int:
 def run(grid: GridConfig, run_dir: Path, restart_policy: RestartPolicy | None = None) -> int:
     if busy := ports_in_use(grid):
         print(f"make up: already in use on {grid.host}: {', '.join(busy)}. Stop what holds "
-              "them (a system Prometheus: `systemctl stop prometheus`), or choose other ports "
+              "them (a system Prometheus: `systemctl stop prometheus`; a system PostgreSQL: "
+              "`service postgresql stop`), or choose other ports "
               f"in a copy of {grid.source} and run GRID_CONFIG=that-file make up",
               file=sys.stderr)
         return 1
+    if grid.uses_postgres:
+        try:
+            if postgres.init_data_dir(postgres_data_dir(run_dir)):
+                print(f"make up: created the PostgreSQL database in {postgres_data_dir(run_dir)} "
+                      "(kept across restarts; `make reset` removes it)", flush=True)
+        except (postgres.PostgresMissing, RuntimeError, OSError) as exc:
+            print(f"make up: cannot prepare PostgreSQL ({grid.source}: ingress_store: "
+                  f"postgresql): {exc}", file=sys.stderr)
+            return 1
     specs = stack_specs(grid, run_dir)
     group = ProcessGroup(run_dir / "logs", detach=True)
     supervisor = Supervisor(StackLauncher(group, specs), [s.name for s in specs],
@@ -486,8 +541,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--run-dir", type=Path, default=REPO_ROOT / ".run",
                         help="state, logs and the Prometheus database (default: .run/)")
     parser.add_argument("--reset", action="store_true",
-                        help="empty the run directory's sessions, Prometheus data, logs and "
-                             "the policy chosen at run time")
+                        help="empty the run directory's sessions, PostgreSQL and Prometheus "
+                             "data, logs and the policy chosen at run time")
     args = parser.parse_args(argv)
     if args.reset:
         sys.exit(reset(args.run_dir))

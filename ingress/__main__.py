@@ -13,6 +13,7 @@ from gridlb.http import run_service
 from gridlb.logs import setup_logging
 from ingress.app import create_app
 from ingress.config import IngressConfig
+from ingress.stores import POSTGRES_SCHEMES
 
 
 def api_keys(keys_file: str | None) -> tuple[str, ...]:
@@ -28,7 +29,14 @@ def parse_args(argv: list[str] | None = None) -> IngressConfig:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--balancer-url", default="http://127.0.0.1:8081",
                         help="one or more balancer replicas, comma-separated")
-    parser.add_argument("--store-path", default=".run/ingress.sqlite3")
+    parser.add_argument("--store-path", default=".run/ingress.sqlite3",
+                        help="the SQLite file of a single ingress (unless --store-url is given)")
+    parser.add_argument("--store-url", default=os.environ.get("GRID_STORE_URL") or None,
+                        help="postgresql://user:password@host:port/db: a store shared by every "
+                             "ingress replica (also GRID_STORE_URL, which keeps the password "
+                             "out of the process list)")
+    parser.add_argument("--store-pool-size", type=int, default=32,
+                        help="PostgreSQL connections this ingress opens at most")
     parser.add_argument("--api-keys-file", default=None,
                         help="one API key per line (also GRID_API_KEYS, comma-separated)")
     parser.add_argument("--request-timeout", type=float, default=10.0,
@@ -52,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> IngressConfig:
     urls = tuple(u.strip().rstrip("/") for u in args.balancer_url.split(",") if u.strip())
     if not urls:
         parser.error("--balancer-url: name at least one balancer")
+    if args.store_url is not None and not args.store_url.startswith(POSTGRES_SCHEMES):
+        parser.error("--store-url: must be a postgresql:// URL (without one, the SQLite file "
+                     "at --store-path is used)")
+    if args.store_pool_size < 1:
+        parser.error("--store-pool-size: must be at least 1")
     if not args.request_timeout > 1.0 or not args.min_kw > 0 or args.max_keys < 0 or \
             not args.prune_interval > 0 or not args.reconcile_interval > 0:
         parser.error("--request-timeout must be above 1 s, --min-kw, --prune-interval and "
@@ -61,7 +74,9 @@ def parse_args(argv: list[str] | None = None) -> IngressConfig:
     return IngressConfig(balancer_urls=urls, host=args.host, port=args.port,
                          api_keys=keys, log_format=args.log_format,
                          internal_token=os.environ.get("GRID_INTERNAL_TOKEN") or None,
-                         store_path=args.store_path, request_timeout_s=args.request_timeout,
+                         store_path=args.store_path, store_url=args.store_url,
+                         store_pool_size=args.store_pool_size,
+                         request_timeout_s=args.request_timeout,
                          durability=Durability(args.durability),
                          limits=ChargeLimits(min_kw=args.min_kw), max_keys=args.max_keys,
                          prune_interval_s=args.prune_interval,

@@ -18,7 +18,7 @@ from ingress.balancers import BalancerAnswer
 
 # The balancer's answers carry these for the ingress only.
 INTERNAL_FIELDS = frozenset({"session_may_exist", "resolved"})
-_MAY_HAVE_STARTED = ("it may have started: retry with the same Idempotency-Key (a request "
+MAY_HAVE_STARTED = ("it may have started: retry with the same Idempotency-Key (a request "
                      "without one cannot be resolved: do not re-send it)")
 
 
@@ -34,15 +34,15 @@ def client_answer(answer: BalancerAnswer, session_id: str, requested_kw: float |
     if answer.failure == "timeout":
         return (_error(ErrorCode.BALANCER_TIMEOUT,
                        f"the balancer did not answer in time ({answer.detail}); "
-                       f"{_MAY_HAVE_STARTED}"), 504, {"Retry-After": "1"})
+                       f"{MAY_HAVE_STARTED}"), 504, {"Retry-After": "1"})
     if answer.failure:
         return (_error(ErrorCode.OUTCOME_UNKNOWN,
                        f"the balancer stopped answering after the charge was sent "
-                       f"({answer.detail}); {_MAY_HAVE_STARTED}"), 503, {"Retry-After": "1"})
+                       f"({answer.detail}); {MAY_HAVE_STARTED}"), 503, {"Retry-After": "1"})
     body, status = answer.body, answer.status
     if not isinstance(body, dict) or status in (401, 403) or (status >= 500 and status != 503):
         return (_error(ErrorCode.BAD_GATEWAY, f"the balancer answered HTTP {status}; "
-                       f"{_MAY_HAVE_STARTED}"), 502, None)
+                       f"{MAY_HAVE_STARTED}"), 502, None)
     if status == 200:
         found = body.get("session")
         session: dict[str, Any] = found if isinstance(found, dict) else {}

@@ -27,9 +27,11 @@ from ingress.config import IngressConfig
 from ingress.idempotency import KeyRecord
 from ingress.metrics import IngressMetrics, metrics_middleware
 from ingress.reconciler import Reconciler
-from ingress.state import BALANCERS, CONFIG, HTTP, IN_PROGRESS, METRICS, MOVED_TO, STORE
-from ingress.store import IngressStore
-from ingress.views import internal_headers, setup_routes
+from ingress.state import BALANCERS, CONFIG, HTTP, METRICS, MOVED_TO, STORE
+from ingress.store import StoreUnavailable
+from ingress.stores import open_store
+from ingress.stores.postgres import redact
+from ingress.views import internal_headers, setup_routes, store_errors_middleware
 
 log = logging.getLogger(__name__)
 _OPEN_PATHS = ("/metrics", "/healthz", "/readyz", "/openapi.json")
@@ -44,9 +46,7 @@ async def http_session(app: web.Application) -> AsyncIterator[None]:
 
 
 async def store(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    app[STORE] = IngressStore(config.store_path, config.durability, key_ttl_s=config.key_ttl_s,
-                              max_keys=config.max_keys)
+    app[STORE] = await open_store(app[CONFIG])
     yield
     await app[STORE].aclose()
 
@@ -74,7 +74,11 @@ async def resolve_balancers(app: web.Application) -> None:
 
 async def prune_store(app: web.Application) -> None:
     while True:
-        gone = await app[STORE].prune(time.time())
+        try:
+            gone = await app[STORE].prune(time.time())
+        except StoreUnavailable as exc:
+            log.warning("pruning idempotency records: %s", exc)
+            gone = 0
         if gone:
             log.info("pruned %d settled idempotency records", gone)
         await asyncio.sleep(app[CONFIG].prune_interval_s)
@@ -91,12 +95,16 @@ async def reconcile(app: web.Application) -> None:
                                "timeout_s": budget}, internal_headers(config),
                               config.request_timeout_s, path="/resolve")
 
-    reconciler = Reconciler(app[STORE], resolve, app[IN_PROGRESS], time.time,
+    reconciler = Reconciler(app[STORE], resolve, time.time,
                             min_age_s=config.reconcile_min_age_s)
     while True:
         await asyncio.sleep(config.reconcile_interval_s)
         try:
             results = await reconciler.round()
+        except StoreUnavailable as exc:    # PostgreSQL away: try again when it is back
+            log.warning("reconciling pending idempotency records: %s", exc)
+            metrics.reconciled.labels("error").inc()
+            continue
         except Exception:                  # a bug or a broken disk: say so, try again later
             log.exception("reconciling pending idempotency records failed")
             metrics.reconciled.labels("error").inc()
@@ -110,7 +118,9 @@ def startup_fields(config: IngressConfig) -> dict[str, object]:
             "balancers": ",".join(config.balancer_urls),
             "api_keys": len(config.api_keys) or "none (auth disabled)",
             "internal_token": "set" if config.internal_token else "unset",
-            "store": f"sqlite:{config.store_path}", "durability": config.durability.value,
+            "store": (f"postgresql:{redact(config.store_url)}" if config.store_url
+                      else f"sqlite:{config.store_path}"),
+            "durability": config.durability.value,
             "request_timeout_s": config.request_timeout_s}
 
 
@@ -130,10 +140,10 @@ def create_app(config: IngressConfig, registry: CollectorRegistry | None = None,
         client_max_size=config.max_body_bytes,
         middlewares=[request_id_middleware, access_log_middleware(),
                      json_errors_middleware, metrics_middleware(metrics),
-                     bearer_token_middleware(config.api_keys, _OPEN_PATHS)])
+                     bearer_token_middleware(config.api_keys, _OPEN_PATHS),
+                     store_errors_middleware])
     app[CONFIG] = config
     app[METRICS] = metrics
-    app[IN_PROGRESS] = set()
     app[MOVED_TO] = {}
     app.on_startup.append(announce)
     app.cleanup_ctx.append(store)

@@ -21,6 +21,11 @@ class IngressConfig:
     api_keys: tuple[str, ...] = ()
     internal_token: str | None = None
     store_path: str = ".run/ingress.sqlite3"
+    # A postgresql:// URL: the store every ingress replica shares (ingress/stores/postgres.py);
+    # None: the SQLite file at store_path, for one ingress process.
+    store_url: str | None = None
+    # PostgreSQL connections this replica opens at most: one per keyed request in flight.
+    store_pool_size: int = 32
     durability: Durability = Durability.FULL
     # The whole answer to a client takes at most this; the balancer is given a little less, so
     # it answers (even "unknown") before the ingress gives up on it.

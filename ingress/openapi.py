@@ -55,8 +55,9 @@ _UNAUTHORIZED = _error("Missing or wrong API key", "unauthorized")
 _SESSION_ERRORS = {
     "401": _UNAUTHORIZED,
     "404": _error("No such session for this API key", "unknown_session"),
-    "503": _error("The substation holding the session cannot be reached now",
-                  "substation_unavailable", "substation_error"),
+    "503": _error("The substation holding the session, or the ingress's store, cannot be "
+                  "reached now", "substation_unavailable", "substation_error",
+                  "store_unavailable"),
 }
 _SESSION = {"description": "The session", "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/Session"}}}}
@@ -126,9 +127,10 @@ OPENAPI: dict[str, Any] = {
                               "request", "invalid_request", "idempotency_key_reused"),
                 "502": _error("The balancer answered unexpectedly", "bad_gateway"),
                 "503": _error("No substation can take it now (see Retry-After), the outcome "
-                              "is not known yet, or the balancer is unavailable",
+                              "is not known yet, or the balancer or the ingress's store is "
+                              "unavailable (nothing was sent)",
                               "no_capacity", "no_substations", "no_snapshot", "outcome_unknown",
-                              "deadline_exceeded", "balancer_unavailable"),
+                              "deadline_exceeded", "balancer_unavailable", "store_unavailable"),
                 "504": _error("The balancer did not answer in time", "balancer_timeout"),
             }}},
         "/sessions/{id}": {

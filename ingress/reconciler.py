@@ -10,6 +10,11 @@ moves the record by the same evidence rules as a client's dispatch: found -> DON
 what was found), absent everywhere -> ABSENT (a retry places it, and no older copy can start it any
 more), anything else -> still PENDING, tried again next round.
 
+Each record is resolved under its key lock, taken without waiting (ingress/store.py): a record
+whose client is being answered now, or that another ingress replica is resolving, is skipped, so
+no two replicas resolve one record at once; and a record written since the listing (another
+replica settled or retried it) is left for the next round.
+
 Plain code over small Protocols; the loop that calls `round` lives in ingress/app.py.
 """
 
@@ -19,6 +24,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from ingress.answers import client_answer
@@ -30,15 +36,19 @@ from ingress.idempotency import (
     evidence_of,
     reconcile_step,
 )
-from ingress.store import SessionRoute
+from ingress.store import KeyBusy, SessionRoute
 
 log = logging.getLogger(__name__)
 
 
 class PendingStore(Protocol):
-    def pending(self, updated_before: float, limit: int) -> list[KeyRecord]: ...
+    async def pending(self, updated_before: float, limit: int) -> list[KeyRecord]: ...
 
-    def record(self, tenant: str, key: str) -> KeyRecord | None: ...
+    async def record(self, tenant: str, key: str) -> KeyRecord | None: ...
+
+    async def claim(self, record: KeyRecord, previous_epoch: int | None) -> bool: ...
+
+    def key_lock(self, tenant: str, key: str) -> AbstractAsyncContextManager[None]: ...
 
     async def save(self, record: KeyRecord | None = None, route: SessionRoute | None = None
                    ) -> None: ...
@@ -49,12 +59,10 @@ Resolve = Callable[[KeyRecord], Awaitable[BalancerAnswer]]
 
 
 class Reconciler:
-    def __init__(self, store: PendingStore, resolve: Resolve,
-                 in_progress: set[tuple[str, str]], clock: Callable[[], float], *,
+    def __init__(self, store: PendingStore, resolve: Resolve, clock: Callable[[], float], *,
                  min_age_s: float = 2.0, batch: int = 200, concurrency: int = 8) -> None:
         self.store = store
         self.resolve = resolve
-        self.in_progress = in_progress
         self.clock = clock
         # A record written less than this ago may belong to a client that is retrying now.
         self.min_age_s = min_age_s
@@ -63,29 +71,31 @@ class Reconciler:
 
     async def round(self) -> Counter[str]:
         """Try every due PENDING record once; how many ended found/absent/pending/skipped."""
-        due = self.store.pending(self.clock() - self.min_age_s, self.batch)
+        due = await self.store.pending(self.clock() - self.min_age_s, self.batch)
         results = await asyncio.gather(*(self._one(record) for record in due))
         return Counter(results)
 
     async def _one(self, due: KeyRecord) -> str:
-        ident = (due.tenant, due.key)
-        if ident in self.in_progress:
-            return "skipped"            # its client is being answered: that settles it
-        self.in_progress.add(ident)
-        try:
-            async with self._limit:
-                return await self._resolve(ident)
-        finally:
-            self.in_progress.discard(ident)
+        async with self._limit:
+            try:
+                async with self.store.key_lock(due.tenant, due.key):
+                    return await self._resolve(due)
+            except KeyBusy:
+                # Its client is being answered (that settles it), or another replica is
+                # resolving it.
+                return "skipped"
 
-    async def _resolve(self, ident: tuple[str, str]) -> str:
-        before = self.store.record(*ident)      # again: it may have settled since the listing
-        if before is None:
+    async def _resolve(self, due: KeyRecord) -> str:
+        # Again, under the lock: it may have settled, or been retried, since the listing.
+        before = await self.store.record(due.tenant, due.key)
+        if before is None or before.epoch != due.epoch:
             return "skipped"
         record = reconcile_step(before, self.clock())
         if record is None:
             return "skipped"
-        await self.store.save(record)           # the new epoch, before any fence carries it
+        # The new epoch, before any fence carries it; not if someone took it meanwhile.
+        if not await self.store.claim(record, before.epoch):
+            return "skipped"
         answer = await self.resolve(record)
         response, status, _ = client_answer(answer, record.session_id)
         evidence = evidence_of(answer.failure, answer.status, answer.body, resolve=True)

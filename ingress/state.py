@@ -16,8 +16,6 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", IngressMetrics)
 # The balancer replicas to use now: the configured URLs, host names expanded to their addresses.
 BALANCERS = web.AppKey("balancers", BalancerReplicas)
-# (tenant, Idempotency-Key) of requests being answered now: a concurrent copy is refused (409).
-IN_PROGRESS = web.AppKey("in_progress", set[tuple[str, str]])
 # Where a substation that moved (recreated container, replaced machine) was found last, and when,
 # by name: sessions placed there before then are asked there first, not at the old address.
 MOVED_TO = web.AppKey("moved_to", dict[str, tuple[str, float]])

@@ -9,6 +9,7 @@ says whether the charge may have started (`outcome_unknown`) or did not.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import urllib.parse
 import uuid
@@ -21,6 +22,7 @@ from aiohttp import web
 from gridlb.charge import Charge, describe, parse_charge
 from gridlb.errors import ErrorCode
 from gridlb.http import (
+    Handler,
     bearer_identity,
     healthz,
     json_error,
@@ -29,7 +31,7 @@ from gridlb.http import (
     read_json_object,
 )
 from gridlb.logs import request_id_headers
-from ingress.answers import client_answer
+from ingress.answers import MAY_HAVE_STARTED, client_answer
 from ingress.balancers import BalancerAnswer, dispatch, locate_substation
 from ingress.config import IngressConfig
 from ingress.idempotency import (
@@ -45,9 +47,10 @@ from ingress.idempotency import (
 )
 from ingress.openapi import IDEMPOTENCY_KEY_PATTERN, MAX_IDEMPOTENCY_KEY, openapi_document
 from ingress.public import public_charge_answer, public_session
-from ingress.state import BALANCERS, CONFIG, HTTP, IN_PROGRESS, METRICS, MOVED_TO, STORE
-from ingress.store import SessionRoute
+from ingress.state import BALANCERS, CONFIG, HTTP, METRICS, MOVED_TO, STORE
+from ingress.store import KeyBusy, SessionRoute, StoreUnavailable
 
+log = logging.getLogger(__name__)
 # The balancer gets this much less than the ingress's own timeout, so that it answers (even
 # "unknown") before the ingress gives up on it.
 _BALANCER_MARGIN_S = 0.5
@@ -79,16 +82,18 @@ async def charge(request: web.Request) -> web.Response:
                           f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII "
                           "characters (no spaces or control characters)")
     tenant = bearer_identity(request)
-    in_progress = app[IN_PROGRESS]
-    if (tenant, key) in in_progress:
-        return json_error(409, ErrorCode.REQUEST_IN_PROGRESS,
-                          "a request with this Idempotency-Key is still being answered; retry "
-                          "after it", headers={"Retry-After": "1"})
-    in_progress.add((tenant, key))
     try:
-        return await _with_key(app, parsed, tenant, key)
-    finally:
-        in_progress.discard((tenant, key))
+        # Held across every replica sharing the store (ingress/store.py, key_lock).
+        async with app[STORE].key_lock(tenant, key):
+            return await _with_key(app, parsed, tenant, key)
+    except KeyBusy:
+        return _in_progress()
+
+
+def _in_progress() -> web.Response:
+    return json_error(409, ErrorCode.REQUEST_IN_PROGRESS,
+                      "a request with this Idempotency-Key is still being answered; retry "
+                      "after it", headers={"Retry-After": "1"})
 
 
 async def _without_key(app: web.Application, req: Charge, tenant: str) -> web.Response:
@@ -98,14 +103,19 @@ async def _without_key(app: web.Application, req: Charge, tenant: str) -> web.Re
     response, status, headers = client_answer(answer, session_id, req.requested_kw,
                                               req.energy_kwh)
     if evidence_of(answer.failure, answer.status, answer.body, False) is Evidence.FOUND:
-        await app[STORE].save(route=_route(response, req.vehicle_id, tenant))
+        try:
+            await app[STORE].save(route=_route(response, req.vehicle_id, tenant))
+        except StoreUnavailable as exc:
+            # It is charging: saying otherwise would invite a second charge, and without a
+            # key nothing could find it again. Only GET /sessions/{id} will not know it.
+            log.error("session %s is charging but could not be indexed: %s", session_id, exc)
     return _public_answer(response, status, headers)
 
 
 async def _with_key(app: web.Application, req: Charge, tenant: str, key: str
                     ) -> web.Response:
     store = app[STORE]
-    before = store.record(tenant, key)
+    before = await store.record(tenant, key)
     step = next_step(before, tenant, key, fingerprint(req), time.time())
     if isinstance(step, Reused):
         return json_error(422, ErrorCode.IDEMPOTENCY_KEY_REUSED,
@@ -115,7 +125,10 @@ async def _with_key(app: web.Application, req: Charge, tenant: str, key: str
         return _public_answer(record.response, record.status, {"Idempotent-Replayed": "true"})
     assert isinstance(step, Dispatch)
     record = step.record
-    await store.save(record)       # on disk before any copy of this epoch can exist
+    # On disk before any copy of this epoch can exist; and only if nobody (another replica
+    # whose key lock went with a restart of PostgreSQL) took this epoch since the read.
+    if not await store.claim(record, None if before is None else before.epoch):
+        return _in_progress()
     payload = {"session_id": record.session_id, "epoch": record.epoch,
                "resolve": step.resolve}
     answer = await _ask_balancer(app, req, payload)
@@ -125,7 +138,17 @@ async def _with_key(app: web.Application, req: Charge, tenant: str, key: str
     settled = after_answer(before, record, evidence, status, response, time.time())
     route = _route(response, req.vehicle_id, tenant) if evidence is Evidence.FOUND else None
     if settled != record or route is not None:
-        await store.save(settled, route)
+        try:
+            await store.save(settled, route)
+        except StoreUnavailable as exc:
+            if evidence is Evidence.FOUND:
+                # The record stays pending: a retry (or the reconciler) finds the session and
+                # records it. Until then no answer may say where it is.
+                return json_error(503, ErrorCode.OUTCOME_UNKNOWN,
+                                  f"the charge was sent but its answer could not be recorded "
+                                  f"({exc}); {MAY_HAVE_STARTED}", headers={"Retry-After": "1"})
+            # Any other answer is as true with the record left pending.
+            log.warning("could not record the answer to key %r: %s", key, exc)
     return _public_answer(response, status, headers)
 
 
@@ -155,7 +178,7 @@ def _public_answer(response: dict[str, Any] | None, status: int,
 
 async def _proxy_session(request: web.Request, method: str, action: str = "") -> web.Response:
     app, session_id = request.app, request.match_info["id"]
-    route = app[STORE].route(session_id)
+    route = await app[STORE].route(session_id)
     # Another tenant's session is as unknown as one that never existed.
     if route is None or route.tenant != bearer_identity(request):
         return json_error(404, ErrorCode.UNKNOWN_SESSION,
@@ -239,12 +262,31 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def metrics_view(request: web.Request) -> web.Response:
     metrics, store = request.app[METRICS], request.app[STORE]
-    counts = store.counts()
-    for state in RecordState:
-        metrics.records.labels(state.value).set(counts.get(state.value, 0))
-    oldest = store.oldest_pending_at()
-    metrics.oldest_pending.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+    try:
+        counts = await store.counts()
+        oldest = await store.oldest_pending_at()
+    except StoreUnavailable as exc:
+        # The other metrics still say how the ingress is doing; these keep their last values.
+        log.warning("/metrics: the record counts are not current: %s", exc)
+    else:
+        for state in RecordState:
+            metrics.records.labels(state.value).set(counts.get(state.value, 0))
+        metrics.oldest_pending.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
     return metrics_response(metrics.registry)
+
+
+@web.middleware
+async def store_errors_middleware(request: web.Request, handler: Handler
+                                  ) -> web.StreamResponse:
+    """The store cannot be reached: a 503 that says so (never a 500). Whatever raised it had
+    sent nothing yet (an answer after a dispatch is handled where it is recorded)."""
+    try:
+        return await handler(request)
+    except StoreUnavailable as exc:
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return json_error(503, ErrorCode.STORE_UNAVAILABLE,
+                          f"the ingress's store cannot be reached now ({exc}); nothing was "
+                          "sent: retry", headers={"Retry-After": "1"})
 
 
 def setup_routes(app: web.Application) -> None:

@@ -157,8 +157,8 @@ def podman_pods(ms: list[Manifest], image: str, prefix: str, secrets: dict[str, 
     StatefulSet would give it, and its claim) nor Services, reads no Kubernetes Secrets (their
     values are given), does not expand $(VAR) in arguments (done here), and publishes a
     containerPort on every address unless told otherwise (here: `ports`, on 127.0.0.1).
-    Names get `prefix`, so concurrent runs do not meet. The ingress's --store-url, which the
-    image does not take yet, becomes a store file in /tmp."""
+    Names get `prefix`, so concurrent runs do not meet. The ingress's PostgreSQL (its
+    GRID_STORE_URL; no PostgreSQL pod is played) becomes a SQLite store file in /tmp."""
     out: list[Manifest] = []
     published: dict[str, int] = {}
     containers: dict[str, str] = {}
@@ -188,12 +188,12 @@ def podman_pods(ms: list[Manifest], image: str, prefix: str, secrets: dict[str, 
                 else:
                     value = var["value"]
                 env.append({"name": var["name"], "value": value})
-            c["env"] = env
             values = {v["name"]: v["value"] for v in env}
+            if "GRID_STORE_URL" in values:
+                env = [v for v in env if v["name"] != "GRID_STORE_URL"]
+                c["args"] = [*c.get("args", []), "--store-path=/tmp/ingress.sqlite3"]
+            c["env"] = env
             c["args"] = [expand(a, values) for a in c.get("args", [])]
-            if any(a.startswith("--store-url=") for a in c["args"]):
-                c["args"] = [a for a in c["args"] if not a.startswith("--store-url=")] + \
-                    ["--store-path=/tmp/ingress.sqlite3"]
             c.pop("lifecycle", None)      # preStop hooks: nothing routes to these pods anyway
             containers[pod] = f"{pod}-{c['name']}"
             for port in c.get("ports", []):

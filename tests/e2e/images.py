@@ -8,13 +8,15 @@ both are made from Debian's packages:
 2. on it, Debian's python3 and a wheelhouse of the project's dependencies, downloaded on the host
    (containers reach Debian's mirror but not PyPI), which pip installs from instead of PyPI
    (`container/python-base.Dockerfile`);
-3. on it, Debian's prometheus package (`container/prometheus.Dockerfile`).
+3. on it, Debian's prometheus package (`container/prometheus.Dockerfile`), and Debian's
+   postgresql package for docker-compose.postgres.yml (`container/postgres.Dockerfile`).
 
 Each image's tag is a hash of everything it is made from, so a later run finds it and builds
 nothing; a change to a recipe or a dependency makes a new tag. Older tags of ours are removed.
 
 `python -m tests.e2e.images` builds them against the engine in DOCKER_HOST and prints the two
 variables to export before `docker compose up` (docs/operations.md, the podman route).
+docker-compose.postgres.yml takes PostgreSQL's image from `GRID_POSTGRES_IMAGE`.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ def compose_default(variable: str, compose_file: Path = REPO_ROOT / "docker-comp
 OFFICIAL_BASE = compose_default("GRID_BASE_IMAGE")
 OFFICIAL_PROMETHEUS = compose_default("GRID_PROMETHEUS_IMAGE")
 OFFICIAL_GRAFANA = compose_default("GRID_GRAFANA_IMAGE")
+OFFICIAL_POSTGRES = compose_default("GRID_POSTGRES_IMAGE",
+                                    REPO_ROOT / "docker-compose.postgres.yml")
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,16 @@ class LocalImageBuilder:
         self.prune(tag)
         return tag
 
+    def postgres(self, debian: str) -> str:
+        recipe = REPO_ROOT / "container" / "postgres.Dockerfile"
+        entrypoint = recipe.parent / "postgres-entrypoint.sh"
+        tag = "sglb-e2e-postgres:" + digest(RECIPE, self.image_id(debian), recipe.read_bytes(),
+                                            entrypoint.read_bytes())
+        if self.find(tag) is None:
+            self.build(tag, recipe.parent, recipe.name, {"DEBIAN_IMAGE": debian})
+        self.prune(tag)
+        return tag
+
 
 def prune_older_tags(client: docker.DockerClient, keep: str) -> None:
     """Remove our older tags of `keep`'s repository: not `keep`, nor recent ones (a concurrent
@@ -243,7 +257,8 @@ def copy_sources(dockerfile: str) -> list[str]:
 
 
 def registry_images_present(client: docker.DockerClient, log: Log,
-                            names: Iterable[str] = (OFFICIAL_BASE, OFFICIAL_PROMETHEUS)) -> bool:
+                            names: Iterable[str] = (OFFICIAL_BASE, OFFICIAL_PROMETHEUS,
+                                                    OFFICIAL_POSTGRES)) -> bool:
     """Are these official images there, or can they be pulled?"""
     for name in names:
         try:
@@ -263,15 +278,18 @@ def registry_images_present(client: docker.DockerClient, log: Log,
 def stack_images(client: docker.DockerClient, try_registry: bool, log: Log) -> StackImages:
     """The official images where they can be had (`try_registry`), else local ones."""
     if try_registry and registry_images_present(client, log):
-        return StackImages({}, f"official images ({OFFICIAL_BASE}, {OFFICIAL_PROMETHEUS})")
+        return StackImages({}, f"official images ({OFFICIAL_BASE}, {OFFICIAL_PROMETHEUS}, "
+                               f"{OFFICIAL_POSTGRES})")
     with tempfile.TemporaryDirectory(prefix="sglb-images-") as workdir:
         builder = LocalImageBuilder(client, log, Path(workdir))
         debian = builder.debian()
         base = builder.python_base(debian)
         prometheus = builder.prometheus(debian)
-    return StackImages({"GRID_BASE_IMAGE": base, "GRID_PROMETHEUS_IMAGE": prometheus},
-                       f"local images from Debian's packages ({base}, {prometheus}); "
-                       "no registry is used")
+        postgres = builder.postgres(debian)
+    return StackImages({"GRID_BASE_IMAGE": base, "GRID_PROMETHEUS_IMAGE": prometheus,
+                        "GRID_POSTGRES_IMAGE": postgres},
+                       f"local images from Debian's packages ({base}, {prometheus}, "
+                       f"{postgres}); no registry is used")
 
 
 def _local(tag: str) -> str:

@@ -24,6 +24,7 @@ from docker.models.containers import Container
 from gridlb.promconfig import REPO_ROOT
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+POSTGRES_FILE = REPO_ROOT / "docker-compose.postgres.yml"
 APP_SERVICES = ("prometheus", "substation", "balancer", "ingress")
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -89,16 +90,36 @@ class ComposeStack:
     env: dict[str, str]             # the compose process's whole environment
     env_file: Path
     services: tuple[str, ...]
-    ingress_port: int
+    ingress_port: int           # 0: each replica publishes a port the engine chose
     prometheus_port: int
     api_key: str
     internal_token: str
     sessions: dict[str, str] = field(default_factory=dict)    # session id -> substation
     timings: dict[str, float] = field(default_factory=dict)
+    files: tuple[Path, ...] = (COMPOSE_FILE,)                 # the compose files, in order
+
+    def _files(self) -> list[str]:
+        return [arg for path in self.files for arg in ("-f", str(path))]
 
     @property
     def ingress(self) -> str:
-        return f"http://127.0.0.1:{self.ingress_port}"
+        if self.ingress_port:
+            return f"http://127.0.0.1:{self.ingress_port}"
+        urls = sorted(self.ingress_urls().values())
+        if not urls:
+            raise OSError("no ingress container publishes a port yet")
+        return urls[0]
+
+    def ingress_urls(self) -> dict[str, str]:
+        """Ingress container name -> the URL of the port it publishes (none yet: left out)."""
+        urls = {}
+        for container in self.containers("ingress"):
+            container.reload()
+            bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get("8080/tcp")
+            if bindings:
+                urls[str(container.name)] = \
+                    f"http://{bindings[0]['HostIp'] or '127.0.0.1'}:{bindings[0]['HostPort']}"
+        return urls
 
     @property
     def prometheus(self) -> str:
@@ -107,7 +128,7 @@ class ComposeStack:
     # --- the compose CLI -------------------------------------------------------------------
     def compose(self, *args: str, timeout_s: float = 600.0) -> str:
         cmd = [*self.command, "--env-file", str(self.env_file), "-p", self.project,
-               "-f", str(COMPOSE_FILE), *args]
+               *self._files(), *args]
         result = subprocess.run(cmd, cwd=REPO_ROOT, env=self.env, capture_output=True,
                                 text=True, timeout=timeout_s)
         if result.returncode != 0:
@@ -115,9 +136,10 @@ class ComposeStack:
                                  f"{result.stdout[-3000:]}{result.stderr[-3000:]}\n{self.logs()}")
         return result.stdout + result.stderr
 
-    def up(self, substations: int, balancers: int = 1) -> None:
+    def up(self, substations: int, balancers: int = 1, ingresses: int = 1) -> None:
         self.compose("up", "--detach", "--no-build", "--scale", f"substation={substations}",
-                     "--scale", f"balancer={balancers}", *self.services)
+                     "--scale", f"balancer={balancers}", "--scale", f"ingress={ingresses}",
+                     *self.services)
 
     def down(self, volumes: bool = False) -> None:
         self.compose("down", "--remove-orphans", "--timeout", "10",
@@ -125,7 +147,7 @@ class ComposeStack:
 
     def logs(self, tail: int = 25) -> str:
         cmd = [*self.command, "--env-file", str(self.env_file), "-p", self.project,
-               "-f", str(COMPOSE_FILE), "logs", "--no-color", "--tail", str(tail)]
+               *self._files(), "logs", "--no-color", "--tail", str(tail)]
         try:
             result = subprocess.run(cmd, cwd=REPO_ROOT, env=self.env, capture_output=True,
                                     text=True, timeout=60)
@@ -204,11 +226,12 @@ class ComposeStack:
     def by_label(self, promql: str, label: str = "substation") -> dict[str, float]:
         return {s["metric"].get(label, ""): float(s["value"][1]) for s in self.query(promql)}
 
-    def wait_healthy(self, substations: int, timeout_s: float, balancers: int = 1) -> float:
+    def wait_healthy(self, substations: int, timeout_s: float, balancers: int = 1,
+                     ingresses: int = 1) -> float:
         """Until every container is healthy and, through the published ports, the ingress and
         Prometheus answer and Prometheus scrapes every target; returns the seconds it took."""
         started = time.monotonic()
-        scale = {"substation": substations, "balancer": balancers}
+        scale = {"substation": substations, "balancer": balancers, "ingress": ingresses}
         expected = {s: scale.get(s, 1) for s in self.services}
 
         def containers_healthy() -> bool | None:
@@ -223,13 +246,15 @@ class ComposeStack:
             return True if counts == expected else None
 
         def published_ports_answer() -> bool | None:
-            if http("GET", f"{self.ingress}/healthz", timeout_s=3).status != 200:
+            ingress = [self.ingress] if self.ingress_port else list(self.ingress_urls().values())
+            if len(ingress) < (1 if self.ingress_port else ingresses) or any(
+                    http("GET", f"{url}/healthz", timeout_s=3).status != 200 for url in ingress):
                 return None
             if http("GET", f"{self.prometheus}/-/ready", timeout_s=3).status != 200:
                 return None
             jobs = [t["metric"]["job"] for t in self.query("up == 1")]
             ok = (jobs.count("substation") == substations and jobs.count("balancer") == balancers
-                  and all(job in jobs for job in ("ingress", "prometheus")))
+                  and jobs.count("ingress") == ingresses and "prometheus" in jobs)
             return True if ok else None
 
         detail = lambda: f"containers: {self.health()}\n{self.logs()}"  # noqa: E731

@@ -17,7 +17,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -50,7 +49,6 @@ from tests.e2e.stack import (  # noqa: E402
     Response,
     compose_command,
     http,
-    project_name,
     remove_stale_projects,
     repository_files,
     secret_candidates,
@@ -74,45 +72,6 @@ GRAFANA_LEFT_OUT = (
     "PromQL against a live Prometheus (tests/integration/test_dashboard_live.py), and its "
     "datasource URL from inside this stack's network "
     "(test_grafana_datasource_url_reaches_this_stacks_prometheus)")
-
-
-def reporter(config: pytest.Config) -> Callable[[str], None]:
-    """Lines for the test run's own output, past pytest's capture: what ran, how, how long."""
-    terminal = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-
-    def say(line: str) -> None:
-        if terminal is None or capture is None:
-            print(f"e2e: {line}", file=sys.stderr)
-            return
-        with capture.global_and_fixture_disabled():
-            terminal.write_line(f"e2e: {line}")
-    return say
-
-
-@pytest.fixture(scope="module")
-def say(pytestconfig: pytest.Config) -> Callable[[str], None]:
-    return reporter(pytestconfig)
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory,
-           say: Callable[[str], None]) -> Iterator[tuple[engines.Engine, str]]:
-    command = compose_command()
-    if command is None:
-        pytest.skip("neither `docker compose` nor `docker-compose` is installed "
-                    "(make setup installs Debian's docker-compose)")
-    project = project_name(os.getpid(), secrets.token_hex(3))
-    try:
-        found = engines.start(tmp_path_factory.mktemp("engine"), project)
-    except engines.NoEngine as exc:
-        pytest.skip(f"no container engine can be had here: {exc}")
-    say(f"engine: {found.kind} at {found.docker_host}; compose: {' '.join(command)}; "
-        f"project {project}")
-    try:
-        yield found, project
-    finally:
-        engines.stop(found)
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,6 @@ from tests.e2e.images import (  # noqa: E402
     stack_images,
 )
 from tests.e2e.stack import http, wait_for  # noqa: E402
-from tests.e2e.test_compose_stack import reporter  # noqa: E402
 from tests.kubernetes import PodmanPods, kubectl, named, podman_pods, render  # noqa: E402
 
 pytestmark = pytest.mark.e2e
@@ -43,11 +42,6 @@ pytestmark = pytest.mark.e2e
 TOKEN = secrets.token_urlsafe(24)
 API_KEY = secrets.token_urlsafe(24)
 STARTUP_S = 90.0
-
-
-@pytest.fixture(scope="module")
-def say(pytestconfig: pytest.Config) -> Callable[[str], None]:
-    return reporter(pytestconfig)
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +154,11 @@ def test_a_substation_is_its_ordinal_and_resumes_its_sessions_after_a_restart(
     assert started_at() != before      # a new process: the sessions come from the claim
 
     def resumed() -> list[str] | None:
+        # A busy podman 4.3 sometimes stops the whole pod with the container it restarts
+        # (infra and all, exit 137): start it again, as the kubelet would keep it running.
+        status = podman("inspect", pods.containers[pod], "--format", "{{.State.Status}}")
+        if status.stdout.strip() == "exited":
+            podman("pod", "start", pod)
         answer = http("GET", f"{url}/sessions", headers=internal, timeout_s=2)
         ids = [s["session_id"] for s in answer.body["sessions"]] if answer.status == 200 else []
         return ids or None

@@ -8,8 +8,10 @@ free ports, points Prometheus's file-based discovery at them and waits on real c
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import signal
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -19,8 +21,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
+from gridlb import postgres as pg
 from gridlb.grid import GridConfig, SubstationSpec
 from gridlb.promconfig import (
     REPO_ROOT,
@@ -131,6 +135,101 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
         group.stop_all()
 
 
+@pytest.fixture
+def keys() -> Iterator[Callable[[int], list[KeyLog]]]:
+    """Makes n idempotency keys, unique across the session (tests share its PostgreSQL)."""
+    counter = iter(range(10**6))
+    yield lambda n: [KeyLog(f"k{next(counter)}-{time.monotonic_ns()}") for _ in range(n)]
+
+
+@dataclass
+class KeyLog:
+    """One client's key and every answer it got: (status, body, replayed)."""
+
+    key: str
+    answers: list[tuple[int, dict[str, Any], bool]] = field(default_factory=list)
+
+    @property
+    def final(self) -> tuple[int, dict[str, Any], bool]:
+        return self.answers[-1]
+
+
+@dataclass
+class Postgres:
+    """A real PostgreSQL server on a free loopback port, its data in a temporary directory."""
+
+    port: int
+    group: ProcessGroup
+    spec: ServiceSpec
+
+    @property
+    def admin_url(self) -> str:
+        return pg.url(self.port)
+
+    def remove(self) -> None:
+        """Stop it and remove its temporary directory."""
+        self.group.stop("postgres")
+        data_dir = Path(self.spec.argv[self.spec.argv.index("-D") + 1])
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+    def create_database(self) -> str:
+        """A new, empty database; its URL. Each test gets its own: no test sees another's."""
+        name = f"t_{secrets.token_hex(6)}"
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return pg.url(self.port, database=name)
+
+    def kill(self) -> None:
+        """SIGKILL the server (the postmaster), as a crash would."""
+        self.group.kill("postgres")
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start it (again): after a SIGKILL its old backends may hold the shared memory for
+        a moment, and the new server refuses to start until they are gone: try again."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            proc = self.group.start(self.spec)
+            try:
+                wait_ready(self.spec.ready_url, proc, timeout_s=max(1.0, deadline -
+                                                                    time.monotonic()))
+                return
+            except RuntimeError:
+                self.group.stop("postgres")      # exited already, or never became ready
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+
+def start_postgres(group: ProcessGroup) -> Postgres:
+    """initdb in a temporary directory the server's account can reach (as root pytest's own
+    temporary directories are closed to the `postgres` user), then the server."""
+    try:
+        account = pg.run_as()
+        pg.bin_dir()
+    except pg.PostgresMissing as exc:
+        pytest.fail(str(exc))
+    base = Path(tempfile.mkdtemp(prefix="gridlb-test-pg-"))
+    base.chmod(0o755)
+    data_dir = base / "data"
+    pg.init_data_dir(data_dir, account, sync=False)
+    port = free_port()
+    spec = ServiceSpec("postgres", pg.server_command(data_dir, port), pg.url(port),
+                       run_as=account)
+    server = Postgres(port, group, spec)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    group = ProcessGroup(tmp_path_factory.mktemp("postgres-logs"))
+    server = start_postgres(group)
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
 @dataclass
 class Cluster:
     grid: GridConfig
@@ -140,6 +239,9 @@ class Cluster:
     addresses: dict[str, str] = field(default_factory=dict)   # substation id -> host:port
     specs: dict[str, ServiceSpec] = field(default_factory=dict)
     balancer_urls: list[str] = field(default_factory=list)
+    ingress_urls: list[str] = field(default_factory=list)    # the first is grid.ingress_url
+    postgres: Postgres | None = None        # the store's server, when the store is PostgreSQL
+    store_url: str | None = None
 
     def signal(self, name: str, sig: signal.Signals) -> None:
         """SIGSTOP / SIGCONT / SIGKILL one of this cluster's processes."""
@@ -181,8 +283,9 @@ class Cluster:
         return {"Authorization": f"Bearer {TOKEN}"}
 
     def charge(self, vehicle_id: str, kw: float, kwh: float = 30.0,
-               headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        return http_json("POST", f"{self.grid.ingress_url}/charge",
+               headers: dict[str, str] | None = None, via: int = 0) -> tuple[int, Any]:
+        """POST /charge to ingress replica `via` (0: the first)."""
+        return http_json("POST", f"{self.ingress_urls[via]}/charge",
                          {"vehicle_id": vehicle_id, "requested_kw": kw, "energy_kwh": kwh},
                          headers={**self.auth, **(headers or {})})
 
@@ -217,7 +320,8 @@ def sees_all(balancer_url: str, count: int) -> bool:
 
 
 @pytest.fixture
-def cluster(prometheus: Prometheus, tmp_path: Path) -> Iterator[StartCluster]:
+def cluster(prometheus: Prometheus, tmp_path: Path, request: pytest.FixtureRequest
+            ) -> Iterator[StartCluster]:
     groups: list[ProcessGroup] = []
 
     def start(substations: list[tuple[str, float]], policy: str = "least-utilization",
@@ -225,9 +329,20 @@ def cluster(prometheus: Prometheus, tmp_path: Path) -> Iterator[StartCluster]:
               policy_overrides: dict[str, str] | None = None, balancers: int = 1,
               ingress_args: tuple[str, ...] = (),
               proxies: dict[str, Callable[[int], str]] | None = None,
-              substation_args: tuple[str, ...] = ()) -> Cluster:
+              substation_args: tuple[str, ...] = (), ingresses: int = 1,
+              store: str = "sqlite", postgres: Postgres | None = None) -> Cluster:
         """`proxies`: substation id -> a function given its port that starts something in
-        front of it and returns the address the grid should use for it instead."""
+        front of it and returns the address the grid should use for it instead.
+        `ingresses`: ingress replicas (`ingress`, `ingress-2`, ...), which need
+        `store="postgresql"`: a new database on `postgres` (default: the session's server)."""
+        if ingresses > 1 and store != "postgresql":
+            raise ValueError("ingress replicas share a PostgreSQL store: store='postgresql'")
+        server: Postgres | None = None
+        store_url = None
+        if store == "postgresql":
+            server = postgres or request.getfixturevalue("postgres")
+            assert server is not None
+            store_url = server.create_database()
         prometheus.forget("substation")       # whatever an earlier test left behind
         policy_dir = tmp_path / "policies"
         shutil.copytree(REPO_ROOT / "policies", policy_dir, dirs_exist_ok=True)
@@ -249,8 +364,11 @@ def cluster(prometheus: Prometheus, tmp_path: Path) -> Iterator[StartCluster]:
         services += [balancer_spec(grid, env, balancer_args, replica=n + 1, port=port)
                      for n, port in enumerate(ports)]
         balancer_urls = [f"http://127.0.0.1:{port}" for port in ports]
-        services.append(ingress_spec(grid, run_dir, {**env, "GRID_API_KEYS": API_KEY},
-                                     balancer_urls, ingress_args))
+        ingress_ports = [grid.ingress_port] + [free_port() for _ in range(ingresses - 1)]
+        services += [ingress_spec(grid, run_dir, {**env, "GRID_API_KEYS": API_KEY},
+                                  balancer_urls, ingress_args, replica=n + 1, port=port,
+                                  store_url=store_url)
+                     for n, port in enumerate(ingress_ports)]
         for spec in services:
             proc = group.start(spec)
             try:
@@ -261,10 +379,11 @@ def cluster(prometheus: Prometheus, tmp_path: Path) -> Iterator[StartCluster]:
         addresses = {s.id: (fronts[s.id](s.port) if s.id in fronts
                             else f"127.0.0.1:{s.port}") for s in specs}
         c = Cluster(grid, prometheus, group, policy_dir, addresses,
-                    {spec.name: spec for spec in services}, balancer_urls)
+                    {spec.name: spec for spec in services}, balancer_urls,
+                    [f"http://127.0.0.1:{port}" for port in ingress_ports], server, store_url)
         prometheus.set_targets("substation", list(c.addresses.values()))
         prometheus.set_targets("balancer", [u.removeprefix("http://") for u in balancer_urls])
-        prometheus.set_targets("ingress", [f"127.0.0.1:{grid.ingress_port}"])
+        prometheus.set_targets("ingress", [u.removeprefix("http://") for u in c.ingress_urls])
         expected = set(c.addresses.values())
         wait_for(lambda: set(prometheus.values('substation_load{job="substation"}')) == expected
                  and set(prometheus.values('up{job="substation"} == 1')) == expected,

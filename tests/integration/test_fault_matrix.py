@@ -18,14 +18,13 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Cluster, StartCluster, http_json, wait_for
+from tests.integration.conftest import Cluster, KeyLog, StartCluster, http_json, wait_for
 from tests.integration.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.integration
@@ -37,19 +36,11 @@ FAST = ("--forward-timeout", "1", "--max-snapshot-age", "600")
 DEFINITE = {200, 400, 401, 413, 415, 422}
 
 
-@dataclass
-class KeyLog:
-    key: str
-    answers: list[tuple[int, dict[str, Any], bool]] = field(default_factory=list)
-
-    @property
-    def final(self) -> tuple[int, dict[str, Any], bool]:
-        return self.answers[-1]
-
-
-def send(c: Cluster, key: str, timeout: float = 15.0) -> tuple[int, dict[str, Any], bool]:
+def send(c: Cluster, key: str, timeout: float = 15.0, via: int = 0
+         ) -> tuple[int, dict[str, Any], bool]:
+    """POST /charge under `key` to ingress replica `via` (0: the first)."""
     request = urllib.request.Request(
-        f"{c.grid.ingress_url}/charge", method="POST",
+        f"{c.ingress_urls[via]}/charge", method="POST",
         data=json.dumps({"vehicle_id": f"ev-{key}", "requested_kw": KW,
                          "energy_kwh": KWH}).encode(),
         headers={"Content-Type": "application/json", "Idempotency-Key": key, **c.auth})
@@ -63,11 +54,13 @@ def send(c: Cluster, key: str, timeout: float = 15.0) -> tuple[int, dict[str, An
         return 0, {"error": type(exc).__name__}, False
 
 
-def retry_until_definite(c: Cluster, logs: list[KeyLog], attempts: int = 80) -> None:
-    """Every key until a definite answer (200, a 4xx that is not 409, or no_capacity)."""
+def retry_until_definite(c: Cluster, logs: list[KeyLog], attempts: int = 80, via: int = 0
+                         ) -> None:
+    """Every key until a definite answer (200, a 4xx that is not 409, or no_capacity), sent to
+    ingress replica `via`."""
     def one(log: KeyLog) -> None:
         for _ in range(attempts):
-            log.answers.append(send(c, log.key))
+            log.answers.append(send(c, log.key, via=via))
             status, body, _ = log.final
             if status in DEFINITE or body.get("error") == "no_capacity":
                 return
@@ -121,12 +114,6 @@ def preload(c: Cluster, sub: str, kw: float) -> None:
     assert status == 200
     c.wait_scraped(since=time.time())
     assert c.reload()[0] == 200
-
-
-@pytest.fixture
-def keys() -> Iterator[Callable[[int], list[KeyLog]]]:
-    counter = iter(range(10**6))
-    yield lambda n: [KeyLog(f"k{next(counter)}-{time.monotonic_ns()}") for _ in range(n)]
 
 
 def test_balancer_sigkilled_mid_dispatch(cluster: StartCluster, keys: Any) -> None:

@@ -1,16 +1,18 @@
 """`make up` itself (gridlb/stack.py run as a process, with a grid file on free ports and its
 own Prometheus): supervision of a killed substation, ordered shutdown, a restart with a
-renamed grid on the same Prometheus database, and `balancer_replicas: 2` with one replica
-killed."""
+renamed grid on the same Prometheus database, `balancer_replicas: 2` with one replica
+killed, and two ingress replicas on the PostgreSQL that make up runs."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -339,3 +341,67 @@ def test_balancer_replicas_are_supervised_and_charges_keep_succeeding_when_one_i
     stops = re.findall(r"make up: stopping (\S+) \(pid", runner.output)
     assert stops == ["ingress", "balancer-2", "balancer", "sub-b", "sub-a", "prometheus"]
     assert not any(alive(pid) for pid in [*pids.values(), new_pid])
+
+
+def test_ingress_replicas_on_postgresql_share_keys_and_survive_a_killed_database(
+        tmp_path: Path) -> None:
+    """`ingress_replicas: 2` with `ingress_store: postgresql`: make up creates the database
+    once, supervises PostgreSQL like the other services, keeps its data across restarts, and
+    `make reset` drops it."""
+    # The server runs as `postgres` when we are root: its run directory must be reachable by
+    # that user (pytest's own temporary directories are not).
+    run_dir = Path(tempfile.mkdtemp(prefix="gridlb-stack-pg-"))
+    run_dir.chmod(0o755)
+    stack = StackRunner(tmp_path, run_dir)
+    try:
+        first = consecutive_free_ports(2)
+        services = {"ingress": first, "balancer": free_port(), "prometheus": free_port(),
+                    "postgres": free_port()}
+        grid = {**grid_file([("sub-a", free_port())], services), "ingress_replicas": 2,
+                "ingress_store": "postgresql"}
+        grid["substations"][0]["capacity_kw"] = 1000
+        stack.start(grid)
+        stack.wait_output(BANNER, timeout_s=90)
+        assert "created the PostgreSQL database in" in stack.output
+        pids = stack.pids()
+        assert set(pids) == {"prometheus", "postgres", "sub-a", "balancer", "ingress",
+                             "ingress-2"}
+        replicas = [f"http://127.0.0.1:{first + n}" for n in range(2)]
+        api = {"Authorization": f"Bearer {stack.token('dev-api-key')}"}
+
+        def charge(key: str, via: int) -> tuple[int, Any]:
+            return http_json("POST", f"{replicas[via]}/charge",
+                             {"vehicle_id": f"ev-{key}", "requested_kw": 7.4, "energy_kwh": 1},
+                             headers={**api, "Idempotency-Key": key})
+        status, placed = charge("k-1", 0)
+        assert status == 200, placed
+        assert charge("k-1", 1) == (200, placed)
+
+        os.kill(pids["postgres"], signal.SIGKILL)
+        stack.wait_output(rf"make up: postgres \(pid {pids['postgres']}\) was killed by SIGKILL")
+        stack.wait_output(r"make up: postgres is back", timeout_s=60)
+
+        def settled(key: str, via: int) -> tuple[int, Any] | None:
+            status, body = charge(key, via)
+            assert status != 500, body
+            return (status, body) if status == 200 else None
+        status, after = wait_for(lambda: settled("k-2", 1), "a charge after the restart")
+        assert charge("k-2", 0) == (200, after)
+        assert charge("k-1", 1) == (200, placed)        # nothing was lost with the crash
+
+        assert stack.stop() == 0
+        stops = re.findall(r"make up: stopping (\S+) \(pid", stack.output)
+        assert stops == ["ingress-2", "ingress", "balancer", "sub-a", "postgres", "prometheus"]
+        stack.start(grid)                               # kept across restarts
+        stack.wait_output(BANNER, timeout_s=90)
+        assert "created the PostgreSQL database" not in stack.output
+        assert charge("k-1", 1) == (200, placed)
+        assert stack.stop() == 0
+        reset = subprocess.run([sys.executable, "-m", "gridlb.stack", "--reset", "--run-dir",
+                                str(run_dir)], cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=30, check=False)
+        assert reset.returncode == 0 and "postgres/" in reset.stdout, reset
+        assert not (run_dir / "postgres").exists()
+    finally:
+        stack.kill()
+        shutil.rmtree(run_dir, ignore_errors=True)

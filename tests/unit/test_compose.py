@@ -288,3 +288,78 @@ def test_grafana_provisioning_matches_the_compose_mounts() -> None:
     # The datasource names the Prometheus service on its container port.
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
     assert "prometheus" in compose()["services"]
+
+
+# docker-compose.postgres.yml: ingress replicas on PostgreSQL.
+
+POSTGRES_FILE = REPO_ROOT / "docker-compose.postgres.yml"
+ALL_SECRETS = {"GRID_INTERNAL_TOKEN": "t0k", "GRID_API_KEYS": "k3y",
+               "GRID_POSTGRES_PASSWORD": "pa55", "GRAFANA_ADMIN_PASSWORD": "gr4f"}
+
+
+def compose_postgres_config(env: dict[str, str], cwd: Path
+                            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker-compose", "--project-directory", str(REPO_ROOT), "-f", str(COMPOSE_FILE),
+         "-f", str(POSTGRES_FILE), "--env-file", str(cwd / "empty.env"), "config"],
+        capture_output=True, text=True, timeout=60, cwd=cwd,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env})
+
+
+@needs_compose
+def test_the_postgres_file_puts_every_ingress_replica_on_one_postgresql(workdir: Path) -> None:
+    result = compose_postgres_config({**ALL_SECRETS, "GRID_INGRESS_PORT": ""}, workdir)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    ingress, postgres = services["ingress"], services["postgres"]
+    assert ingress["environment"]["GRID_STORE_URL"] == \
+        "postgresql://grid:pa55@postgres:5432/grid"
+    # The password is not on the command line, and SQLite is not used.
+    assert not any("store" in arg or "pa55" in arg for arg in ingress["command"])
+    assert ingress["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert ingress["depends_on"]["balancer"]["condition"] == "service_healthy"
+    # Each replica publishes a port of its own, on loopback.
+    assert ingress["ports"] == ["127.0.0.1::8080/tcp"]
+    assert "ports" not in postgres                     # inside the compose network only
+    assert postgres["environment"]["POSTGRES_PASSWORD"] == "pa55"
+    assert "synchronous_commit=on" in postgres["command"]
+    assert postgres["volumes"] == ["postgres-data:/var/lib/postgresql/data:rw"]
+    assert postgres["restart"] == "unless-stopped"
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    assert not any(" " in arg for arg in postgres["healthcheck"]["test"])
+
+
+@needs_compose
+def test_the_postgres_file_refuses_to_start_without_its_password(workdir: Path) -> None:
+    env = {k: v for k, v in ALL_SECRETS.items() if k != "GRID_POSTGRES_PASSWORD"}
+    result = compose_postgres_config(env, workdir)
+    assert result.returncode != 0
+    assert "set GRID_POSTGRES_PASSWORD" in result.stderr
+    assert "scripts/compose-env.sh" in result.stderr
+
+
+@needs_compose
+def test_the_ingress_port_is_8080_unless_set_and_may_be_left_to_the_engine(
+        workdir: Path) -> None:
+    def ports(env: dict[str, str]) -> list[str]:
+        result = compose_config({"GRID_INTERNAL_TOKEN": "t", "GRID_API_KEYS": "k",
+                                 "GRAFANA_ADMIN_PASSWORD": "g", **env}, workdir)
+        assert result.returncode == 0, result.stderr
+        return list(yaml.safe_load(result.stdout)["services"]["ingress"]["ports"])
+    assert ports({}) == ["127.0.0.1:8080:8080/tcp"]
+    assert ports({"GRID_INGRESS_PORT": "18080"}) == ["127.0.0.1:18080:8080/tcp"]
+    assert ports({"GRID_INGRESS_PORT": ""}) == ["127.0.0.1::8080/tcp"]
+
+
+def test_the_postgres_password_has_no_default() -> None:
+    uses = re.findall(r"\$\{GRID_POSTGRES_PASSWORD([^}]*)\}", POSTGRES_FILE.read_text())
+    assert len(uses) == 2 and all(u.startswith(":?") for u in uses), uses
+
+
+def test_compose_env_writes_a_postgres_password(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "compose-env.sh"), str(env_file)],
+                   check=True, capture_output=True, timeout=30)
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+    assert len(values["GRID_POSTGRES_PASSWORD"]) >= 24
+    assert len(set(values.values())) == 4      # with the API key, token and Grafana's

@@ -13,6 +13,7 @@ from gridlb.promconfig import REPO_ROOT
 from tests.e2e.images import (
     OFFICIAL_BASE,
     OFFICIAL_GRAFANA,
+    OFFICIAL_POSTGRES,
     OFFICIAL_PROMETHEUS,
     _local,
     _repository,
@@ -62,6 +63,7 @@ def test_official_images_are_the_compose_files_defaults() -> None:
     text = (REPO_ROOT / "docker-compose.yml").read_text()
     for name in (OFFICIAL_BASE, OFFICIAL_PROMETHEUS, OFFICIAL_GRAFANA):
         assert f":-{name}}}" in text
+    assert f":-{OFFICIAL_POSTGRES}}}" in (REPO_ROOT / "docker-compose.postgres.yml").read_text()
 
 
 def test_wheelhouse_targets_every_manylinux_tag_debian_runs() -> None:

@@ -33,6 +33,78 @@ def test_the_shipped_grid_file_has_two_equal_substations_and_default_ports() -> 
     assert (grid.ingress_port, grid.balancer_port, grid.prometheus_port) == (8080, 8081, 9090)
     assert [s.port for s in grid.substations] == [9101, 9102]
     assert grid.balancer_replicas == 1 and grid.balancer_urls == ("http://127.0.0.1:8081",)
+    assert (grid.ingress_replicas, grid.ingress_store, grid.ingress_urls) == \
+        (1, "sqlite", ("http://127.0.0.1:8080",))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"ingress_replicas": 2},
+     r"^grid\.yaml: ingress_replicas: 2 ingress replicas need a store they share: set "
+     r"ingress_store: postgresql \(the SQLite store is one process's file"),
+    ({"ingress_replicas": 3, "ingress_store": "sqlite"},
+     r"ingress_replicas: 3 ingress replicas need a store they share"),
+    ({"ingress_replicas": 0}, r"ingress_replicas: must be an integer 1-16, got 0"),
+    ({"ingress_replicas": "2"}, r"ingress_replicas: must be an integer 1-16, got '2'"),
+    ({"ingress_store": "mysql"},
+     r"ingress_store: must be one of sqlite, postgresql, got 'mysql'"),
+    ({"ingress_replicas": 2, "ingress_store": "postgresql", "ports": {"ingress": 65535}},
+     r"ingress_replicas: 2 replicas on consecutive ports from ports\.ingress \(65535\) go "
+     r"past port 65535"),
+    ({"ingress_replicas": 2, "ingress_store": "postgresql", "ports": {"ingress": 8080}},
+     r"ingress_replicas: replica 2's port \(consecutive from ports\.ingress\): port 8081 "
+     r"clashes with ports\.balancer"),
+    ({"ingress_replicas": 2, "ingress_store": "postgresql",
+      "ports": {"ingress": 8000, "postgres": 8001}},
+     r"ingress_replicas: replica 2's port \(consecutive from ports\.ingress\): port 8001 "
+     r"clashes with ports\.postgres"),
+    ({"ingress_store": "postgresql", "ports": {"postgres": 9090}},
+     r"ports\.postgres: port 9090 clashes with ports\.prometheus"),
+    ({"ingress_store": "postgresql", "ports": {"postgres": 9101}},
+     r"substations: port 9101 clashes with a service port"),
+    ({"ingress_replicas": 2, "ingress_store": "postgresql",
+      "substations": [{"id": "a", "port": 8081, "capacity_kw": 1}],
+      "ports": {"ingress": 8080, "balancer": 8090}},
+     r"substations: port 8081 clashes with a service port"),
+    ({"ports": {"postgres": "x"}}, r"ports\.postgres: must be an integer port 1-65535"),
+])
+def test_each_bad_ingress_replica_or_store_field_is_named(change: dict[str, Any],
+                                                          message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_grid({**GOOD, **change}, source="grid.yaml")
+
+
+def test_ingress_replicas_on_postgresql_share_one_server_that_starts_before_them(
+        tmp_path: Path) -> None:
+    grid = parse_grid({**GOOD, "ingress_replicas": 2, "ingress_store": "postgresql",
+                       "ports": {"ingress": 8000, "balancer": 8010, "prometheus": 8100,
+                                 "postgres": 8200}})
+    specs = stack_specs(grid, tmp_path)
+    assert [s.name for s in specs] == ["prometheus", "postgres", "a", "balancer", "ingress",
+                                       "ingress-2"]
+    by_name = {s.name: s for s in specs}
+    url = "postgresql://grid@127.0.0.1:8200/grid"
+    assert by_name["postgres"].ready_url == url
+    server = by_name["postgres"].argv
+    assert server[server.index("-D") + 1] == str(tmp_path / "postgres" / "data")
+    assert server[server.index("-p") + 1] == "8200"
+    assert "listen_addresses=127.0.0.1" in server and "synchronous_commit=on" in server
+    for name, port in (("ingress", 8000), ("ingress-2", 8001)):
+        argv = by_name[name].argv
+        assert argv[argv.index("--port") + 1] == str(port)
+        assert argv[argv.index("--store-url") + 1] == url and "--store-path" not in argv
+        assert by_name[name].ready_url == f"http://127.0.0.1:{port}/healthz"
+    assert by_name["ingress"].env == by_name["ingress-2"].env
+    targets = json.loads((tmp_path / "prometheus" / "targets" / "ingress.json").read_text())
+    assert targets == [{"targets": ["127.0.0.1:8000", "127.0.0.1:8001"],
+                        "labels": {"grid": "local"}}]
+
+
+def test_one_ingress_on_sqlite_starts_no_postgresql(tmp_path: Path) -> None:
+    grid = parse_grid(GOOD)
+    specs = stack_specs(grid, tmp_path)
+    assert "postgres" not in [s.name for s in specs]
+    ingress = specs[-1].argv
+    assert ingress[ingress.index("--store-path") + 1] == str(tmp_path / "ingress.sqlite3")
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -67,13 +139,13 @@ def test_the_shipped_grid_file_has_two_equal_substations_and_default_ports() -> 
     ({"ports": {"balancer": 9090}}, r"ports\.balancer: port 9090 clashes with ports\.prometheus"),
     ({"ports": {"ingress": 9090}}, r"ports: ingress and prometheus both use port 9090"),
     ({"scrape_interval": 15}, r"grid\.yaml: scrape_interval: unknown field \(known: "
-     r"balancer_replicas, host, name, policy, policy_dir, ports, scrape_interval_s, "
-     r"speed_factor, substations\)"),
+     r"balancer_replicas, host, ingress_replicas, ingress_store, name, policy, policy_dir, "
+     r"ports, scrape_interval_s, speed_factor, substations\)"),
     ({"name": "North Grid"}, r"name: must be 1-63 lowercase letters, digits, '_', '\.', '-' "
      r"\(the grid label on every series\), got 'North Grid'"),
     ({"name": 'a"}) or vector(1'}, r"name: must be 1-63 lowercase letters"),
     ({"ports": {"ingres": 8000}}, r"ports\.ingres: unknown field \(known: balancer, ingress, "
-     r"prometheus\)"),
+     r"postgres, prometheus\)"),
     ({"substations": [{"id": "a", "port": 9101, "capacity_kw": 1, "capacity": 5}]},
      r"substations\[0\]\.capacity: unknown field \(known: capacity_kw, id, port\)"),
     ({"policy_dir": ["x"]}, r"policy_dir: must be a directory path, got a list"),
@@ -146,6 +218,18 @@ def test_a_replica_port_already_taken_is_reported_by_name() -> None:
     assert f"balancer-2 port {taken}" in busy
 
 
+def test_an_ingress_replica_or_postgres_port_already_taken_is_reported_by_name() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        grid = GridConfig(substations=(SubstationSpec("s1", 4, 1.0),), policy="x",
+                          ingress_port=taken - 1, balancer_port=2, prometheus_port=3,
+                          ingress_replicas=2, ingress_store="postgresql", postgres_port=taken)
+        busy = ports_in_use(grid)
+    assert f"ingress-2 port {taken}" in busy and f"postgres port {taken}" in busy
+
+
 def test_a_broken_grid_file_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "grid.yaml"
     path.write_text("substations: [\n")
@@ -182,11 +266,12 @@ def test_reset_empties_the_state_and_keeps_the_keys(tmp_path: Path,
                  "dev-api-key", "internal-token", "active-policy"):
         (tmp_path / name).write_text("x")
     (tmp_path / "prometheus-data" / "wal").mkdir(parents=True)
+    (tmp_path / "postgres" / "data").mkdir(parents=True)
     (tmp_path / "logs").mkdir()
     assert reset(tmp_path) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dev-api-key", "internal-token"]
     assert "removed ingress.sqlite3, substation-a.sqlite3, substation-a.sqlite3-wal, " \
-           "active-policy, prometheus-data/, logs/" in capsys.readouterr().out
+           "active-policy, postgres/, prometheus-data/, logs/" in capsys.readouterr().out
 
 
 def test_reset_refuses_while_make_up_runs(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import socket
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -19,8 +20,9 @@ from gridlb.durable import Durability
 from ingress.app import create_app
 from ingress.config import IngressConfig
 from ingress.idempotency import KeyRecord, RecordState
-from ingress.state import IN_PROGRESS, MOVED_TO, STORE
-from ingress.store import IngressStore
+from ingress.state import MOVED_TO, STORE
+from ingress.store import StoreUnavailable
+from ingress.stores.sqlite import SQLiteStore
 
 CHARGE = {"vehicle_id": "ev-1", "requested_kw": 11, "energy_kwh": 30}
 KEY = "api-key-1"
@@ -263,7 +265,6 @@ async def test_a_concurrent_copy_of_a_key_is_refused_not_run_twice(
     refused = [body for status, body, _ in results if status == 409]
     assert all(b["error"] == "request_in_progress" for b in refused)
     assert len(backends.dispatches) == 1
-    assert len(client.server.app[IN_PROGRESS]) == 0   # nothing outlives its request
 
 
 async def test_a_key_reused_with_another_body_is_422(make_client: Any) -> None:
@@ -378,6 +379,7 @@ async def test_a_replica_that_has_not_read_prometheus_yet_passes_the_charge_on(
         status, body, _ = await post(client, {**CHARGE, "vehicle_id": f"ev-{i}"})
         assert status == 200, body
     assert asked and len(backends.dispatches) == 20
+    await client.close()                  # its SQLite store serves one ingress at a time
     alone = await make_client(balancer_url=f"http://127.0.0.1:{new.port}")
     status, body, headers = await post(alone)
     assert (status, body["error"], headers["Retry-After"]) == (503, "no_snapshot", "1")
@@ -448,7 +450,7 @@ async def test_the_substations_address_is_kept_in_the_store_not_shown(
                         "substation": "sub-1", "policy": "least-load", "requested_kw": 11.0,
                         "energy_kwh": 30.0}
         # The ingress itself needs it, to read and stop the session there.
-        route = client.app[STORE].route(body["session_id"])
+        route = await client.app[STORE].route(body["session_id"])
         assert route is not None and route.routed_to == backends.substation_address
 
 
@@ -490,10 +492,10 @@ async def test_a_session_is_found_where_its_substation_moved(
                                                  host="127.0.0.1")
         backends.substation_address = f"127.0.0.1:{other.port}"
         await client.app[STORE].save(route=dataclasses.replace(
-            client.app[STORE].route(sid), routed_to=backends.substation_address))
+            await client.app[STORE].route(sid), routed_to=backends.substation_address))
     else:
         await client.app[STORE].save(route=dataclasses.replace(
-            client.app[STORE].route(sid), routed_to=free_url().removeprefix("http://")))
+            await client.app[STORE].route(sid), routed_to=free_url().removeprefix("http://")))
     resp = await client.get(f"/sessions/{sid}", headers=AUTH)
     body = await resp.json()
     assert resp.status == 200, body
@@ -521,7 +523,7 @@ async def test_where_a_moved_substation_was_found_is_asked_first_for_its_older_s
                              "up": True}]
     for sid in sessions:
         await client.app[STORE].save(route=dataclasses.replace(
-            client.app[STORE].route(sid), routed_to=f"127.0.0.1:{old.port}"))
+            await client.app[STORE].route(sid), routed_to=f"127.0.0.1:{old.port}"))
     for sid in sessions:
         resp = await client.get(f"/sessions/{sid}", headers=AUTH)
         assert resp.status == 200 and (await resp.json())["substation"] == "sub-1"
@@ -539,7 +541,7 @@ async def test_a_session_whose_substation_no_balancer_knows_is_unavailable(
     _, started, _ = await post(client)
     sid = started["session_id"]
     await client.app[STORE].save(route=dataclasses.replace(
-        client.app[STORE].route(sid), routed_to=free_url().removeprefix("http://")))
+        await client.app[STORE].route(sid), routed_to=free_url().removeprefix("http://")))
     resp = await client.get(f"/sessions/{sid}", headers=AUTH)
     body = await resp.json()
     assert resp.status == 503 and body["error"] == "substation_unavailable", body
@@ -622,26 +624,26 @@ def _record(key: str, state: RecordState, at: float) -> KeyRecord:
 
 async def test_store_prunes_settled_records_but_never_an_unresolved_one(tmp_path: Path
                                                                        ) -> None:
-    store = IngressStore(tmp_path / "s.sqlite3", Durability.PROCESS, key_ttl_s=100.0)
+    store = SQLiteStore(tmp_path / "s.sqlite3", Durability.PROCESS, key_ttl_s=100.0)
     for key, state in (("done", RecordState.DONE), ("absent", RecordState.ABSENT),
                        ("pending", RecordState.PENDING)):
         await store.save(_record(key, state, at=0.0))
     await store.save(_record("fresh", RecordState.DONE, at=1000.0))
     assert await store.prune(now=1050.0) == 2
-    assert {k: store.record("t", k) is not None for k in ("done", "absent", "pending",
+    assert {k: await store.record("t", k) is not None for k in ("done", "absent", "pending",
                                                            "fresh")} == \
         {"done": False, "absent": False, "pending": True, "fresh": True}
     await store.aclose()
 
 
 async def test_the_key_cap_evicts_the_oldest_settled_records_only(tmp_path: Path) -> None:
-    store = IngressStore(tmp_path / "s.sqlite3", Durability.PROCESS, max_keys=2)
+    store = SQLiteStore(tmp_path / "s.sqlite3", Durability.PROCESS, max_keys=2)
     await store.save(_record("old-pending", RecordState.PENDING, at=1.0))
     for i in range(4):
         await store.save(_record(f"done-{i}", RecordState.DONE, at=10.0 + i))
     assert await store.prune(now=20.0) == 3
     kept = {k for k in ("old-pending", "done-0", "done-1", "done-2", "done-3")
-            if store.record("t", k) is not None}
+            if await store.record("t", k) is not None}
     assert kept == {"old-pending", "done-3"}
     await store.aclose()
 
@@ -705,7 +707,7 @@ async def move_route(client: Client, session_id: str, routed_to: str) -> None:
     """Point the session index at another address, as if the session had been placed there."""
     assert client.app is not None
     store = client.app[STORE]
-    route = store.route(session_id)
+    route = await store.route(session_id)
     assert route is not None
     await store.save(route=dataclasses.replace(route, routed_to=routed_to))
 
@@ -719,8 +721,10 @@ async def test_the_request_id_goes_with_every_call_and_comes_back_in_every_answe
     resp = await client.get(f"/sessions/{sid}", headers={**AUTH, "X-Request-Id": "t-2"})
     assert resp.status == 200 and resp.headers["X-Request-Id"] == "t-2"
     # Its substation gone from its address: a balancer is asked where it is now, in vain.
+    route = await client.app[STORE].route(sid)
+    assert route is not None
     await client.app[STORE].save(route=dataclasses.replace(
-        client.app[STORE].route(sid), routed_to=free_url().removeprefix("http://")))
+        route, routed_to=free_url().removeprefix("http://")))
     resp = await client.get(f"/sessions/{sid}", headers={**AUTH, "X-Request-Id": "t-3"})
     assert resp.status == 503 and resp.headers["X-Request-Id"] == "t-3"
     assert backends.request_ids == [("POST dispatch", "t-1"), ("GET sessions", "t-2"),
@@ -761,3 +765,80 @@ async def test_an_idempotent_replay_carries_the_retrys_own_request_id(
                              headers={**AUTH, "Idempotency-Key": "k", "X-Request-Id": "retry"})
     assert resp.headers["Idempotent-Replayed"] == "true"
     assert resp.headers["X-Request-Id"] == "retry"
+
+
+# --- The store (ingress/store.py) failing or shared: what the client is told. -------------
+
+def store_of(client: Client) -> Any:
+    assert client.app is not None
+    return client.app[STORE]
+
+
+async def test_an_epoch_taken_by_another_replica_first_is_a_409_and_nothing_is_sent(
+        make_client: Any, backends: FakeBackends) -> None:
+    client = await make_client()
+
+    async def lost(record: KeyRecord, previous_epoch: int | None) -> bool:
+        return False                   # another replica claimed it between our read and write
+    store_of(client).claim = lost
+    status, body, headers = await post(client, key="k-race")
+    assert (status, body["error"], headers["Retry-After"]) == (409, "request_in_progress", "1")
+    assert backends.dispatches == []
+
+
+async def test_a_store_that_cannot_be_reached_is_a_503_store_unavailable_never_a_500(
+        make_client: Any, backends: FakeBackends) -> None:
+    client = await make_client()
+    _, started, _ = await post(client)
+    store = store_of(client)
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("postgresql://grid@127.0.0.1:5432/grid: connection refused")
+    store.record = store.route = store.counts = unreachable
+    status, body, headers = await post(client, key="k-down")
+    assert (status, body["error"], headers["Retry-After"]) == (503, "store_unavailable", "1")
+    assert "nothing was sent" in body["detail"] and "connection refused" in body["detail"]
+    assert len(backends.dispatches) == 1           # only the first charge's
+    resp = await client.get(f"/sessions/{started['session_id']}", headers=AUTH)
+    assert resp.status == 503 and (await resp.json())["error"] == "store_unavailable"
+    resp = await client.get("/metrics")           # still scraped: the other metrics count
+    assert resp.status == 200 and "ingress_requests_total" in await resp.text()
+
+
+async def test_an_answer_that_cannot_be_recorded_says_it_may_have_started(
+        make_client: Any, backends: FakeBackends) -> None:
+    client = await make_client()
+    store = store_of(client)
+    real_save = store.save
+
+    async def save_fails(record: Any = None, route: Any = None) -> None:
+        raise StoreUnavailable("connection lost")
+    store.save = save_fails
+    status, body, _ = await post(client, key="k-lost")
+    assert (status, body["error"]) == (503, "outcome_unknown")
+    assert "could not be recorded" in body["detail"] and "same Idempotency-Key" in body["detail"]
+    tenant = hashlib.sha256(KEY.encode()).hexdigest()[:24]      # gridlb/http.py's identity
+    record = await store.record(tenant, "k-lost")
+    assert record is not None and record.state is RecordState.PENDING   # the claim stands
+    store.save = real_save
+    status, again, _ = await post(client, key="k-lost")        # the retry finds it
+    assert status == 200 and again["session_id"] == record.session_id
+    assert backends.dispatches[-1]["resolve"] is True
+
+
+def test_the_store_is_sqlite_unless_a_postgresql_url_is_given(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from ingress.__main__ import parse_args
+    monkeypatch.delenv("GRID_STORE_URL", raising=False)
+    monkeypatch.setenv("GRID_API_KEYS", "k3y")     # it refuses to start without keys
+    assert parse_args([]).store_url is None
+    url = "postgresql://grid:pw@db:5432/grid"
+    assert parse_args(["--store-url", url]).store_url == url
+    monkeypatch.setenv("GRID_STORE_URL", url)     # the password out of the process list
+    config = parse_args(["--store-pool-size", "8"])
+    assert (config.store_url, config.store_pool_size) == (url, 8)
+    for argv, message in ((["--store-url", "mysql://db/grid"], "must be a postgresql:// URL"),
+                          (["--store-pool-size", "0"], "--store-pool-size: must be at least 1")):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        assert message in capsys.readouterr().err

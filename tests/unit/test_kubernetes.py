@@ -480,7 +480,9 @@ def secrets_as_given(manifests: list[Manifest], monkeypatch: pytest.MonkeyPatch)
     for name in ("balancer", "substation", "ingress"):
         for env in grid_container(manifests, name).get("env", []):
             if "secretKeyRef" in env.get("valueFrom", {}):
-                monkeypatch.setenv(env["name"], "from-the-secret")
+                value = "postgresql://grid:pw@postgres:5432/grid" \
+                    if env["name"] == "GRID_STORE_URL" else "from-the-secret"
+                monkeypatch.setenv(env["name"], value)
 
 
 def test_the_services_accept_their_arguments_and_listen_on_the_container_port(
@@ -508,14 +510,17 @@ def test_the_services_accept_their_arguments_and_listen_on_the_container_port(
     assert i.host == "0.0.0.0"
 
 
-@pytest.mark.xfail(strict=True, raises=SystemExit,
-                   reason="--store-url comes with the ingress's PostgreSQL store (its own issue); "
-                          "drop this marker when it lands")
-def test_the_ingress_accepts_its_store_url(rendered: dict[str, list[Manifest]],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    ms = rendered["self-contained"]
-    secrets_as_given(ms, monkeypatch)
-    ingress_args(expanded_args(ms, grid_container(ms, "ingress")))
+def test_the_ingress_takes_its_store_url_from_the_secret_not_the_command_line(
+        rendered: dict[str, list[Manifest]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ingress replica shares one PostgreSQL; its URL (with a password) comes from the
+    Secret as GRID_STORE_URL, never an argument (visible in the process list)."""
+    for overlay, ms in rendered.items():
+        secrets_as_given(ms, monkeypatch)
+        args = expanded_args(ms, grid_container(ms, "ingress"))
+        assert not any(a.startswith("--store-url") for a in args), overlay
+        env = {e["name"]: e for e in grid_container(ms, "ingress").get("env", [])}
+        assert "secretKeyRef" in env["GRID_STORE_URL"]["valueFrom"], overlay
+        assert ingress_args(args).store_url == "postgresql://grid:pw@postgres:5432/grid"
 
 
 def test_the_ingress_resolves_every_balancer_replica(manifests: list[Manifest],

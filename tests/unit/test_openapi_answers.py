@@ -26,6 +26,8 @@ from ingress.app import create_app
 from ingress.config import IngressConfig
 from ingress.openapi import DISTRIBUTION, openapi_document
 from ingress.public import SESSION_FIELDS
+from ingress.state import STORE
+from ingress.store import StoreUnavailable
 from substation.app import create_app as create_substation
 from substation.config import SubstationConfig
 from tests.unit.test_ingress import (
@@ -204,6 +206,23 @@ async def session_answers(make_client: MakeClient, aiohttp_server: Any,
     return out
 
 
+async def store_down_answers(make_client: MakeClient) -> list[Answer]:
+    """The ingress's store (PostgreSQL with replicas) unreachable: 503 store_unavailable."""
+    client = await make_client()
+    assert client.app is not None
+    store = client.app[STORE]
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("postgresql://grid@127.0.0.1:5432/grid: connection refused")
+    store.record = store.route = unreachable  # type: ignore[method-assign]
+    out = [await charge(client, key="k-store-down")]
+    for method, suffix, path in (("get", "", "/sessions/{id}"),
+                                 ("post", "/stop", "/sessions/{id}/stop")):
+        out.append(await answer(path, method, await client.request(
+            method, f"/sessions/some-session{suffix}", headers=AUTH)))
+    return out
+
+
 @pytest.fixture
 def backends_and_client(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
                         ) -> tuple[FakeBackends, MakeClient]:
@@ -229,7 +248,8 @@ async def test_every_answer_matches_the_document_and_every_documented_code_is_an
         aiohttp_client: Any) -> None:
     backends, make_client = backends_and_client
     answers = await charge_answers(make_client, backends) + \
-        await session_answers(make_client, aiohttp_server, aiohttp_client)
+        await session_answers(make_client, aiohttp_server, aiohttp_client) + \
+        await store_down_answers(make_client)
     sessions = [body for path, _, status, body in answers
                 if path.startswith("/sessions") and status == 200]
     assert [s["state"] for s in sessions] == ["charging", "stopped"]

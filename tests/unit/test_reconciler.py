@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from ingress.balancers import BalancerAnswer
 from ingress.idempotency import KeyRecord, RecordState
 from ingress.reconciler import Reconciler
-from ingress.store import SessionRoute
+from ingress.store import LocalKeyLocks, SessionRoute
 
 
 class MemoryStore:
@@ -19,14 +20,25 @@ class MemoryStore:
         self.records = {(r.tenant, r.key): r for r in records}
         self.routes: dict[str, SessionRoute] = {}
         self.writes: list[KeyRecord] = []
+        self.locks = LocalKeyLocks()
 
-    def pending(self, updated_before: float, limit: int) -> list[KeyRecord]:
+    async def pending(self, updated_before: float, limit: int) -> list[KeyRecord]:
         due = [r for r in self.records.values()
                if r.state is RecordState.PENDING and r.updated_at < updated_before]
         return sorted(due, key=lambda r: r.updated_at)[:limit]
 
-    def record(self, tenant: str, key: str) -> KeyRecord | None:
+    async def record(self, tenant: str, key: str) -> KeyRecord | None:
         return self.records.get((tenant, key))
+
+    async def claim(self, record: KeyRecord, previous_epoch: int | None) -> bool:
+        stored = self.records.get((record.tenant, record.key))
+        if (None if stored is None else stored.epoch) != previous_epoch:
+            return False
+        await self.save(record)
+        return True
+
+    def key_lock(self, tenant: str, key: str) -> AbstractAsyncContextManager[None]:
+        return self.locks(tenant, key)
 
     async def save(self, record: KeyRecord | None = None, route: SessionRoute | None = None
                    ) -> None:
@@ -64,10 +76,8 @@ class Script:
         return self.answers[record.key]
 
 
-def reconciler(store: MemoryStore, script: Script, now: float = 100.0,
-               in_progress: set[tuple[str, str]] | None = None) -> Reconciler:
-    return Reconciler(store, script, set() if in_progress is None else in_progress,
-                      lambda: now, min_age_s=2.0)
+def reconciler(store: MemoryStore, script: Script, now: float = 100.0) -> Reconciler:
+    return Reconciler(store, script, lambda: now, min_age_s=2.0)
 
 
 async def test_each_answer_moves_the_record_by_its_evidence() -> None:
@@ -104,8 +114,9 @@ async def test_records_being_answered_or_too_young_or_settled_are_left_alone() -
     busy = pending("busy")
     done = dataclasses.replace(pending("done"), state=RecordState.DONE)
     store = MemoryStore(young, busy, done)
+    store.locks.held.add(("t", "busy"))       # a request (here or on another replica) has it
     script = Script({})
-    results = await reconciler(store, script, in_progress={("t", "busy")}).round()
+    results = await reconciler(store, script).round()
     assert results == {"skipped": 1} and script.asked == []
     assert store.writes == []
 
@@ -116,45 +127,67 @@ async def test_a_record_settled_between_the_listing_and_its_turn_is_not_dispatch
     rec = reconciler(store, script)
     original = store.record
 
-    def record_then_settled(tenant: str, key: str) -> KeyRecord | None:
-        was = original(tenant, key)
+    async def record_then_settled(tenant: str, key: str) -> KeyRecord | None:
+        was = await original(tenant, key)
         return None if was is None else dataclasses.replace(was, state=RecordState.ABSENT)
     store.record = record_then_settled          # type: ignore[method-assign]
     assert await rec.round() == {"skipped": 1} and script.asked == []
 
 
+async def test_a_record_retried_since_the_listing_is_left_to_the_next_round() -> None:
+    """Another replica (or its client) moved it to a newer epoch after this one listed it."""
+    store = MemoryStore(pending("k", epoch=2))
+    script = Script({"k": FOUND})
+    rec = reconciler(store, script)
+    original = store.record
+
+    async def record_then_retried(tenant: str, key: str) -> KeyRecord | None:
+        was = await original(tenant, key)
+        return None if was is None else dataclasses.replace(was, epoch=3)
+    store.record = record_then_retried          # type: ignore[method-assign]
+    assert await rec.round() == {"skipped": 1} and script.asked == []
+
+
+async def test_an_epoch_claimed_by_another_replica_first_is_not_resolved() -> None:
+    store = MemoryStore(pending("k", epoch=2))
+    script = Script({"k": FOUND})
+
+    async def lost_the_race(record: KeyRecord, previous_epoch: int | None) -> bool:
+        return False
+    store.claim = lost_the_race                 # type: ignore[method-assign]
+    assert await reconciler(store, script).round() == {"skipped": 1} and script.asked == []
+
+
 async def test_the_lock_is_held_while_resolving_and_released_after() -> None:
     store = MemoryStore(pending("k"))
     held: list[bool] = []
-    locks: set[tuple[str, str]] = set()
 
     async def resolve(record: KeyRecord) -> BalancerAnswer:
-        held.append(("t", "k") in locks)
+        held.append(("t", "k") in store.locks.held)
         await asyncio.sleep(0)
         return ABSENT
-    rec = Reconciler(store, resolve, locks, lambda: 100.0)
+    rec = Reconciler(store, resolve, lambda: 100.0)
     await rec.round()
-    assert held == [True] and locks == set()
+    assert held == [True] and store.locks.held == set()
 
 
 async def test_a_failing_resolve_releases_the_lock_and_leaves_the_record_pending() -> None:
     store = MemoryStore(pending("k"))
-    locks: set[tuple[str, str]] = set()
 
     async def resolve(record: KeyRecord) -> BalancerAnswer:
         raise OSError("disk")
     with pytest.raises(OSError, match="disk"):
-        await Reconciler(store, resolve, locks, lambda: 100.0).round()
-    assert locks == set() and store.records[("t", "k")].state is RecordState.PENDING
+        await Reconciler(store, resolve, lambda: 100.0).round()
+    assert store.locks.held == set() and store.records[("t", "k")].state is RecordState.PENDING
 
 
 def test_the_batch_is_bounded_and_oldest_first() -> None:
     store = MemoryStore(*(pending(f"k{i}", updated_at=float(50 - i)) for i in range(10)))
-    assert [r.key for r in store.pending(100.0, 3)] == ["k9", "k8", "k7"]
+    assert [r.key for r in asyncio.run(store.pending(100.0, 3))] == ["k9", "k8", "k7"]
 
     async def go() -> Any:
         script = Script(dict.fromkeys((f"k{i}" for i in range(10)), UNKNOWN))
-        rec = Reconciler(store, script, set(), lambda: 100.0, batch=3)
+        rec = Reconciler(store, script, lambda: 100.0, batch=3)
         await rec.round()
         return script.asked
     assert sorted(k for k, _ in asyncio.run(go())) == ["k7", "k8", "k9"]

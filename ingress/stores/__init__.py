@@ -1,0 +1,20 @@
+"""The ingress's stores (the contract: ingress/store.py): SQLite by default, PostgreSQL when a
+`postgresql://` store URL is given."""
+
+from __future__ import annotations
+
+from ingress.config import IngressConfig
+from ingress.store import IngressStore
+from ingress.stores.postgres import PostgresStore
+from ingress.stores.sqlite import SQLiteStore
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+async def open_store(config: IngressConfig) -> IngressStore:
+    if config.store_url:
+        return await PostgresStore.open(
+            config.store_url, config.durability, pool_size=config.store_pool_size,
+            key_ttl_s=config.key_ttl_s, max_keys=config.max_keys)
+    return SQLiteStore(config.store_path, config.durability, key_ttl_s=config.key_ttl_s,
+                       max_keys=config.max_keys)
