@@ -52,7 +52,13 @@ def client_answer(answer: BalancerAnswer, session_id: str, requested_kw: float |
                  "requested_kw": session.get("power_kw") if requested_kw is None
                  else requested_kw,
                  "energy_kwh": session.get("energy_kwh") if energy_kwh is None
-                 else energy_kwh}, 200, None)
+                 else energy_kwh,
+                 # Adaptive power (substation/allocation.py): its power now, and its floor and
+                 # departure when it gave them.
+                 "granted_kw": session.get("granted_kw"), "min_kw": session.get("min_kw"),
+                 "departure_at": session.get("departure_at"),
+                 "will_complete_by_departure": session.get("will_complete_by_departure")},
+                200, None)
     public = {k: v for k, v in body.items() if k not in INTERNAL_FIELDS}
     return public, status, dict(answer.headers) or None
 
