@@ -133,3 +133,26 @@ def test_150_flexible_requests_share_two_500_kw_substations(cluster: StartCluste
           f"{max(r['granted_kw'] for r in watch.readings):.6f}; Prometheus peaks {peak_load} "
           f"{peak_granted}; {len(to_stop)} stopped, the rest read {read_after_s * 1000:.0f} ms "
           "later at 11 kW")
+
+
+def test_most_deliverable_energy_routes_where_a_session_gets_the_most_power(
+        cluster: StartCluster) -> None:
+    """The policy's PromQL runs on the real Prometheus (the cluster waits for a score for every
+    substation) and sends flexible sessions where the floors leave the most power per session:
+    a 400 kW substation takes about four times what a 100 kW one does. Each request is sent on
+    a fresh score (scraped after the last one, then evaluated): between refreshes the balancer
+    only discounts pending floors, which this policy's per-session split does not model."""
+    c = cluster([("small", 100.0), ("large", 400.0)], policy="most-deliverable-energy")
+    placed: list[str] = []
+    for i in range(10):
+        status, body = charge(c, i)
+        assert status == 200, body
+        placed.append(body["substation"])
+        c.wait_scraped(since=time.time())
+        assert c.reload()[0] == 200
+    scores = {r["instance"]: r["score"] for r in c.policy()["substations"]}
+    assert set(scores) == set(c.addresses.values()), scores
+    assert all(v is not None for v in scores.values()), scores
+    counts = {name: placed.count(name) for name in ("small", "large")}
+    assert counts["large"] >= 3 * counts["small"] and counts["small"] >= 1, counts
+    print(f"most-deliverable-energy: {counts}, scores {scores}")
