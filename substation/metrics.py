@@ -21,7 +21,10 @@ class SubstationMetrics:
         self.registry = registry
         label = {"substation": substation_id}
         # `substation_load` keeps the original system's name exactly: dashboards depend on it.
-        self.load = Gauge("substation_load", "Power drawn now, in kW", ["substation"],
+        # It is the committed load (every session's floor: its power when it gave no min_kw),
+        # what admission and the balancer's fit check count; substation_granted_kw is drawn.
+        self.load = Gauge("substation_load", "Power committed now (the sessions' floors; "
+                          "drawn, for fixed-power sessions), in kW", ["substation"],
                           registry=registry).labels(**label)
         # The number of the load reading above: the balancer knows which of its placements a
         # scrape already counts, exactly, whatever the clocks say.
