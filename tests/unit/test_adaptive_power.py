@@ -214,3 +214,26 @@ async def test_a_first_release_state_file_gains_the_columns_and_keeps_its_rows(
         version = c.execute("PRAGMA user_version").fetchone()[0]
     c.close()
     assert columns[-3:] == ["min_kw", "departure_at", "granted_kw"] and version == SCHEMA_VERSION
+
+
+def test_restarted_with_less_capacity_than_the_floors_pauses_whole_floors_never_draws_more(
+        ) -> None:
+    """Floors committed under 30 kW, resumed at 20 kW: the power drawn stays under the new
+    capacity (floors granted whole in the allocation's order, the rest paused at 0 kW, not
+    forecast to end), and nothing new is admitted until the floors fit again."""
+    before = table(30.0)
+    for sid in ("a", "b", "c"):
+        before.admit(sid, "ev", 11.0, 10.0, now=float(ord(sid)), min_kw=8.0)
+    after = table(20.0)
+    for session in list(before.active.values()):
+        after.resume(session, now=200.0)
+    after.reallocate(200.0)
+    granted = {sid: s.granted_kw for sid, s in after.active.items()}
+    # a and b (the oldest) keep their floors and share the 4 kW left; c, the newest, waits
+    assert granted == {"a": 10.0, "b": 10.0, "c": 0.0}, granted
+    assert math.fsum(granted.values()) == pytest.approx(20.0)
+    assert after.over_capacity and after.load_kw == 24.0
+    paused = next(s for s in after.active.values() if s.granted_kw == 0.0)
+    assert after.ends_at(paused) == math.inf
+    with pytest.raises(OverCapacity, match="above its capacity since it was restarted"):
+        after.admit("d", "ev", 11.0, 10.0, now=201.0, min_kw=1.4)
