@@ -38,6 +38,8 @@ from gridlb.charge import FIT_TOLERANCE_KW
 from substation.allocation import Demand, Smoother, allocate, floor_fits
 
 CHARGING, COMPLETED, STOPPED = "charging", "completed", "stopped"
+# Above this many sessions changing power at once, their ends are re-sorted together.
+_MOVE_ENDS_ONE_BY_ONE = 32
 
 
 class Refusal(Exception):
@@ -259,13 +261,28 @@ class SessionTable:
                           max(0.0, s.energy_kwh - s.delivered_kwh), s.departure_at,
                           s.started_at) for s in self.active.values()]
         allocation = allocate(self.capacity_kw, demands, now, speed_factor=self.speed_factor)
-        for session_id, kw in self.smoother.update(self.capacity_kw, allocation.kw).items():
+        changes = self.smoother.update(self.capacity_kw, allocation.kw)
+        # A new level moves every shared session's end: re-sorting them all at once beats
+        # moving each one in the sorted lists (quadratic in the number of sessions).
+        one_by_one = len(changes) <= _MOVE_ENDS_ONE_BY_ONE
+        for session_id, kw in changes.items():
             session = self.active[session_id]
             self._deliver(session, now)
-            self._untrack_end(session_id)
+            if one_by_one:
+                self._untrack_end(session_id)
             self.granted_kw += kw - session.granted_kw
             session.granted_kw = kw
-            self._track_end(session)
+            if one_by_one:
+                self._track_end(session)
+        if not one_by_one:
+            self._rebuild_ends()
+
+    def _rebuild_ends(self) -> None:
+        ends = sorted((self.ends_at(s), s.floor_kw, s.session_id) for s in self.active.values())
+        self._end_times = [end for end, _, _ in ends]
+        self._end_powers = [kw for _, kw, _ in ends]
+        self._end_ids = [sid for _, _, sid in ends]
+        self._end_by_id = {sid: end for end, _, sid in ends}
 
     @property
     def curtailed_kw(self) -> float:
