@@ -45,6 +45,9 @@ PUBLIC_FIELDS = ("vehicle_id", "requested_kw", "energy_kwh", "min_kw", "departur
 INTERNAL_FIELDS = ("session_id", "epoch", *PUBLIC_FIELDS)
 # departure_at as Unix seconds: within what datetime can show (year 1 to 9999).
 MAX_DEPARTURE_S = 253402300799.0
+# RFC 3339's date-time (section 5.6); group 1, the offset, is required (checked apart, to say so).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?"
+                      r"([Zz]|[+-]\d{2}:\d{2})?")
 
 
 @dataclass(frozen=True)
@@ -160,15 +163,19 @@ def parse_departure(value: Any) -> float | str:
     if not isinstance(value, str):
         return f"must be an RFC 3339 time string, got {type(value).__name__}"
     text = value.strip()
+    shape = _RFC3339.fullmatch(text)
+    if shape is not None and shape.group(1) is None:
+        return "must give its UTC offset (Z or +hh:mm)"
     try:
-        if len(text) < 19 or text[10] not in "Tt":
+        if shape is None:     # fromisoformat alone also takes ISO week dates and commas
             raise ValueError(text)
         moment = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1] in "Zz" else text)
-    except ValueError:
+        unix_s = moment.timestamp()
+    except (ValueError, OverflowError):
         return f"must be an RFC 3339 time such as 2026-12-07T21:03:04Z, got {value[:40]!r}"
-    if moment.tzinfo is None:
-        return "must give its UTC offset (Z or +hh:mm)"
-    return moment.timestamp()
+    if not 0.0 <= unix_s <= MAX_DEPARTURE_S:
+        return "must be from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z"
+    return unix_s
 
 
 def _departure(body: dict[str, Any], internal: bool) -> str | None:

@@ -56,6 +56,9 @@ def test_min_kw_and_departure_at_are_parsed_and_change_the_fingerprint() -> None
     ({"departure_at": 1796677384}, "departure_at", r"must be an RFC 3339 time string, got int"),
     ({"departure_at": "tomorrow"}, "departure_at", r"must be an RFC 3339 time such as"),
     ({"departure_at": "2026-12-07T21:03:04"}, "departure_at", r"must give its UTC offset"),
+    ({"departure_at": "2026-W01-1T00:00:00Z"}, "departure_at", r"must be an RFC 3339 time"),
+    ({"departure_at": "2026-12-07T21:03:04,5Z"}, "departure_at", r"must be an RFC 3339 time"),
+    ({"departure_at": "0001-01-01T00:00:00+01:00"}, "departure_at", r"must be from 1970"),
 ])
 def test_bad_min_kw_or_departure_is_named(extra: dict[str, object], field: str,
                                           reason: str) -> None:
