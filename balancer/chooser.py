@@ -80,15 +80,17 @@ class LedgerChooser:
         started, now = time.perf_counter(), self.clock()
         skip = self.health.ejected_now(now, snapshot.substations).union(exclude)
         choice = select_substation(snapshot, self.ledger, self.serving.policy,
-                                   self.charge.requested_kw, self.rng, exclude=skip,
+                                   self.charge.floor_kw, self.rng, exclude=skip,
                                    degraded=self.serving.degraded, now=now) \
-            or select_despite_doubt(snapshot, self.ledger, self.charge.requested_kw,
+            or select_despite_doubt(snapshot, self.ledger, self.charge.floor_kw,
                                     exclude=skip, degraded=self.serving.degraded)
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         return None if choice is None else choice.instance
 
     def reserve(self, instance: str) -> None:
-        self.ledger.reserve(instance, self.charge.session_id, self.charge.requested_kw)
+        # The floor (min_kw, or requested_kw without one) is what the substation commits and
+        # counts in its load; the rest of requested_kw is shared, never taken from others.
+        self.ledger.reserve(instance, self.charge.session_id, self.charge.floor_kw)
 
     def accepted(self, instance: str, reply: Reply) -> None:
         now, seq = self.clock(), reply.body.get("load_seq")

@@ -165,17 +165,17 @@ def _answer(app: web.Application, charge: SessionCharge, outcome: Outcome,
                           "the session was not started", headers={"Retry-After": "1"},
                           **internal)
     largest = _largest_capacity_kw(app[SERVING].snapshot)
-    if largest is not None and charge.requested_kw > largest:
+    if largest is not None and charge.floor_kw > largest:
         # No retry can help while the grid stays as it is: a definite answer, no Retry-After.
         metrics.decisions.labels(policy.name, "none", "exceeds_capacity").inc()
         return json_error(422, ErrorCode.EXCEEDS_CAPACITY,
-                          f"{charge.requested_kw:g} kW is more than any substation can take: "
+                          f"{charge.floor_kw:g} kW is more than any substation can take: "
                           f"the largest capacity listed is {largest:g} kW",
                           largest_capacity_kw=largest, **internal)
     metrics.decisions.labels(policy.name, "none", "no_capacity").inc()
     retry_after = str(max(1, math.ceil(policy.refresh_interval_s)))
     return json_error(503, ErrorCode.NO_CAPACITY,
-                      f"no substation can take {charge.requested_kw:g} kW now (tried "
+                      f"no substation can take {charge.floor_kw:g} kW now (tried "
                       f"{len(outcome.tried)})", headers={"Retry-After": retry_after},
                       **internal)
 

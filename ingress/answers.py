@@ -46,13 +46,18 @@ def client_answer(answer: BalancerAnswer, session_id: str, requested_kw: float |
     if status == 200:
         found = body.get("session")
         session: dict[str, Any] = found if isinstance(found, dict) else {}
+        # Adaptive power (substation/allocation.py): its power now, and its floor and departure
+        # when it gave them; absent from a substation that does not share power.
+        adaptive = {k: session[k] for k in ("granted_kw", "min_kw", "departure_at",
+                                            "will_complete_by_departure")
+                    if session.get(k) is not None}
         return ({"status": body.get("status"), "session_id": session_id,
                  "substation": body.get("substation"), "routed_to": body.get("routed_to"),
                  "policy": body.get("policy"),
                  "requested_kw": session.get("power_kw") if requested_kw is None
                  else requested_kw,
                  "energy_kwh": session.get("energy_kwh") if energy_kwh is None
-                 else energy_kwh}, 200, None)
+                 else energy_kwh, **adaptive}, 200, None)
     public = {k: v for k, v in body.items() if k not in INTERNAL_FIELDS}
     return public, status, dict(answer.headers) or None
 

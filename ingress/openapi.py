@@ -80,6 +80,13 @@ def _charge_request(limits: ChargeLimits) -> dict[str, Any]:
                              "maximum": limits.max_kw},
             "energy_kwh": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
                            "maximum": limits.max_kwh},
+            "min_kw": {"type": "number", "minimum": limits.min_kw, "maximum": limits.max_kw,
+                       "description": "The least power worth charging at (at most "
+                                      "requested_kw; default requested_kw): the substation "
+                                      "may share its capacity down to it"},
+            "departure_at": {"type": "string", "format": "date-time",
+                             "description": "When the vehicle leaves (RFC 3339, with Z or an "
+                                            "offset)"},
         }}
 
 

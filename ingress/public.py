@@ -26,6 +26,18 @@ Schema = dict[str, Any]
 _STATES = ["charging", "completed", "stopped"]
 _DATE_TIME: Schema = {"type": "string", "format": "date-time"}
 
+# Adaptive power (substation/allocation.py), in a charge's answer and in a session.
+_ADAPTIVE: dict[str, Schema] = {
+    "min_kw": {"type": "number", "description": "The floor it asked for (absent: none, it "
+                                                "charges at requested_kw)"},
+    "departure_at": {**_DATE_TIME, "description": "When the vehicle leaves, as it said (UTC)"},
+    "granted_kw": {"type": "number", "description": "Its power now: between min_kw and "
+                                                    "requested_kw, shared by the substation"},
+    "will_complete_by_departure": {"type": "boolean", "description": "With departure_at: "
+                                   "whether the energy asked for is delivered by then at the "
+                                   "current allocation"},
+}
+
 # The answer to POST /charge (200).
 CHARGE_FIELDS: dict[str, Schema] = {
     "status": {"type": "string", "enum": _STATES},
@@ -34,6 +46,7 @@ CHARGE_FIELDS: dict[str, Schema] = {
     "policy": {"type": "string", "description": "The policy that chose it"},
     "requested_kw": {"type": "number"},
     "energy_kwh": {"type": "number"},
+    **_ADAPTIVE,
 }
 CHARGE_REQUIRED = ["status", "session_id", "substation", "policy"]
 
@@ -49,7 +62,8 @@ SESSION_FIELDS: dict[str, Schema] = {
     "started_at": {**_DATE_TIME, "description": "When it started (UTC)"},
     "ended_at": {**_DATE_TIME, "description": "Once it has ended: when (UTC)"},
     "ends_at": {**_DATE_TIME, "description": "While charging: when the energy asked for will "
-                                             "have been delivered (UTC)"},
+                                             "have been delivered at granted_kw (UTC)"},
+    **_ADAPTIVE,
 }
 SESSION_REQUIRED = ["session_id", "state", "substation"]
 

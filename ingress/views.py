@@ -157,7 +157,7 @@ async def _ask_balancer(app: web.Application, req: Charge, payload: dict[str, An
     config = app[CONFIG]
     budget = max(0.1, config.request_timeout_s - _BALANCER_MARGIN_S)
     body = {**payload, "vehicle_id": req.vehicle_id, "requested_kw": req.requested_kw,
-            "energy_kwh": req.energy_kwh, "timeout_s": budget}
+            "energy_kwh": req.energy_kwh, **req.adaptive_json(), "timeout_s": budget}
     return await dispatch(app[HTTP], app[BALANCERS].urls(), body, _internal_headers(app),
                           config.request_timeout_s)
 

@@ -87,6 +87,7 @@ async def session_store(app: web.Application) -> AsyncIterator[None]:
     now = time.time()
     for session in store.load():
         app[TABLE].resume(session, now)
+    app[TABLE].reallocate(now)    # shared again among what was resumed
     for session_id, epoch, at in store.load_fences():
         app[TABLE].resume_fence(session_id, epoch, at)
     store.record_start(config.capacity_kw, now)

@@ -14,6 +14,16 @@ anywhere, and may place it itself.
 Durable before visible: a new session is first reserved (its power taken, so nothing admitted
 meanwhile can exceed the capacity), saved, and only then confirmed; until then no answer, view,
 fence or repeat shows it, so nothing is ever confirmed that a crash could still lose.
+
+Adaptive power (issue 19): a session may carry `min_kw`, its floor (without one, its floor is its
+`power_kw`, the requested power: today's fixed-power session). Admission commits floors: a
+session is admitted when its floor fits beside the floors committed (`load_kw` is their sum, the
+load the balancer's fit check reads, never above capacity unless restarted with less). What the
+floors leave is shared by substation/allocation.py: each session draws `granted_kw` (between its
+floor and `power_kw`), re-allocated whenever a session starts, ends or stops and on every tick,
+passed through a Smoother so that a power moves only when the allocation really changes. Energy
+is delivered, and ends are forecast, at `granted_kw`. While every session is fixed-power the
+allocation is skipped: each one draws its `power_kw`, exactly as before.
 """
 
 from __future__ import annotations
@@ -24,9 +34,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gridlb.charge import FIT_TOLERANCE_KW, fits
+from gridlb.charge import FIT_TOLERANCE_KW
+from substation.allocation import Demand, Smoother, allocate, floor_fits
 
 CHARGING, COMPLETED, STOPPED = "charging", "completed", "stopped"
+# Above this many sessions changing power at once, their ends are re-sorted together.
+_MOVE_ENDS_ONE_BY_ONE = 32
 
 
 class Refusal(Exception):
@@ -76,6 +89,10 @@ class ChargingSession:
     state: str
     started_at: float
     ended_at: float | None = None
+    min_kw: float | None = None          # its floor; None: power_kw (fixed power)
+    departure_at: float | None = None    # when the vehicle leaves (Unix seconds), if known
+    # Its power now (substation/allocation.py); -1: not yet allocated, power_kw until then.
+    granted_kw: float = field(default=-1.0, compare=False)
     # The epoch of the dispatch that admitted it, for the history (0: not known, resumed
     # from disk, where it is not kept). Not in its JSON.
     epoch: int = field(default=0, compare=False)
@@ -86,15 +103,30 @@ class ChargingSession:
     def __post_init__(self) -> None:
         if self.credited_at < 0:
             self.credited_at = self.started_at
+        if self.granted_kw < 0:
+            self.granted_kw = self.floor_kw
+
+    @property
+    def floor_kw(self) -> float:
+        """The power committed to it at admission: min_kw, or power_kw without one."""
+        return self.power_kw if self.min_kw is None else self.min_kw
+
+    @property
+    def flexible(self) -> bool:
+        return self.floor_kw < self.power_kw
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
         del body["credited_at"], body["epoch"]
+        for optional in ("min_kw", "departure_at"):
+            if body[optional] is None:
+                del body[optional]
         return body
 
-    def same_request(self, vehicle_id: str, power_kw: float, energy_kwh: float) -> bool:
-        return (self.vehicle_id, self.power_kw, self.energy_kwh) == \
-            (vehicle_id, power_kw, energy_kwh)
+    def same_request(self, vehicle_id: str, power_kw: float, energy_kwh: float,
+                     min_kw: float | None = None, departure_at: float | None = None) -> bool:
+        return (self.vehicle_id, self.power_kw, self.energy_kwh, self.min_kw,
+                self.departure_at) == (vehicle_id, power_kw, energy_kwh, min_kw, departure_at)
 
 
 @dataclass(frozen=True)
@@ -123,7 +155,13 @@ class SessionTable:
         self.ended: OrderedDict[str, ChargingSession] = OrderedDict()
         # session id -> (lowest epoch still allowed to start it, when fenced), oldest first
         self.fences: OrderedDict[str, tuple[int, float]] = OrderedDict()
-        self.load_kw = 0.0        # running total of active power, not re-summed per call
+        # Running totals over the charging sessions, not re-summed per call: their floors (the
+        # committed load), the power asked for, and the power granted.
+        self.load_kw = 0.0
+        self.requested_kw = 0.0
+        self.granted_kw = 0.0
+        self._flexible = 0        # charging sessions whose floor is below their power
+        self.smoother = Smoother()
         self.delivered_total_kwh = 0.0
         # Orders this substation's answers: a reading with sequence s includes every change
         # up to s. The service seeds it from the clock in ns, so it keeps growing across
@@ -147,16 +185,19 @@ class SessionTable:
         return self.active.get(session_id) or self.ended.get(session_id)
 
     def admit(self, session_id: str, vehicle_id: str, power_kw: float, energy_kwh: float,
-              now: float, epoch: int = 1) -> Admission:
+              now: float, epoch: int = 1, min_kw: float | None = None,
+              departure_at: float | None = None) -> Admission:
         """Start a session at once (`reserve` then `confirm`: for a table kept in memory only),
         or recognise a repeat of one (in whatever state it is now)."""
-        admission = self.reserve(session_id, vehicle_id, power_kw, energy_kwh, now, epoch)
+        admission = self.reserve(session_id, vehicle_id, power_kw, energy_kwh, now, epoch,
+                                 min_kw, departure_at)
         if not admission.duplicate:
-            self.confirm(session_id)
+            self.confirm(session_id, now)
         return admission
 
     def reserve(self, session_id: str, vehicle_id: str, power_kw: float, energy_kwh: float,
-                now: float, epoch: int = 1) -> Admission:
+                now: float, epoch: int = 1, min_kw: float | None = None,
+                departure_at: float | None = None) -> Admission:
         """Take the capacity for a new session, invisibly until `confirm` (once it is on disk)
         or `withdraw` (its save failed); or recognise a repeat of one (in whatever state it is
         now). Never exceed capacity (counting the sessions being saved) or the session cap;
@@ -165,7 +206,8 @@ class SessionTable:
             raise RuntimeError(f"session {session_id} is being saved: wait for its save first")
         existing = self.get(session_id)
         if existing is not None:
-            if not existing.same_request(vehicle_id, power_kw, energy_kwh):
+            if not existing.same_request(vehicle_id, power_kw, energy_kwh, min_kw,
+                                         departure_at):
                 raise SessionConflict(f"session {session_id} exists with other values")
             return Admission(existing, duplicate=True)
         fence = self.fences.get(session_id)
@@ -176,28 +218,83 @@ class SessionTable:
             saving = f" (with {len(self.saving)} being saved)" if self.saving else ""
             raise TooManySessions(f"{len(self.active) + len(self.saving)} sessions are "
                                   f"charging{saving}, the most this substation takes")
-        if not fits(self.load_kw + self.saving_kw, power_kw, self.capacity_kw):
-            raise OverCapacity(self.load_kw, self.capacity_kw, power_kw, self.saving_kw)
+        floor = power_kw if min_kw is None else min_kw
+        if not floor_fits(self.capacity_kw, (self.load_kw, self.saving_kw), floor):
+            raise OverCapacity(self.load_kw, self.capacity_kw, floor, self.saving_kw)
         # No advance() here: that walks every session, on every request. A new session
         # accrues from its own start (see _deliver).
         session = ChargingSession(session_id, vehicle_id, power_kw, energy_kwh, 0.0, CHARGING,
-                                  started_at=now, epoch=epoch)
+                                  started_at=now, min_kw=min_kw, departure_at=departure_at,
+                                  epoch=epoch)
         self.saving[session_id] = session
-        self.saving_kw += power_kw
+        self.saving_kw += floor
         return Admission(session, duplicate=False)
 
-    def confirm(self, session_id: str) -> ChargingSession:
+    def confirm(self, session_id: str, now: float | None = None) -> ChargingSession:
         """The reserved session is on disk: from now on it charges, counts in the load and is
-        seen by every view, fence and repeat."""
+        seen by every view, fence and repeat. `now` (default: its start): when the others'
+        power is re-allocated to make room for it."""
         session = self._unreserve(session_id)
         # It charges from its admission (`started_at`, on disk): its forecast end and the
         # energy credited at the next tick count from there, as they would without a disk.
-        self.active[session_id] = session
-        self._track_end(session)
+        self._add(session)
         self.fences.pop(session_id, None)
-        self.load_kw += session.power_kw
         self._changed()
+        self.reallocate(session.started_at if now is None else now)
         return session
+
+    def _add(self, session: ChargingSession) -> None:
+        self.active[session.session_id] = session
+        self.load_kw += session.floor_kw
+        self.requested_kw += session.power_kw
+        self.granted_kw += session.granted_kw
+        self._flexible += session.flexible
+        self._track_end(session)
+
+    def reallocate(self, now: float) -> None:
+        """Share the capacity among the charging sessions again (substation/allocation.py);
+        a session whose power changes is first credited up to `now` at its old power. Skipped
+        while every session is fixed-power and draws its power_kw."""
+        if not self._flexible and self.granted_kw >= self.requested_kw - FIT_TOLERANCE_KW:
+            return
+        demands = [Demand(s.session_id, s.floor_kw, s.power_kw,
+                          max(0.0, s.energy_kwh - s.delivered_kwh), s.departure_at,
+                          s.started_at) for s in self.active.values()]
+        allocation = allocate(self.capacity_kw, demands, now, speed_factor=self.speed_factor)
+        changes = self.smoother.update(self.capacity_kw, allocation.kw)
+        # A new level moves every shared session's end: re-sorting them all at once beats
+        # moving each one in the sorted lists (quadratic in the number of sessions).
+        one_by_one = len(changes) <= _MOVE_ENDS_ONE_BY_ONE
+        for session_id, kw in changes.items():
+            session = self.active[session_id]
+            self._deliver(session, now)
+            if one_by_one:
+                self._untrack_end(session_id)
+            self.granted_kw += kw - session.granted_kw
+            session.granted_kw = kw
+            if one_by_one:
+                self._track_end(session)
+        if not one_by_one:
+            self._rebuild_ends()
+
+    def _rebuild_ends(self) -> None:
+        ends = sorted((self.ends_at(s), s.floor_kw, s.session_id) for s in self.active.values())
+        self._end_times = [end for end, _, _ in ends]
+        self._end_powers = [kw for _, kw, _ in ends]
+        self._end_ids = [sid for _, _, sid in ends]
+        self._end_by_id = {sid: end for end, _, sid in ends}
+
+    @property
+    def curtailed_kw(self) -> float:
+        """Power asked for and not granted, summed over the charging sessions."""
+        return max(0.0, self.requested_kw - self.granted_kw)
+
+    def will_complete_by_departure(self, session: ChargingSession) -> bool | None:
+        """Whether the energy asked for is delivered by its departure at its power now (None:
+        no departure given, or not charging)."""
+        if session.departure_at is None or session.state != CHARGING:
+            return None
+        return self.ends_at(session) - self.end_lag_s <= session.departure_at
 
     def withdraw(self, session_id: str) -> None:
         """The reserved session could not be saved: it never started, its capacity is free."""
@@ -205,7 +302,7 @@ class SessionTable:
 
     def _unreserve(self, session_id: str) -> ChargingSession:
         session = self.saving.pop(session_id)
-        self.saving_kw -= session.power_kw
+        self.saving_kw -= session.floor_kw
         if not self.saving:
             self.saving_kw = 0.0    # no float drift survives an empty reservation list
         return session
@@ -218,9 +315,12 @@ class SessionTable:
 
     def ends_at(self, session: ChargingSession) -> float:
         """When the session leaves the load (real time) if it runs to its declared energy:
-        from what it has been credited, at its power, at this substation's speed."""
+        from what it has been credited, at its granted power, at this substation's speed
+        (never, while it is paused at 0 kW)."""
         remaining_kwh = max(0.0, session.energy_kwh - session.delivered_kwh)
-        return session.credited_at + remaining_kwh / session.power_kw * 3600.0 \
+        if session.granted_kw <= 0.0:
+            return float("inf") if remaining_kwh > 0 else session.credited_at + self.end_lag_s
+        return session.credited_at + remaining_kwh / session.granted_kw * 3600.0 \
             / self.speed_factor + self.end_lag_s
 
     def forecast_kw(self, now: float, horizons_s: Sequence[float]) -> list[float]:
@@ -250,7 +350,7 @@ class SessionTable:
         end = self._end_by_id[session.session_id] = self.ends_at(session)
         at = bisect_right(self._end_times, end)
         self._end_times.insert(at, end)
-        self._end_powers.insert(at, session.power_kw)
+        self._end_powers.insert(at, session.floor_kw)   # the load counts floors
         self._end_ids.insert(at, session.session_id)
 
     def _untrack_end(self, session_id: str) -> None:
@@ -281,9 +381,7 @@ class SessionTable:
         `now`, not while it was down."""
         session.credited_at = now
         if session.state == CHARGING:
-            self.active[session.session_id] = session
-            self._track_end(session)
-            self.load_kw += session.power_kw
+            self._add(session)
             self._changed()
         else:
             self._remember_ended(session)
@@ -297,6 +395,7 @@ class SessionTable:
         if session is not None:
             self._deliver(session, now)   # this session alone, up to the moment it stops
             self._end(session, STOPPED, now)
+            self.reallocate(now)          # what it drew goes to the others
             return session
         return self.ended.get(session_id)
 
@@ -305,6 +404,7 @@ class SessionTable:
         completed = [s for s in self.active.values() if self._deliver(s, now)]
         for session in completed:
             self._end(session, COMPLETED, now)
+        self.reallocate(now)
         self.prune(now)
         return completed
 
@@ -314,7 +414,7 @@ class SessionTable:
         if now > since:
             hours = (now - since) * self.speed_factor / 3600.0
             delivered = min(session.energy_kwh,
-                            session.delivered_kwh + session.power_kw * hours)
+                            session.delivered_kwh + session.granted_kw * hours)
             self.delivered_total_kwh += delivered - session.delivered_kwh
             session.delivered_kwh = delivered
         return session.delivered_kwh >= session.energy_kwh
@@ -331,9 +431,12 @@ class SessionTable:
     def _end(self, session: ChargingSession, state: str, now: float) -> None:
         del self.active[session.session_id]
         self._untrack_end(session.session_id)
-        self.load_kw -= session.power_kw
-        if not self.active:
-            self.load_kw = 0.0    # no float drift survives an empty substation
+        self.load_kw -= session.floor_kw
+        self.requested_kw -= session.power_kw
+        self.granted_kw -= session.granted_kw
+        self._flexible -= session.flexible
+        if not self.active:   # no float drift survives an empty substation
+            self.load_kw = self.requested_kw = self.granted_kw = 0.0
         self._changed()
         session.state, session.ended_at = state, now
         self._remember_ended(session)

@@ -21,7 +21,10 @@ class SubstationMetrics:
         self.registry = registry
         label = {"substation": substation_id}
         # `substation_load` keeps the original system's name exactly: dashboards depend on it.
-        self.load = Gauge("substation_load", "Power drawn now, in kW", ["substation"],
+        # It is the committed load (every session's floor: its power when it gave no min_kw),
+        # what admission and the balancer's fit check count; substation_granted_kw is drawn.
+        self.load = Gauge("substation_load", "Power committed now (the sessions' floors; "
+                          "drawn, for fixed-power sessions), in kW", ["substation"],
                           registry=registry).labels(**label)
         # The number of the load reading above: the balancer knows which of its placements a
         # scrape already counts, exactly, whatever the clocks say.
@@ -49,6 +52,18 @@ class SubstationMetrics:
         self.over_capacity = Gauge("substation_over_capacity",
                                    "1 while the load is above the capacity", ["substation"],
                                    registry=registry).labels(**label)
+        # Adaptive power (substation/allocation.py). substation_load is the committed floors
+        # (what admission and the balancer's fit check count); these say what is drawn.
+        self.committed_min = Gauge("substation_committed_min_kw",
+                                   "Floors (min_kw, or requested_kw without one) committed to "
+                                   "the sessions charging, in kW", ["substation"],
+                                   registry=registry).labels(**label)
+        self.granted = Gauge("substation_granted_kw", "Power granted to the sessions charging "
+                             "(drawn now), in kW", ["substation"],
+                             registry=registry).labels(**label)
+        self.curtailed = Gauge("substation_curtailed_kw", "Power asked for and not granted, "
+                               "summed over the sessions charging, in kW", ["substation"],
+                               registry=registry).labels(**label)
         requests = Counter("substation_charge_requests", "Charge requests by outcome",
                            ["substation", "outcome"], registry=registry)
         # Every outcome exists from the start, so rate() works before the first refusal.

@@ -10,6 +10,11 @@ and completion is also appended to the `history` table in the same transaction a
 row, so the history is exactly as durable as the sessions: what it says happened, happened, and
 what a crash took back never appears in it. It is never pruned (a test's record, not for
 production).
+
+Schema versions (PRAGMA user_version): 1 the first release's sessions and fences; 2 adds
+adaptive power's `min_kw`, `departure_at` and `granted_kw` to `sessions`. A file of an older
+version gains the columns it lacks when opened (NULL in old rows: fixed-power sessions, as they
+were); nothing is ever dropped, so an older substation can still read a newer file.
 """
 
 from __future__ import annotations
@@ -60,12 +65,17 @@ CREATE TABLE IF NOT EXISTS history (
     capacity_kw REAL
 );
 """
+SCHEMA_VERSION = 2
+# Columns added after the first release, with their types: added when missing, never dropped.
+_ADDED_COLUMNS = (("min_kw", "REAL"), ("departure_at", "REAL"), ("granted_kw", "REAL"))
+_COLUMNS = "session_id, vehicle_id, power_kw, energy_kwh, delivered_kwh, state, started_at, " \
+    "ended_at, min_kw, departure_at, granted_kw"
 _HISTORY = "INSERT INTO history (at, substation, event, session_id, vehicle_id, power_kw, " \
     "energy_kwh, delivered_kwh, epoch, capacity_kw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_UPSERT = """
-INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+_UPSERT = f"""
+INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(session_id) DO UPDATE SET delivered_kwh = excluded.delivered_kwh,
-    state = excluded.state, ended_at = excluded.ended_at
+    state = excluded.state, ended_at = excluded.ended_at, granted_kw = excluded.granted_kw
 """
 _FENCE = """
 INSERT INTO fences VALUES (?, ?, ?)
@@ -76,7 +86,19 @@ ON CONFLICT(session_id) DO UPDATE SET min_epoch = max(min_epoch, excluded.min_ep
 
 def _rows(sessions: Iterable[ChargingSession]) -> list[tuple[object, ...]]:
     return [(s.session_id, s.vehicle_id, s.power_kw, s.energy_kwh, s.delivered_kwh,
-             s.state, s.started_at, s.ended_at) for s in sessions]
+             s.state, s.started_at, s.ended_at, s.min_kw, s.departure_at, s.granted_kw)
+            for s in sessions]
+
+
+def migrate(c: sqlite3.Connection) -> None:
+    """Bring a sessions table of any earlier version to SCHEMA_VERSION: add what is missing."""
+    have = {row[1] for row in c.execute("PRAGMA table_info(sessions)")}
+    for name, kind in _ADDED_COLUMNS:
+        if name not in have:
+            c.execute(f"ALTER TABLE sessions ADD COLUMN {name} {kind}")
+    version = c.execute("PRAGMA user_version").fetchone()[0]
+    if version < SCHEMA_VERSION:
+        c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 class SessionStore:
@@ -86,6 +108,7 @@ class SessionStore:
         """`history_of`: the substation id under which events are appended to the history
         (None: no history is kept). `before_commit`: see GroupCommitDB (a slow disk)."""
         self.db = GroupCommitDB(path, _SCHEMA, durability, before_commit)
+        self.db.write_now(migrate)
         self.history_of = history_of
 
     async def save(self, sessions: Iterable[ChargingSession],
@@ -128,8 +151,13 @@ class SessionStore:
         await self.db.write(lambda c: c.execute(_FENCE, (session_id, min_epoch, at)))
 
     def load(self) -> list[ChargingSession]:
-        rows = self.db.reader.execute("SELECT * FROM sessions ORDER BY started_at").fetchall()
-        return [ChargingSession(*row) for row in rows]
+        rows = self.db.reader.execute(
+            f"SELECT {_COLUMNS} FROM sessions ORDER BY started_at").fetchall()
+        # granted_kw NULL (a row of schema version 1): its floor until re-allocated.
+        return [ChargingSession(sid, vehicle, power, energy, delivered, state, started, ended,
+                                min_kw, departure, -1.0 if granted is None else granted)
+                for sid, vehicle, power, energy, delivered, state, started, ended, min_kw,
+                departure, granted in rows]
 
     def load_fences(self) -> list[tuple[str, int, float]]:
         return [(str(sid), int(epoch), float(at)) for sid, epoch, at in self.db.reader.execute(

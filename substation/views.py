@@ -44,7 +44,13 @@ def session_body(app: web.Application, session: ChargingSession) -> dict[str, An
     runs to its declared energy (the balancer stops counting it then)."""
     body = {**session.to_json(), **load_fields(app)}
     if session.state == CHARGING:
-        body["ends_at"] = app[TABLE].ends_at(session)
+        ends_at = app[TABLE].ends_at(session)
+        # Paused at 0 kW: no end is known (JSON has no infinity).
+        if ends_at != float("inf"):
+            body["ends_at"] = ends_at
+        will_complete = app[TABLE].will_complete_by_departure(session)
+        if will_complete is not None:
+            body["will_complete_by_departure"] = will_complete
     return body
 
 
@@ -55,6 +61,9 @@ def refresh_gauges(app: web.Application) -> None:
     metrics.active.set(len(table.active))
     metrics.saving.set(len(table.saving))
     metrics.over_capacity.set(1 if table.over_capacity else 0)
+    metrics.committed_min.set(table.load_kw)
+    metrics.granted.set(table.granted_kw)
+    metrics.curtailed.set(table.curtailed_kw)
 
 
 async def save_admission(app: web.Application, session: ChargingSession,
@@ -68,7 +77,7 @@ async def save_admission(app: web.Application, session: ChargingSession,
         table.withdraw(session.session_id)
         refresh_gauges(app)
         raise
-    table.confirm(session.session_id)
+    table.confirm(session.session_id, time.time())
     refresh_gauges(app)
 
 
@@ -87,7 +96,7 @@ async def charge(request: web.Request) -> web.Response:
     try:
         admission = app[TABLE].reserve(parsed.session_id, parsed.vehicle_id,
                                        parsed.requested_kw, parsed.energy_kwh, time.time(),
-                                       parsed.epoch)
+                                       parsed.epoch, parsed.min_kw, parsed.departure_at)
     except Refusal as exc:
         metrics.requests[_OUTCOME_BY_CODE[exc.code]].inc()
         extra = {"load_kw": exc.load_kw} if isinstance(exc, OverCapacity) else {}
@@ -176,7 +185,11 @@ async def status(request: web.Request) -> web.Response:
     its sessions take), so it admits nothing until under it again."""
     table = request.app[TABLE]
     return json_response({**load_fields(request.app), "active_sessions": len(table.active),
-                          "over_capacity": table.over_capacity})
+                          "over_capacity": table.over_capacity,
+                          # Adaptive power: load_kw is the committed floors; these, the power
+                          # drawn and what was asked for beyond it.
+                          "granted_kw": table.granted_kw, "requested_kw": table.requested_kw,
+                          "curtailed_kw": table.curtailed_kw})
 
 
 def refresh_forecast(app: web.Application, now: float) -> None:

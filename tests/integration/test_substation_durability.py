@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gridlb.stack import ProcessGroup, ServiceSpec, free_port, wait_ready
-from tests.integration.conftest import http_json, wait_for
+from tests.integration.conftest import TOKEN, http_json, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,8 @@ class Substation:
 
     def call(self, method: str, path: str, body: Any = None, timeout: float = 10.0
              ) -> tuple[int, Any]:
-        return http_json(method, f"{self.base}{path}", body, timeout=timeout)
+        return http_json(method, f"{self.base}{path}", body, timeout=timeout,
+                         headers={"Authorization": f"Bearer {TOKEN}"})
 
     def metric(self, name: str) -> float | None:
         with urllib.request.urlopen(f"{self.base}/metrics", timeout=5) as resp:
@@ -54,7 +55,9 @@ def substation(tmp_path: Path) -> Iterator[Substation]:
             "--insecure-no-auth"]      # this test talks to the substation alone, without a token
     group = ProcessGroup(tmp_path / "logs")
     base = f"http://127.0.0.1:{port}"
-    sub = Substation(base, ServiceSpec("s1", argv, f"{base}/healthz"), group, fault_file)
+    # Services refuse to start without their keys (tests/integration/conftest.py).
+    sub = Substation(base, ServiceSpec("s1", argv, f"{base}/healthz",
+                                       {"GRID_INTERNAL_TOKEN": TOKEN}), group, fault_file)
     try:
         sub.start()
         yield sub

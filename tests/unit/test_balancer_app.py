@@ -737,3 +737,19 @@ async def test_the_request_id_goes_with_every_charge_and_fence_and_comes_back(
     assert resp.status == 422 and resp.headers["X-Request-Id"] == "d-3"
     resp = await h.client.get("/policy", headers={"X-Request-Id": "d-4"})
     assert resp.headers["X-Request-Id"] == "d-4"
+
+
+async def test_a_flexible_charge_fits_by_its_floor_and_the_ledger_counts_the_floor(
+        balancer: MakeHarness, substation: MakeSubstation) -> None:
+    """Adaptive power: 11 kW does not fit beside 95 of 100 kW, its 3.7 kW floor does; the
+    substation is sent the floor and the departure, and what is pending there is the floor."""
+    sub = await substation()
+    h = await balancer({sub.address: (95.0, 100.0)})
+    status, body = await h.dispatch(min_kw=3.7, departure_at=1796677384.5)
+    assert status == 200, body
+    assert sub.charges == [{**CHARGE, "epoch": 1, "min_kw": 3.7, "departure_at": 1796677384.5}]
+    row = (await (await h.client.get("/policy")).json())["substations"][0]
+    assert (row["load_kw"], row["pending_kw"]) == (95.0, 3.7)
+    # a second floor no longer fits beside 95 + 3.7: refused naming the floor
+    status, body = await h.dispatch(session_id="sess-2", min_kw=3.7)
+    assert status == 503 and body["error"] == "no_capacity" and "3.7 kW" in body["detail"]

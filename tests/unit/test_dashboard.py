@@ -140,7 +140,7 @@ def test_utilization_panels_draw_thresholds_and_let_an_overload_show() -> None:
 def test_dashboard_covers_what_an_operator_asks() -> None:
     titles = " | ".join(title.lower() for title, _ in dashboard_queries())
     for topic in ("load", "utilization", "requests per second", "decisions", "latency",
-                  "snapshot age", "policy score", "active sessions", "energy"):
+                  "snapshot age", "policy score", "active sessions", "energy", "curtailed"):
         assert topic in titles, topic
 
 

@@ -842,3 +842,38 @@ def test_the_store_is_sqlite_unless_a_postgresql_url_is_given(
         with pytest.raises(SystemExit):
             parse_args(argv)
         assert message in capsys.readouterr().err
+
+
+async def test_min_kw_and_departure_go_to_the_balancer_and_granted_kw_comes_back(
+        make_client: Any, backends: FakeBackends) -> None:
+    """Adaptive power: the floor and the departure (RFC 3339 here, Unix seconds inside) reach
+    the balancer; the answer shows the power granted now and the departure as RFC 3339."""
+    backends.answer = (200, {"status": "charging", "session_id": "s", "substation": "sub-1",
+                             "policy": "least-load", "routed_to": "127.0.0.1:1",
+                             "session": {"power_kw": 11.0, "granted_kw": 5.5, "min_kw": 3.7,
+                                         "departure_at": STARTED_AT,
+                                         "will_complete_by_departure": False}}, {})
+    client = await make_client()
+    status, body, _ = await post(client, {**CHARGE, "min_kw": 3.7,
+                                          "departure_at": "2026-12-07T21:03:04.123Z"})
+    assert status == 200
+    sent = backends.dispatches[0]
+    assert sent["min_kw"] == 3.7 and sent["departure_at"] == pytest.approx(1796677384.123)
+    assert (body["granted_kw"], body["min_kw"], body["departure_at"],
+            body["will_complete_by_departure"]) == (5.5, 3.7, "2026-12-07T21:03:04.123Z", False)
+
+
+async def test_without_min_kw_the_dispatch_is_todays(make_client: Any, backends: FakeBackends
+                                                     ) -> None:
+    client = await make_client()
+    status, _, _ = await post(client)
+    assert status == 200
+    assert "min_kw" not in backends.dispatches[0]
+    assert "departure_at" not in backends.dispatches[0]
+
+
+async def test_a_floor_above_the_request_is_named(make_client: Any) -> None:
+    client = await make_client()
+    status, body, _ = await post(client, {**CHARGE, "min_kw": 22})
+    assert status == 422
+    assert body["fields"] == {"min_kw": "must be at most requested_kw (11 kW), got 22"}

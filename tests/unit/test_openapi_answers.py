@@ -302,10 +302,15 @@ async def test_the_session_schema_lists_every_field_a_substation_answer_shows(
     assert sent["state"] == "charging"
     stopped = await (await substation.delete("/sessions/s-1")).json()
     assert stopped["state"] == "stopped"
-    assert (set(sent) | set(stopped)) - internal == set(SESSION_FIELDS)
+    # Adaptive power's fields show on a session that gave a floor and a departure.
+    resp = await substation.post("/charge", json={**CHARGE, "session_id": "s-2", "epoch": 1,
+                                                  "min_kw": 1.4, "departure_at": 4e9})
+    assert resp.status == 200
+    adaptive = await resp.json()
+    assert (set(sent) | set(stopped) | set(adaptive)) - internal == set(SESSION_FIELDS)
     assert set(DOC["components"]["schemas"]["Session"]["properties"]) == set(SESSION_FIELDS)
     times = {k for k, v in SESSION_FIELDS.items() if v.get("format") == "date-time"}
-    assert times == {"started_at", "ended_at", "ends_at"}
+    assert times == {"started_at", "ended_at", "ends_at", "departure_at"}
 
 
 def test_every_object_the_document_promises_is_closed() -> None:

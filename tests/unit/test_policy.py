@@ -39,7 +39,8 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["least-load", "least-utilization", "rate-weighted"])
+@pytest.mark.parametrize("name", ["least-load", "least-utilization", "rate-weighted",
+                                  "most-deliverable-energy"])
 def test_shipped_policies_load(name: str) -> None:
     policy = load_policy(REPO / "policies" / f"{name}.yaml")
     assert policy.name == name

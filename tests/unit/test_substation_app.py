@@ -214,3 +214,52 @@ async def test_every_answer_and_error_echoes_the_request_id(aiohttp_client: Any)
                                     headers={**headers, "X-Request-Id": f"sub-{n}"})
         assert resp.status == status, (path, await resp.text())
         assert resp.headers["X-Request-Id"] == f"sub-{n}"
+
+
+async def test_sessions_share_the_capacity_and_show_their_granted_power(
+        aiohttp_client: Any) -> None:
+    """Adaptive power at the substation's API: floors admitted beside each other, the capacity
+    shared, granted_kw and will_complete_by_departure shown, the gauges set."""
+    client = await aiohttp_client(create_app(SubstationConfig("s1", capacity_kw=10.0,
+                                                              speed_factor=60.0)))
+    flexible = {**CHARGE, "requested_kw": 10.0, "min_kw": 4.0}
+    first = await (await client.post("/charge", json=flexible)).json()
+    assert (first["granted_kw"], first["load_kw"]) == (10.0, 4.0)
+    resp = await client.post("/charge", json={**flexible, "session_id": "s-2",
+                                              "departure_at": 4e9})
+    second = await resp.json()
+    assert resp.status == 200 and second["will_complete_by_departure"] is True
+    assert second["granted_kw"] == pytest.approx(6.0)   # least laxity: its departure first
+    one = await (await client.get("/sessions/s-1")).json()
+    assert one["granted_kw"] == pytest.approx(4.0) and "will_complete_by_departure" not in one
+    status = await (await client.get("/status")).json()
+    assert (status["load_kw"], status["granted_kw"], status["curtailed_kw"]) == \
+        (8.0, pytest.approx(10.0), pytest.approx(10.0))
+    resp = await client.post("/charge", json={**flexible, "session_id": "s-3"})
+    assert resp.status == 409 and (await resp.json())["error"] == "over_capacity"
+    text = await (await client.get("/metrics")).text()
+    values = {(s.name, s.labels.get("substation")): s.value
+              for f in text_string_to_metric_families(text) for s in f.samples}
+    assert values[("substation_committed_min_kw", "s1")] == 8.0
+    assert values[("substation_granted_kw", "s1")] == pytest.approx(10.0)
+    assert values[("substation_curtailed_kw", "s1")] == pytest.approx(10.0)
+    await client.delete("/sessions/s-2")
+    one = await (await client.get("/sessions/s-1")).json()
+    assert one["granted_kw"] == 10.0
+
+
+async def test_a_restart_keeps_floors_and_shares_again(aiohttp_client: Any, tmp_path: Path
+                                                       ) -> None:
+    config = SubstationConfig("s1", capacity_kw=10.0, speed_factor=60.0,
+                              state_path=str(tmp_path / "state.sqlite3"))
+    first = await aiohttp_client(create_app(config))
+    for sid in ("a", "b"):
+        assert (await first.post("/charge", json={**CHARGE, "session_id": sid,
+                                                  "requested_kw": 10.0,
+                                                  "min_kw": 5.0})).status == 200
+    await first.close()
+    again = await aiohttp_client(create_app(config))
+    body = await (await again.get("/sessions/a")).json()
+    assert (body["min_kw"], body["granted_kw"]) == (5.0, 5.0)
+    resp = await again.post("/charge", json={**CHARGE, "session_id": "c", "requested_kw": 2.0})
+    assert resp.status == 409 and (await resp.json())["error"] == "over_capacity"
