@@ -70,7 +70,8 @@ def stack(engine: tuple[engines.Engine, str], tmp_path_factory: pytest.TempPathF
                   "GRID_GRAFANA_PORT": str(free_port()), "GRID_IMAGE": app_image,
                   "GRID_API_KEYS": secrets.token_urlsafe(24),
                   "GRID_INTERNAL_TOKEN": secrets.token_urlsafe(24),
-                  "GRID_POSTGRES_PASSWORD": secrets.token_urlsafe(24)}
+                  "GRID_POSTGRES_PASSWORD": secrets.token_urlsafe(24),
+                  "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(24)}
         env_file = tmp_path_factory.mktemp("compose-pg") / "stack.env"
         env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
         env_file.chmod(0o600)

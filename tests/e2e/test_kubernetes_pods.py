@@ -150,7 +150,12 @@ def test_a_substation_is_its_ordinal_and_resumes_its_sessions_after_a_restart(
         return podman("inspect", pods.containers[pod], "--format", "{{.State.StartedAt}}").stdout
     before = started_at()
     restarted = podman("restart", pods.containers[pod])
-    assert restarted.returncode == 0, restarted.stderr
+    if restarted.returncode != 0:
+        # podman 4.3 without systemd sometimes has the pod's infra container stopped by then
+        # ("cannot get namespace path unless container ... is running"): restart the pod.
+        podman("pod", "stop", "-t", "10", pod)
+        started = podman("pod", "start", pod)
+        assert started.returncode == 0, (restarted.stderr, started.stderr)
     assert started_at() != before      # a new process: the sessions come from the claim
 
     def resumed() -> list[str] | None:
