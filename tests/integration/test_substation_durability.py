@@ -51,8 +51,7 @@ def substation(tmp_path: Path) -> Iterator[Substation]:
             "--capacity-kw", "100", "--speed-factor", "3600", "--history",
             "--state-path", str(tmp_path / "state.sqlite3"), "--fault-file", str(fault_file),
             # A tick every 30 s: the shutdown's own tick is the one that completes a session.
-            "--tick-interval", "30",
-            "--insecure-no-auth"]      # this test talks to the substation alone, without a token
+            "--tick-interval", "30"]
     group = ProcessGroup(tmp_path / "logs")
     base = f"http://127.0.0.1:{port}"
     # Services refuse to start without their keys (tests/integration/conftest.py).
