@@ -64,7 +64,9 @@ async def run_simulation(app: web.Application) -> None:
                                                  if hash(s.session_id) % slices == turn))
             if turn == 0:
                 now = time.time()
-                await store.delete_before(now - config.retention_s,
+                # Ended sessions stay on disk as long as fences do: a restarted substation
+                # still answers a fence with how they ended (SessionTable.forgotten).
+                await store.delete_before(now - app[TABLE].fence_retention_s,
                                           now - app[TABLE].fence_retention_s)
     finally:
         # The last tick's completions are saved too: left out, they would come back charging

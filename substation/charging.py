@@ -153,6 +153,11 @@ class SessionTable:
         self.saving: dict[str, ChargingSession] = {}
         self.saving_kw = 0.0
         self.ended: OrderedDict[str, ChargingSession] = OrderedDict()
+        # Ended sessions past their retention: no longer shown (GET answers 404), but still the
+        # answer to a fence or a late copy for as long as fences last. A key whose outcome stayed
+        # unknown while this substation could not be reached (longer than the retention) is then
+        # resolved to how its session ended, never charged a second time (docs/design.md).
+        self.forgotten: OrderedDict[str, ChargingSession] = OrderedDict()
         # session id -> (lowest epoch still allowed to start it, when fenced), oldest first
         self.fences: OrderedDict[str, tuple[int, float]] = OrderedDict()
         # Running totals over the charging sessions, not re-summed per call: their floors (the
@@ -204,7 +209,7 @@ class SessionTable:
         never start a fenced copy."""
         if session_id in self.saving:
             raise RuntimeError(f"session {session_id} is being saved: wait for its save first")
-        existing = self.get(session_id)
+        existing = self.get(session_id) or self.forgotten.get(session_id)
         if existing is not None:
             if not existing.same_request(vehicle_id, power_kw, energy_kwh, min_kw,
                                          departure_at):
@@ -366,7 +371,7 @@ class SessionTable:
         must be waited for first: it is neither here yet nor absent."""
         if session_id in self.saving:
             raise RuntimeError(f"session {session_id} is being saved: wait for its save first")
-        existing = self.get(session_id)
+        existing = self.get(session_id) or self.forgotten.get(session_id)
         if existing is not None:
             return existing
         current = self.fences.pop(session_id, (0, now))
@@ -426,7 +431,17 @@ class SessionTable:
             if len(self.ended) <= self.max_ended and \
                     now - (oldest.ended_at or now) <= self.retention_s:
                 break
-            self.ended.popitem(last=False)
+            self._forget(self.ended.popitem(last=False)[1])
+        while self.forgotten:
+            oldest = next(iter(self.forgotten.values()))
+            if len(self.forgotten) <= self.max_fences and \
+                    now - (oldest.ended_at or now) <= self.fence_retention_s:
+                break
+            self.forgotten.popitem(last=False)
+
+    def _forget(self, session: ChargingSession) -> None:
+        self.forgotten[session.session_id] = session
+        self.forgotten.move_to_end(session.session_id)
 
     def _end(self, session: ChargingSession, state: str, now: float) -> None:
         del self.active[session.session_id]
@@ -442,10 +457,11 @@ class SessionTable:
         self._remember_ended(session)
 
     def _remember_ended(self, session: ChargingSession) -> None:
+        self.forgotten.pop(session.session_id, None)
         self.ended[session.session_id] = session
         self.ended.move_to_end(session.session_id)
         if len(self.ended) > self.max_ended:
-            self.ended.popitem(last=False)
+            self._forget(self.ended.popitem(last=False)[1])
 
     def _prune_fences(self, now: float) -> None:
         # A fence only has to outlive the retries of its request (the ingress keeps a key a day).

@@ -287,3 +287,22 @@ def test_at_most_a_hundred_thousand_ended_sessions_and_fences_are_kept() -> None
         t.fence(f"f{i}", epoch=2, now=0.0)
     assert len(t.ended) == 100_000 and "s0" not in t.ended and "s100000" in t.ended
     assert len(t.fences) == 100_000 and "f0" not in t.fences and "f100000" in t.fences
+
+
+def test_a_session_past_its_retention_still_answers_fences_and_late_copies() -> None:
+    """Issue 16: a key left unresolved while this substation could not be reached for longer
+    than its retention is resolved to how its session ended, never charged a second time."""
+    t = table(retention_s=10.0, fence_retention_s=1000.0)
+    t.admit("s1", "ev", 10.0, 10.0, now=0.0)
+    t.advance(1.0)                                   # 10 kWh at 10 kW: complete after 1 h
+    assert session_state(t, "s1") == COMPLETED
+    t.prune(20.0)                                    # past the retention: not shown any more
+    assert t.get("s1") is None and "s1" in t.forgotten
+    found = t.fence("s1", epoch=5, now=20.0)
+    assert found is not None and found.state == COMPLETED and found.delivered_kwh == 10.0
+    repeat = t.admit("s1", "ev", 10.0, 10.0, now=21.0, epoch=7)   # a retry placed here again
+    assert repeat.duplicate and repeat.session.state == COMPLETED and t.load_kw == 0.0
+    with pytest.raises(SessionConflict):
+        t.admit("s1", "ev", 22.0, 10.0, now=21.0)
+    t.prune(1002.0)                                  # as long as fences last, then gone
+    assert "s1" not in t.forgotten and t.fence("s1", epoch=6, now=1002.0) is None
