@@ -109,8 +109,10 @@ class Reconciler:
         return {Evidence.FOUND: "found", Evidence.ABSENT: "absent"}.get(evidence, "pending")
 
 
-def _route(tenant: str, response: dict[str, Any], body: Any, now: float) -> SessionRoute:
-    session = body.get("session") if isinstance(body, dict) else None
+def _route(tenant: str, response: dict[str, Any], body: dict[str, Any], now: float
+           ) -> SessionRoute:
+    """Where a session the resolve found is (FOUND answers are JSON objects: evidence_of)."""
+    session = body.get("session")
     vehicle = session.get("vehicle_id") if isinstance(session, dict) else None
     return SessionRoute(str(response["session_id"]), tenant, str(response["substation"]),
                         str(response["routed_to"]), str(vehicle or ""),

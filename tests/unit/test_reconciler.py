@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -191,3 +192,44 @@ def test_the_batch_is_bounded_and_oldest_first() -> None:
         await rec.round()
         return script.asked
     assert sorted(k for k, _ in asyncio.run(go())) == ["k7", "k8", "k9"]
+
+
+async def test_each_settled_record_is_logged_once_and_an_unsettled_one_not(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryStore(pending("found"), pending("absent"), pending("unknown"),
+                        pending("gone"))
+    script = Script({"found": FOUND, "absent": ABSENT, "unknown": UNKNOWN,
+                     "gone": BalancerAnswer(failure="unreachable", detail="no balancer")})
+    caplog.set_level(logging.INFO, logger="ingress.reconciler")
+    await reconciler(store, script).round()
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        "reconciled key 'absent' of t: absent (unknown_session)",
+        "reconciled key 'found' of t: done (charging)"]
+
+
+async def test_the_defaults_wait_two_seconds_take_200_and_resolve_8_at_once() -> None:
+    store = MemoryStore(*(pending(f"k{i}", updated_at=float(i % 2) * 99.0) for i in range(202)),
+                        pending("young", updated_at=98.5))
+    running, most = 0, 0
+
+    async def resolve(record: KeyRecord) -> BalancerAnswer:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0)
+        running -= 1
+        return UNKNOWN
+    results = await Reconciler(store, resolve, lambda: 100.0).round()
+    # Written 1 s ago (99.0) and 1.5 s ago (98.5): not due; the 101 written at 0.0 are.
+    assert sum(results.values()) == 101 and most == 8
+    many = MemoryStore(*(pending(f"k{i}") for i in range(250)))
+    assert sum((await Reconciler(many, resolve, lambda: 100.0).round()).values()) == 200
+
+
+async def test_a_found_session_without_a_vehicle_is_routed_all_the_same() -> None:
+    body = {**FOUND.body, "session": "not an object"}
+    store = MemoryStore(pending("odd"))
+    await reconciler(store, Script({"odd": BalancerAnswer(200, body)})).round()
+    route = store.routes["sess-odd"]
+    assert (route.substation, route.routed_to, route.vehicle_id, route.policy) == \
+        ("a", "1.2.3.4:1", "", "p")
