@@ -12,7 +12,8 @@ what a crash took back never appears in it. It is never pruned (a test's record,
 production).
 
 Schema versions (PRAGMA user_version): 1 the first release's sessions and fences; 2 adds
-adaptive power's `min_kw`, `departure_at` and `granted_kw` to `sessions`. A file of an older
+adaptive power's `min_kw`, `departure_at` and `granted_kw` to `sessions`; 3 adds `min_kw` (an
+admission's floor) to the `history`. A file of an older
 version gains the columns it lacks when opened (NULL in old rows: fixed-power sessions, as they
 were); nothing is ever dropped, so an older substation can still read a newer file.
 """
@@ -62,16 +63,20 @@ CREATE TABLE IF NOT EXISTS history (
     energy_kwh REAL,
     delivered_kwh REAL,
     epoch INTEGER,
-    capacity_kw REAL
+    capacity_kw REAL,
+    min_kw REAL
 );
 """
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Columns added after the first release, with their types: added when missing, never dropped.
 _ADDED_COLUMNS = (("min_kw", "REAL"), ("departure_at", "REAL"), ("granted_kw", "REAL"))
+# The history's: an admission's floor (NULL: a fixed-power session, its floor its power_kw).
+_ADDED_HISTORY_COLUMNS = (("min_kw", "REAL"),)
 _COLUMNS = "session_id, vehicle_id, power_kw, energy_kwh, delivered_kwh, state, started_at, " \
     "ended_at, min_kw, departure_at, granted_kw"
 _HISTORY = "INSERT INTO history (at, substation, event, session_id, vehicle_id, power_kw, " \
-    "energy_kwh, delivered_kwh, epoch, capacity_kw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "energy_kwh, delivered_kwh, epoch, capacity_kw, min_kw) " \
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPSERT = f"""
 INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(session_id) DO UPDATE SET delivered_kwh = excluded.delivered_kwh,
@@ -92,10 +97,11 @@ def _rows(sessions: Iterable[ChargingSession]) -> list[tuple[object, ...]]:
 
 def migrate(c: sqlite3.Connection) -> None:
     """Bring a sessions table of any earlier version to SCHEMA_VERSION: add what is missing."""
-    have = {row[1] for row in c.execute("PRAGMA table_info(sessions)")}
-    for name, kind in _ADDED_COLUMNS:
-        if name not in have:
-            c.execute(f"ALTER TABLE sessions ADD COLUMN {name} {kind}")
+    for table, added in (("sessions", _ADDED_COLUMNS), ("history", _ADDED_HISTORY_COLUMNS)):
+        have = {row[1] for row in c.execute(f"PRAGMA table_info({table})")}
+        for name, kind in added:
+            if name not in have:
+                c.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
     version = c.execute("PRAGMA user_version").fetchone()[0]
     if version < SCHEMA_VERSION:
         c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -139,12 +145,14 @@ class SessionStore:
         if self.history_of is None:
             return []
         return [(at, self.history_of, event, s.session_id, s.vehicle_id, s.power_kw,
-                 s.energy_kwh, s.delivered_kwh, s.epoch, None) for event, s, at in events]
+                 s.energy_kwh, s.delivered_kwh, s.epoch, None, s.min_kw)
+                for event, s, at in events]
 
     def record_start(self, capacity_kw: float, at: float) -> None:
         """At start-up, before anything is served: the capacity it runs with from now on."""
         if self.history_of is not None:
-            row = (at, self.history_of, START, None, None, None, None, None, None, capacity_kw)
+            row = (at, self.history_of, START, None, None, None, None, None, None, capacity_kw,
+                   None)
             self.db.write_now(lambda c: c.execute(_HISTORY, row))
 
     async def save_fence(self, session_id: str, min_epoch: int, at: float) -> None:

@@ -23,9 +23,11 @@ The invariants:
   the history holds at most one session for each request (its vehicle id).
 - `lost_session`: every session a client was told about (`200`) is in the history of the
   substation named, and one still charging by the history is in that substation's final state.
-- `over_capacity`: no admission takes a substation above its capacity at that moment (a
-  substation restarted with less capacity than its sessions take may stay above it, but admits
-  nothing until it is under).
+- `over_capacity`: no admission takes a substation's committed load above its capacity at that
+  moment (a substation restarted with less capacity than its sessions take may stay above it,
+  but admits nothing until it is under). The committed load is the sum of the floors: a
+  session's `min_kw` (adaptive power: it may draw more when there is room, and its power
+  changing is not a new admission), or its power without one.
 - `false_refusal`: an answer saying nothing was started is true: for a key
   (`DEFINITE_NO_START`), no session of it had been admitted before the answer, and none is
   admitted after it unless the client sent the request again; without a key, a request that
@@ -46,9 +48,10 @@ ENDS = (STOP, COMPLETE)
 # under the same key (a retry of a key resolves where its session is first).
 DEFINITE_NO_START = frozenset({"no_capacity", "no_substations", "deadline_exceeded",
                                "exceeds_capacity"})
-# Nothing was sent by this attempt (`connect_failed`: the client could not connect), which says
-# nothing of an earlier attempt under the same key.
-NOT_SENT = frozenset({"balancer_unavailable", "connect_failed"})
+# Nothing was sent by this attempt (`connect_failed`: the client could not connect;
+# `store_unavailable`: the ingress could not reach its store before sending), which says nothing
+# of an earlier attempt under the same key.
+NOT_SENT = frozenset({"balancer_unavailable", "connect_failed", "store_unavailable"})
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,12 @@ class Event:
     delivered_kwh: float | None = None
     epoch: int | None = None
     capacity_kw: float | None = None
+    min_kw: float | None = None         # an admission's floor; None: its power_kw
+
+    @property
+    def floor_kw(self) -> float:
+        """What the admission committed: its floor, or its power without one."""
+        return (self.power_kw or 0.0) if self.min_kw is None else self.min_kw
 
 
 @dataclass(frozen=True)
@@ -157,7 +166,9 @@ def describe_event(e: Event, t0: float = 0.0) -> str:
         return f"  history {e.at - t0:+9.3f} s  {e.substation:<8} start    capacity " \
                f"{e.capacity_kw:g} kW"
     return (f"  history {e.at - t0:+9.3f} s  {e.substation:<8} {e.event:<8} {e.session_id} "
-            f"({e.vehicle_id}, {e.power_kw:g} kW, asked {e.energy_kwh:g} kWh, delivered "
+            f"({e.vehicle_id}, {e.power_kw:g} kW"
+            f"{'' if e.min_kw is None else f' (floor {e.min_kw:g} kW)'}, asked "
+            f"{e.energy_kwh:g} kWh, delivered "
             f"{e.delivered_kwh:g} kWh, epoch {e.epoch})")
 
 
@@ -245,11 +256,11 @@ def check_capacity(events: Sequence[Event], t0: float = 0.0) -> list[Violation]:
                 capacity = event.capacity_kw
             elif event.event == ADMIT and event.session_id is not None:
                 active[event.session_id] = event
-                load = sum(e.power_kw or 0.0 for e in active.values())
+                load = sum(e.floor_kw for e in active.values())
                 if load > capacity + EPSILON:
                     found.append(Violation(
                         "over_capacity", sub,
-                        f"admitting {event.session_id} took it to {load:g} kW of "
+                        f"admitting {event.session_id} took its floors to {load:g} kW of "
                         f"{capacity:g} kW at {event.at - t0:+.3f} s",
                         tuple(describe_event(e, t0) for e in active.values())))
             elif event.event in ENDS and event.session_id is not None:

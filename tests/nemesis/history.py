@@ -19,7 +19,7 @@ def read_history(path: Path) -> list[Event]:
         return []
     with contextlib.closing(_connect(path)) as db:
         rows = db.execute("SELECT seq, at, substation, event, session_id, vehicle_id, power_kw, "
-                          "energy_kwh, delivered_kwh, epoch, capacity_kw FROM history "
+                          "energy_kwh, delivered_kwh, epoch, capacity_kw, min_kw FROM history "
                           "ORDER BY seq").fetchall()
     return [Event(*row) for row in rows]
 

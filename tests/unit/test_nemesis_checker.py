@@ -31,9 +31,11 @@ class History:
         return self
 
     def add(self, event: str, sub: str, at: float, session: str, vehicle: str = "",
-            kw: float = 10.0, asked: float = 5.0, delivered: float = 0.0) -> History:
+            kw: float = 10.0, asked: float = 5.0, delivered: float = 0.0,
+            floor: float | None = None) -> History:
         self.events.append(Event(next(self.seq), at, sub, event, session,
-                                 vehicle or f"ev-{session}", kw, asked, delivered, 1))
+                                 vehicle or f"ev-{session}", kw, asked, delivered, 1,
+                                 min_kw=floor))
         return self
 
 
@@ -142,11 +144,24 @@ def test_an_answered_session_missing_from_the_history_or_the_final_state_is_lost
     assert check(h.events, [held], [FinalSession("a", "s3", "charging", 1.0)]) == []
 
 
+def test_adaptive_admissions_count_their_floors_not_the_power_they_asked_for() -> None:
+    """Two 11 kW sessions with floors of 3.7 kW fit 20 kW (they share it); a third floor of
+    15 kW does not: 22.4 kW of floors."""
+    h = History().start("a", 0.0, 20.0)
+    h.add("admit", "a", 1.0, "s1", kw=11.0, floor=3.7)
+    h.add("admit", "a", 2.0, "s2", kw=11.0, floor=3.7)
+    assert check(h.events, [], []) == []
+    h.add("admit", "a", 3.0, "s3", kw=22.0, floor=15.0)
+    v = check(h.events, [], [])
+    assert kinds(v) == ["over_capacity"] and "took its floors to 22.4 kW of 20 kW" in v[0].detail
+    assert any("(floor 15 kW)" in line for line in v[0].excerpt)
+
+
 def test_an_admission_above_the_capacity_is_caught_but_a_lowered_capacity_is_allowed() -> None:
     h = History().start("a", 0.0, 20.0)
     h.add("admit", "a", 1.0, "s1", kw=11.0).add("admit", "a", 2.0, "s2", kw=11.0)
     v = check(h.events, [], [])
-    assert kinds(v) == ["over_capacity"] and "took it to 22 kW of 20 kW" in v[0].detail
+    assert kinds(v) == ["over_capacity"] and "took its floors to 22 kW of 20 kW" in v[0].detail
     # Restarted with less capacity than its sessions take: allowed until it admits again.
     lowered = History().start("a", 0.0, 30.0)
     lowered.add("admit", "a", 1.0, "s1", kw=11.0).add("admit", "a", 2.0, "s2", kw=11.0)

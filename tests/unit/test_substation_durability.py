@@ -25,6 +25,7 @@ from substation.__main__ import parse_args
 from substation.app import create_app
 from substation.charging import CHARGING, OverCapacity, SessionTable
 from substation.config import SubstationConfig
+from substation.store import SCHEMA_VERSION, SessionStore
 
 CHARGE = {"session_id": "s-1", "vehicle_id": "ev-1", "requested_kw": 7.0, "energy_kwh": 20.0}
 
@@ -231,6 +232,39 @@ async def test_the_history_records_each_event_with_its_session_in_one_transactio
     assert 0 < delivered["stop:long"] < 20.0
     times = [at for at, in history(tmp_path, "at")]
     assert times == sorted(times)
+
+
+async def test_the_history_records_each_admissions_floor(aiohttp_client: Any,
+                                                         tmp_path: Path) -> None:
+    """The nemesis checks committed floors against the capacity (adaptive power): an admission
+    with a floor records it; one without records NULL (its floor is its power)."""
+    client: TestClient[Any, Any] = await aiohttp_client(
+        create_app(config(tmp_path, capacity_kw=100.0, history=True)))
+    flexible = {**CHARGE, "session_id": "flex", "requested_kw": 11.0, "min_kw": 3.7}
+    assert (await client.post("/charge", json=flexible)).status == 200
+    assert (await client.post("/charge", json={**CHARGE, "session_id": "fixed"})).status == 200
+    await client.close()
+    assert history(tmp_path, "event, session_id, power_kw, min_kw")[1:] == [
+        ("admit", "flex", 11.0, 3.7), ("admit", "fixed", 7.0, None)]
+
+
+def test_a_history_of_an_older_version_gains_the_floor_column_and_keeps_its_rows(
+        tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE history (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT "
+                   "NULL, substation TEXT NOT NULL, event TEXT NOT NULL, session_id TEXT, "
+                   "vehicle_id TEXT, power_kw REAL, energy_kwh REAL, delivered_kwh REAL, epoch "
+                   "INTEGER, capacity_kw REAL)")
+        db.execute("INSERT INTO history (at, substation, event, capacity_kw) "
+                   "VALUES (1.0, 's1', 'start', 50.0)")
+    store = SessionStore(path, history_of="s1")
+    store.record_start(60.0, 2.0)
+    asyncio.run(store.aclose())
+    assert history(tmp_path, "event, capacity_kw, min_kw") == [
+        ("start", 50.0, None), ("start", 60.0, None)]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 async def test_without_the_history_flag_no_history_is_kept(aiohttp_client: Any,
