@@ -540,12 +540,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="the nemesis's seed")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="the nemesis: keep logs and state files here")
+    parser.add_argument("--ingress-replicas", type=int, default=1,
+                        help="the nemesis: ingress replicas (more than 1 needs --store "
+                             "postgresql)")
+    parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the nemesis: the ingress store (postgresql: a server of the "
+                             "run's own, one more process the faults reach)")
+    parser.add_argument("--adaptive-share", type=float, default=0.0,
+                        help="the nemesis: the share of requests with a floor (min_kw) and a "
+                             "departure_at (adaptive power)")
     args = parser.parse_args()
     if args.nemesis:
         from tests.nemesis.runner import Workload, run_nemesis
-        nemesis = asyncio.run(run_nemesis(args.seed, args.duration,
-                                          Workload(rate_per_s=args.rate_nemesis),
-                                          args.run_dir))
+        if args.ingress_replicas > 1 and args.store == "sqlite":
+            parser.error("--ingress-replicas above 1 needs --store postgresql (the replicas "
+                         "share their records there)")
+        nemesis = asyncio.run(run_nemesis(
+            args.seed, args.duration,
+            Workload(rate_per_s=args.rate_nemesis, adaptive_share=args.adaptive_share),
+            args.run_dir, ingresses=args.ingress_replicas, store=args.store))
         print(nemesis.render())
         sys.exit(0 if nemesis.clean else 1)
     reports = [asyncio.run(run_chaos(args.duration, args.rate, args.max_snapshot_age, n))

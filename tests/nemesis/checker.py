@@ -102,6 +102,11 @@ class Request:
     energy_kwh: float
     key: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    # Adaptive power: its floor, and when the driver leaves (RFC 3339, set at the first send
+    # `departure_in_s` after it; every retry sends the same).
+    min_kw: float | None = None
+    departure_in_s: float | None = None
+    departure_at: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,19 @@
 """`make chaos ARGS="--nemesis --seed N --duration S"`: a randomized nemesis, Jepsen-style.
 
 The whole stack of `make up` runs on free loopback ports (Prometheus, three substations keeping a
-history, balancer replicas, the ingress). Clients send charges as documented: most with an
-Idempotency-Key, retried with it (obeying `Retry-After`) until a definite answer; some without
-a key, re-sent only when the answer says nothing was sent or nothing was started. Meanwhile a
-seeded schedule (tests/nemesis/schedule.py) combines faults on every process. Then everything is
+history, balancer replicas, the ingress: one on SQLite, or several replicas sharing a PostgreSQL
+server, which is then one more process the faults reach). Clients send charges as documented: most
+with an Idempotency-Key, retried with it (obeying `Retry-After`) until a definite answer; some
+without a key, re-sent only when the answer says nothing was sent or nothing was started. Meanwhile
+a seeded schedule (tests/nemesis/schedule.py) combines faults on every process. With several
+ingress replicas each attempt goes to one of them at random, so a retry of a key often lands on
+another replica than the first try, and a stop on another than the charge. With adaptive power
+(`Workload.adaptive_share`) some requests carry a floor `min_kw` and a `departure_at`: their power
+changes as others come and go, which must never count as a second booking. Then everything is
 healed, the clients finish their retries, the stack stops gracefully, and the checker
-(tests/nemesis/checker.py) reads every substation's history and final state and every answer.
-The report prints the schedule, what was done when, the counts, and every violation with its
-history excerpt; the same seed gives the same schedule and the same client workload.
+(tests/nemesis/checker.py) reads every substation's history and final state and every answer. The
+report prints the schedule, what was done when, the counts, and every violation with its history
+excerpt; the same seed gives the same schedule and the same client workload.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from typing import Any
 
 import aiohttp
 
+from gridlb import postgres
+from gridlb.charge import DEFAULT_MIN_KW
 from gridlb.grid import GridConfig, SubstationSpec
 from gridlb.promconfig import write_targets
 from gridlb.stack import (
@@ -38,11 +45,15 @@ from gridlb.stack import (
     balancer_name,
     balancer_spec,
     free_port,
+    ingress_name,
     ingress_spec,
+    postgres_data_dir,
+    postgres_spec,
     prometheus_spec,
     substation_spec,
     wait_ready,
 )
+from ingress.public import rfc3339
 from tests.nemesis.checker import (
     DEFINITE_NO_START,
     INVARIANTS,
@@ -71,6 +82,7 @@ from tests.nemesis.schedule import (
 )
 
 TOKEN = "nemesis-internal-token"
+START_ATTEMPTS = 6
 API_KEY = "nemesis-api-key"
 SCRAPE_INTERVAL_S = 0.5
 # One simulated hour per 10 s: sessions of a few seconds to complete within a run.
@@ -82,6 +94,11 @@ HUGE_KW = 500.0
 # Ended sessions are forgotten after this long (600 s by default): a key left unresolved longer
 # than its session lasted must still never charge the vehicle again.
 ENDED_RETENTION_S = 8.0
+# Adaptive requests: their floor as a share of requested_kw, and how long after the first send
+# the driver leaves (wall-clock seconds; at SPEED_FACTOR 360, 10 s is an hour of charging).
+FLOOR_SHARE = 1 / 3
+DEPARTURE_IN_S = (3.0, 15.0)
+STORES = ("sqlite", "postgresql")
 # Final 4xx: the request itself is wrong, a retry gets the same.
 _FINAL_4XX = {400, 401, 413, 415, 422}
 
@@ -96,6 +113,9 @@ class Workload:
     # How long a client keeps retrying one request, at most.
     patience_s: float = 25.0
     keyless_attempts: int = 8
+    # Adaptive power: this share of the requests give a floor (`FLOOR_SHARE` of their power,
+    # at least the grid's minimum) and a departure a few seconds after they are first sent.
+    adaptive_share: float = 0.0
 
 
 @dataclass
@@ -121,6 +141,9 @@ class NemesisReport:
     t0: float = 0.0
     ready: bool = False
     replicas: int = 1
+    ingresses: int = 1
+    store: str = "sqlite"
+    adaptive_share: float = 0.0
 
     @property
     def clean(self) -> bool:
@@ -144,16 +167,21 @@ class NemesisReport:
     def render(self) -> str:
         outcomes = Counter(self.outcome(r) for r in self.requests)
         keyed = sum(1 for r in self.requests if r.key)
+        floors = sum(1 for r in self.requests if r.min_kw is not None)
         by_sub = Counter(e.substation for e in self.events if e.event == "admit")
         broken = Counter(v.invariant for v in self.violations)
         lines = [
             f"nemesis run: seed {self.seed}, {self.duration_s:g} s of faults and traffic, "
-            f"{self.replicas} balancer replica(s) by default",
+            f"{self.replicas} balancer replica(s) by default, {self.ingresses} ingress "
+            f"replica(s) on {self.store}"
+            + (f", {self.adaptive_share:.0%} of the requests with a floor and a departure"
+               if self.adaptive_share else ""),
             render(self.seed, self.schedule),
             "what was done (seconds after the traffic started):",
             *(f"  {a.describe(self.t0)}" for a in self.actions),
             f"requests: {len(self.requests)} ({keyed} with a key, {len(self.requests) - keyed} "
-            f"without), {sum(len(r.attempts) for r in self.requests)} attempts; outcomes "
+            f"without; {floors} with a floor), {sum(len(r.attempts) for r in self.requests)} "
+            "attempts; outcomes "
             f"{dict(outcomes)}",
             f"answers: {dict(sorted(self.answers.items()))}",
             f"stops sent: {dict(self.stops)}",
@@ -180,10 +208,12 @@ class NemesisStack:
         subs = tuple(SubstationSpec(s, free_port(), CAPACITIES_KW[s])
                      for s in topology.substations)
         ports = [free_port() for _ in topology.balancers]
+        ingress_ports = [free_port() for _ in topology.ingresses]
         self.grid = GridConfig(substations=subs, policy="least-utilization",
-                               ingress_port=free_port(), balancer_port=ports[0],
+                               ingress_port=ingress_ports[0], balancer_port=ports[0],
                                prometheus_port=free_port(), scrape_interval_s=SCRAPE_INTERVAL_S,
-                               speed_factor=SPEED_FACTOR)
+                               speed_factor=SPEED_FACTOR, ingress_replicas=len(ingress_ports),
+                               ingress_store=topology.store, postgres_port=free_port())
         self.group = ProcessGroup(run_dir / "logs")
         env = {"GRID_INTERNAL_TOKEN": TOKEN}
         self.specs: dict[str, ServiceSpec] = {"prometheus": prometheus_spec(self.grid, run_dir)}
@@ -201,9 +231,16 @@ class NemesisStack:
                                                   "--forward-timeout", "1"),
                                  replica=n, port=port)
             self.specs[spec.name] = spec
-        self.specs["ingress"] = ingress_spec(self.grid, run_dir,
-                                             {**env, "GRID_API_KEYS": API_KEY},
-                                             self.balancer_urls, ("--request-timeout", "5"))
+        store_url = None
+        if self.grid.uses_postgres:
+            self.specs["postgres"] = postgres_spec(self.grid, run_dir)
+            store_url = postgres.url(self.grid.postgres_port)
+        self.ingress_urls = [f"http://127.0.0.1:{p}" for p in ingress_ports]
+        for n, port in enumerate(ingress_ports, start=1):
+            spec = ingress_spec(self.grid, run_dir, {**env, "GRID_API_KEYS": API_KEY},
+                                self.balancer_urls, ("--request-timeout", "5"), replica=n,
+                                port=port, store_url=store_url)
+            self.specs[spec.name] = spec
         self.addresses = {s.id: f"127.0.0.1:{s.port}" for s in subs}
         self.locks = {name: threading.Lock() for name in self.specs}
         self.replicas = topology.replicas
@@ -220,19 +257,23 @@ class NemesisStack:
 
     # -- processes
     def start(self, name: str, spec: ServiceSpec | None = None) -> None:
-        """Start it unless it runs; a start that fails (its port not yet free) is tried again."""
+        """Start it unless it runs; a start that fails is tried again: its port not yet free,
+        or (PostgreSQL after a SIGKILL) its old backends still holding the shared memory until
+        they notice their postmaster is gone."""
         spec = spec or self.specs[name]
         with self.locks[name]:
             proc = self.group.procs.get(name)
             if proc is not None and proc.poll() is None:
                 return
-            for attempt in range(3):
+            for attempt in range(START_ATTEMPTS):
                 try:
                     wait_ready(spec.ready_url, self.group.start(spec))
                     return
                 except RuntimeError as exc:
-                    self.note(f"start {name} failed ({exc}); attempt {attempt + 1} of 3")
+                    self.note(f"start {name} failed ({str(exc)[:200]}); attempt {attempt + 1} "
+                              f"of {START_ATTEMPTS}")
                     self.group.kill(name)
+                    time.sleep(0.2 * (attempt + 1))     # backing off: what held it lets go
 
     def kill(self, name: str) -> None:
         with self.locks[name]:
@@ -270,11 +311,17 @@ class NemesisStack:
         for sub in self.topology.substations:
             self.fault_file(sub).write_text("0")
         self.start("prometheus")
+        if self.grid.uses_postgres:
+            # Its account must reach the data directory (a temporary directory is 0700).
+            self.run_dir.chmod(0o755)
+            postgres.init_data_dir(postgres_data_dir(self.run_dir), sync=False)
+            self.start("postgres")
         for sub in self.topology.substations:
             self.start(sub)
         for name in self.topology.balancers[:self.replicas]:
             self.start(name)
-        self.start("ingress")
+        for name in self.topology.ingresses:
+            self.start(name)
         self.list_substations(self.topology.substations)
         self.write_balancer_targets()
 
@@ -327,10 +374,13 @@ class NemesisStack:
         for sub in self.topology.substations:
             self.fault_file(sub).write_text("0")
         self.start("prometheus")
+        if self.grid.uses_postgres:
+            self.start("postgres")
         for sub in self.topology.substations:
             self.start(sub)
         self.set_replicas(self.topology.replicas)
-        self.start("ingress")
+        for name in self.topology.ingresses:
+            self.start(name)
         self.list_substations(self.topology.substations)
 
     def shutdown(self) -> None:
@@ -379,10 +429,12 @@ def retry_after(headers: Any) -> float:
 class Clients:
     """Charge requests from a seeded workload, each retried as its kind of client would."""
 
-    def __init__(self, http: aiohttp.ClientSession, ingress_url: str, workload: Workload,
-                 seed: int) -> None:
+    def __init__(self, http: aiohttp.ClientSession, ingress_urls: Sequence[str],
+                 workload: Workload, seed: int) -> None:
         self.http = http
-        self.url = ingress_url
+        self.urls = list(ingress_urls)
+        # Which replica each attempt goes to: a stream of its own too.
+        self.route = random.Random(f"ingress-{seed}")
         self.workload = workload
         self.seed = seed
         # The retries' jitter: a stream of its own, so the workload (plan_requests) is the
@@ -397,11 +449,18 @@ class Clients:
         headers = dict(self.headers)
         if request.key:
             headers["Idempotency-Key"] = request.key
-        body = {"vehicle_id": request.vehicle_id, "requested_kw": request.requested_kw,
-                "energy_kwh": request.energy_kwh}
+        body: dict[str, Any] = {"vehicle_id": request.vehicle_id,
+                                "requested_kw": request.requested_kw,
+                                "energy_kwh": request.energy_kwh}
+        if request.min_kw is not None:
+            body["min_kw"] = request.min_kw
         sent = time.time()
+        if request.departure_in_s is not None:
+            if request.departure_at is None:
+                request.departure_at = rfc3339(sent + request.departure_in_s)
+            body["departure_at"] = request.departure_at
         try:
-            async with self.http.post(f"{self.url}/charge", json=body, headers=headers,
+            async with self.http.post(f"{self.ingress()}/charge", json=body, headers=headers,
                                       timeout=aiohttp.ClientTimeout(total=12)) as resp:
                 data = await resp.json(content_type=None) or {}
                 status, wait = resp.status, retry_after(resp.headers)
@@ -418,6 +477,9 @@ class Clients:
             return Attempt(sent, time.time(), 200, "", replayed, data.get("session_id"),
                            data.get("substation"), data.get("status")), 0.0
         return Attempt(sent, time.time(), status, str(data.get("error", "")), replayed), wait
+
+    def ingress(self) -> str:
+        return self.route.choice(self.urls)
 
     async def charge(self, request: Request, deadline: float, stop_after: float | None) -> None:
         while True:
@@ -442,7 +504,7 @@ class Clients:
     async def stop(self, session_id: str, deadline: float) -> None:
         while time.time() < deadline:
             try:
-                async with self.http.post(f"{self.url}/sessions/{session_id}/stop",
+                async with self.http.post(f"{self.ingress()}/sessions/{session_id}/stop",
                                           headers=self.headers,
                                           timeout=aiohttp.ClientTimeout(total=12)) as resp:
                     self.stops[str(resp.status)] += 1
@@ -475,6 +537,7 @@ class Planned:
 def plan_requests(seed: int, duration_s: float, workload: Workload) -> list[Planned]:
     """The run's requests, from the seed alone: the same seed, the same requests."""
     rng = random.Random(f"workload-{seed}")
+    adaptive = random.Random(f"adaptive-{seed}")
     planned: list[Planned] = []
     at = 0.0
     while True:
@@ -488,6 +551,11 @@ def plan_requests(seed: int, duration_s: float, workload: Workload) -> list[Plan
         stop_after = rng.uniform(0.5, 4.0) if rng.random() < workload.stop_share else None
         request = Request(f"r{i}", f"ev-{i}", kw, round(kw * session_s * SPEED_FACTOR / 3600, 3),
                           key=f"nemesis-{i}" if keyed else None)
+        # Drawn from a stream of their own: without adaptive power, the seed's requests are
+        # what they always were.
+        if adaptive.random() < workload.adaptive_share:
+            request.min_kw = round(max(DEFAULT_MIN_KW, kw * FLOOR_SHARE), 2)
+            request.departure_in_s = round(adaptive.uniform(*DEPARTURE_IN_S), 2)
         planned.append(Planned(at, request, stop_after))
 
 
@@ -498,13 +566,21 @@ def collect(stack: NemesisStack, report: NemesisReport) -> None:
 
 
 async def run_nemesis(seed: int, duration_s: float, workload: Workload = Workload(),
-                      run_dir: Path | None = None, settle_s: float = 15.0) -> NemesisReport:
+                      run_dir: Path | None = None, settle_s: float = 15.0,
+                      ingresses: int = 1, store: str = "sqlite") -> NemesisReport:
+    """`ingresses` > 1 needs `store` "postgresql" (replicas share their records there)."""
+    if store not in STORES or (ingresses > 1 and store == "sqlite") or ingresses < 1:
+        raise ValueError(f"{ingresses} ingress replica(s) on {store!r}: several replicas "
+                         f"need a shared store, one of {STORES[1:]}")
     # One balancer replica or two, by the seed: with one, its faults reach the clients.
     replicas = random.Random(f"replicas-{seed}").choice([1, 2])
     topology = Topology(substations=tuple(CAPACITIES_KW),
-                        balancers=tuple(balancer_name(n) for n in (1, 2, 3)), replicas=replicas)
+                        balancers=tuple(balancer_name(n) for n in (1, 2, 3)), replicas=replicas,
+                        ingresses=tuple(ingress_name(n) for n in range(1, ingresses + 1)),
+                        store=store)
     schedule = make_schedule(seed, duration_s, topology)
-    report = NemesisReport(seed, duration_s, schedule, replicas=replicas)
+    report = NemesisReport(seed, duration_s, schedule, replicas=replicas, ingresses=ingresses,
+                           store=store, adaptive_share=workload.adaptive_share)
     keep = run_dir is not None
     with contextlib.ExitStack() as cleanup:
         if run_dir is None:
@@ -525,7 +601,7 @@ async def run_nemesis(seed: int, duration_s: float, workload: Workload = Workloa
                 report.ready = True
                 report.t0 = t0 = time.time()
                 stack.note("traffic starts")
-                clients = Clients(http, stack.grid.ingress_url, workload, seed)
+                clients = Clients(http, stack.ingress_urls, workload, seed)
                 traffic = asyncio.create_task(clients.run(t0, duration_s, settle_s))
                 await asyncio.gather(*(run_fault(stack, f, t0) for f in schedule))
                 await sleep_until(t0 + duration_s)

@@ -32,7 +32,13 @@ class Topology:
     substations: tuple[str, ...]
     balancers: tuple[str, ...]          # every replica that may run; the first `replicas` do
     replicas: int                       # how many run when no fault says otherwise
-    others: tuple[str, ...] = ("ingress", "prometheus")
+    ingresses: tuple[str, ...] = ("ingress",)   # every ingress replica (all run)
+    store: str = "sqlite"               # the ingresses' store: `postgresql` is a process too
+
+    @property
+    def others(self) -> tuple[str, ...]:
+        return (*self.ingresses, "prometheus",
+                *(("postgres",) if self.store == "postgresql" else ()))
 
     @property
     def processes(self) -> tuple[str, ...]:
