@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gridlb.charge import DEFAULT_MIN_KW
 from tests.nemesis.runner import Workload, plan_requests
 from tests.nemesis.schedule import KINDS, Topology, make_schedule, render
 
@@ -59,3 +60,31 @@ def test_the_same_seed_gives_the_same_requests() -> None:
     assert 0.1 < keyless / len(first) < 0.4
     # One vehicle per request: the history tells which sessions each request started.
     assert len({p.request.vehicle_id for p in first}) == len(first)
+
+
+def test_adaptive_requests_get_a_floor_and_a_departure_and_leave_the_rest_as_it_was() -> None:
+    plain = plan_requests(5, 60, Workload())
+    adaptive = plan_requests(5, 60, Workload(adaptive_share=0.5))
+    # The same requests, times and stops: only floors and departures are added.
+    assert [(p.at, p.request.requested_kw, p.request.key, p.stop_after) for p in plain] == \
+        [(p.at, p.request.requested_kw, p.request.key, p.stop_after) for p in adaptive]
+    assert all(p.request.min_kw is None and p.request.departure_in_s is None for p in plain)
+    floors = [p.request for p in adaptive if p.request.min_kw is not None]
+    assert 0.35 < len(floors) / len(adaptive) < 0.65
+    assert all(DEFAULT_MIN_KW <= r.min_kw <= r.requested_kw for r in floors
+               if r.min_kw is not None)
+    assert any(r.min_kw is not None and r.min_kw < r.requested_kw / 2 for r in floors)
+    assert all(r.departure_in_s is not None and 3.0 <= r.departure_in_s <= 15.0
+               for r in floors)
+
+
+def test_ingress_replicas_and_their_postgresql_are_targets_of_process_faults() -> None:
+    topology = Topology(("sub-a", "sub-b"), ("balancer",), 1, ("ingress", "ingress-2"),
+                        "postgresql")
+    assert topology.processes == ("sub-a", "sub-b", "balancer", "ingress", "ingress-2",
+                                  "prometheus", "postgres")
+    targets = {f.target for f in make_schedule(1, 300, topology) if f.kind == "kill"}
+    assert {"ingress", "ingress-2", "postgres"} <= targets
+    # The default shape is what it always was: the seeds of earlier runs keep their schedules.
+    assert Topology(("sub-a",), ("balancer",), 1).processes == ("sub-a", "balancer", "ingress",
+                                                                "prometheus")
