@@ -29,8 +29,12 @@ all (as EVerest's energy manager does with its minimum currents) in the strategy
 laxity first under least-laxity, then the oldest admission). Sessions left at 0 kW are `paused`:
 below the floors, sharing becomes admission.
 
-`Smoother` passes a session's new power on only when it really changes (by at least 0.01 kW) and
-at most once per call (the substation calls it once per tick), never above capacity.
+`Smoother` passes a session's new power on only when it really changes (by at least 0.01 kW), never
+above capacity, and at most once per tick: on a tick (`update`) every session moves to its new
+allocation; between two ticks (`between_ticks`, an admission or a stop) nobody rises, and a
+newcomer whose floor needs room takes it from sessions that have not moved since the tick, each
+going straight down to its floor, so that whatever else is admitted before the next tick finds
+room without moving anyone twice (the floors of all fit: that is the admission rule).
 """
 
 from __future__ import annotations
@@ -224,11 +228,14 @@ def allocate(capacity_kw: float, demands: Sequence[Demand], now: float, strategy
 class Smoother:
     """The power each session was last told. A new allocation is passed on for a session only
     when it moved by at least `threshold_kw`; smaller moves keep the old value, unless keeping
-    old values would exceed the capacity (then the largest kept excesses give way first)."""
+    old values would exceed the capacity (then the largest kept excesses give way first) or
+    leave more than `threshold_kw` of the allocation unused (the largest shortfalls move)."""
 
     def __init__(self, threshold_kw: float = CHANGE_THRESHOLD_KW) -> None:
         self.threshold_kw = threshold_kw
         self.granted: dict[str, float] = {}
+        # Sessions moved since the last tick (between_ticks): not moved again before it.
+        self.moved: set[str] = set()
 
     def update(self, capacity_kw: float, allocation: Mapping[str, float]) -> dict[str, float]:
         """Take this tick's allocation; return the sessions whose power changes, with their new
@@ -246,6 +253,58 @@ class Smoother:
                     break
                 excess -= granted[sid] - allocation[sid]
                 granted[sid] = allocation[sid]
+        # Nor may kept values below the new allocation leave more than one threshold of it
+        # unused (many sessions each a little under their share): they move, the most under
+        # first.
+        unused = math.fsum(allocation.values()) - math.fsum(granted.values())
+        if unused > self.threshold_kw:
+            below = sorted((sid for sid in kept if kept[sid] < allocation[sid]),
+                           key=lambda sid: (kept[sid] - allocation[sid], sid))
+            for sid in below:
+                if unused <= self.threshold_kw:
+                    break
+                unused -= allocation[sid] - granted[sid]
+                granted[sid] = allocation[sid]
         changes = {sid: kw for sid, kw in granted.items() if self.granted.get(sid) != kw}
+        self.granted = granted
+        self.moved = set()
+        return changes
+
+    def between_ticks(self, capacity_kw: float, allocation: Mapping[str, float],
+                      floors: Mapping[str, float]) -> dict[str, float]:
+        """A session started or ended between two ticks: return the sessions whose power changes.
+        `allocation` is the new allocation of every session charging now, `floors` their floors.
+        Sessions already told keep their power (rises wait for the next tick); a newcomer is
+        given its allocated power from what is free, at least its floor. When the newcomers'
+        floors do not fit in what is free, sessions that have not moved since the tick give way,
+        those the new allocation cuts most first, each straight down to its floor: once moved,
+        a session is not moved again before the tick, and the room always suffices because every
+        floor fits the capacity (the admission rule) and every moved session sits at its floor.
+        Should it not (the capacity fell below the floors), everyone takes the allocation."""
+        granted = {sid: self.granted[sid] for sid in allocation if sid in self.granted}
+        newcomers = sorted(sid for sid in allocation if sid not in granted)
+        changes: dict[str, float] = {}
+        need = math.fsum(granted.values()) + math.fsum(floors[sid] for sid in newcomers) \
+            - capacity_kw
+        if need > FIT_TOLERANCE_KW:
+            givers = sorted((sid for sid in granted
+                             if sid not in self.moved and granted[sid] > floors[sid]),
+                            key=lambda sid: (allocation[sid] - granted[sid], sid))
+            for sid in givers:
+                if need <= FIT_TOLERANCE_KW:
+                    break
+                need -= granted[sid] - floors[sid]
+                granted[sid] = changes[sid] = floors[sid]
+                self.moved.add(sid)
+            if need > FIT_TOLERANCE_KW:
+                moved, changes = self.moved, self.update(capacity_kw, allocation)
+                self.moved = moved | set(changes)
+                return changes
+        free = capacity_kw - math.fsum(granted.values()) \
+            - math.fsum(floors[sid] for sid in newcomers)
+        for sid in newcomers:
+            extra = min(max(0.0, allocation[sid] - floors[sid]), max(0.0, free))
+            granted[sid] = changes[sid] = floors[sid] + extra
+            free -= extra
         self.granted = granted
         return changes

@@ -245,7 +245,7 @@ class SessionTable:
         self._add(session)
         self.fences.pop(session_id, None)
         self._changed()
-        self.reallocate(session.started_at if now is None else now)
+        self.reallocate(session.started_at if now is None else now, tick=False)
         return session
 
     def _add(self, session: ChargingSession) -> None:
@@ -256,17 +256,21 @@ class SessionTable:
         self._flexible += session.flexible
         self._track_end(session)
 
-    def reallocate(self, now: float) -> None:
+    def reallocate(self, now: float, tick: bool = True) -> None:
         """Share the capacity among the charging sessions again (substation/allocation.py);
         a session whose power changes is first credited up to `now` at its old power. Skipped
-        while every session is fixed-power and draws its power_kw."""
+        while every session is fixed-power and draws its power_kw. Between two ticks
+        (`tick=False`: an admission or a stop) only a newcomer's floor may move the others,
+        each at most once until the next tick (Smoother.between_ticks)."""
         if not self._flexible and self.granted_kw >= self.requested_kw - FIT_TOLERANCE_KW:
             return
         demands = [Demand(s.session_id, s.floor_kw, s.power_kw,
                           max(0.0, s.energy_kwh - s.delivered_kwh), s.departure_at,
                           s.started_at) for s in self.active.values()]
         allocation = allocate(self.capacity_kw, demands, now, speed_factor=self.speed_factor)
-        changes = self.smoother.update(self.capacity_kw, allocation.kw)
+        changes = self.smoother.update(self.capacity_kw, allocation.kw) if tick else \
+            self.smoother.between_ticks(self.capacity_kw, allocation.kw,
+                                        {s.session_id: s.floor_kw for s in self.active.values()})
         # A new level moves every shared session's end: re-sorting them all at once beats
         # moving each one in the sorted lists (quadratic in the number of sessions).
         one_by_one = len(changes) <= _MOVE_ENDS_ONE_BY_ONE
@@ -400,7 +404,7 @@ class SessionTable:
         if session is not None:
             self._deliver(session, now)   # this session alone, up to the moment it stops
             self._end(session, STOPPED, now)
-            self.reallocate(now)          # what it drew goes to the others
+            self.reallocate(now, tick=False)   # what it drew goes to the others at the tick
             return session
         return self.ended.get(session_id)
 

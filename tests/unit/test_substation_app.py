@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +245,8 @@ async def test_sessions_share_the_capacity_and_show_their_granted_power(
     assert values[("substation_granted_kw", "s1")] == pytest.approx(10.0)
     assert values[("substation_curtailed_kw", "s1")] == pytest.approx(10.0)
     await client.delete("/sessions/s-2")
+    one = await (await client.get("/sessions/s-1")).json()
+    client.app[TABLE].advance(time.time())    # rises wait for the next tick
     one = await (await client.get("/sessions/s-1")).json()
     assert one["granted_kw"] == 10.0
 
