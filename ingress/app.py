@@ -29,8 +29,7 @@ from ingress.metrics import IngressMetrics, metrics_middleware
 from ingress.reconciler import Reconciler
 from ingress.state import BALANCERS, CONFIG, HTTP, METRICS, MOVED_TO, STORE
 from ingress.store import StoreUnavailable
-from ingress.stores import open_store
-from ingress.stores.postgres import redact
+from ingress.stores import describe_store, open_store
 from ingress.views import internal_headers, setup_routes, store_errors_middleware
 
 log = logging.getLogger(__name__)
@@ -118,8 +117,7 @@ def startup_fields(config: IngressConfig) -> dict[str, object]:
             "balancers": ",".join(config.balancer_urls),
             "api_keys": len(config.api_keys) or "none (auth disabled)",
             "internal_token": "set" if config.internal_token else "unset",
-            "store": (f"postgresql:{redact(config.store_url)}" if config.store_url
-                      else f"sqlite:{config.store_path}"),
+            "store": describe_store(config),
             "durability": config.durability.value,
             "request_timeout_s": config.request_timeout_s}
 

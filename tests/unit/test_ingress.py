@@ -8,6 +8,8 @@ import dataclasses
 import hashlib
 import socket
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -842,6 +844,21 @@ def test_the_store_is_sqlite_unless_a_postgresql_url_is_given(
         with pytest.raises(SystemExit):
             parse_args(argv)
         assert message in capsys.readouterr().err
+
+
+def test_an_ingress_on_sqlite_never_loads_the_postgresql_driver() -> None:
+    """The start-up line names the store (a PostgreSQL URL without its password), and an
+    ingress on SQLite does not import psycopg (nor its pool) to do so."""
+    code = ("import sys; from ingress.__main__ import main; from ingress.app import "
+            "startup_fields; from ingress.config import IngressConfig; "
+            "print(startup_fields(IngressConfig())['store']); print('psycopg' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parents[2])
+    store, loaded = done.stdout.split()
+    assert store.startswith("sqlite:") and loaded == "False", done.stdout
+    from ingress.app import startup_fields
+    described = startup_fields(IngressConfig(store_url="postgresql://grid:s3cret@db:5432/grid"))
+    assert described["store"] == "postgresql:postgresql://grid@db:5432/grid"
 
 
 async def test_min_kw_and_departure_go_to_the_balancer_and_granted_kw_comes_back(
