@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeGuard
 
 import requests
@@ -258,6 +258,44 @@ def read_roster(result: list[dict[str, Any]], listed: Mapping[str, str]) -> dict
     return recent
 
 
+# How often the roster query runs: it reads every substation's samples over the whole window
+# (at 1,000 substations and 1 s scrapes, 900,000 samples), so not on every refresh.
+ROSTER_EVERY_S = 30.0
+
+
+@dataclass
+class RosterCache:
+    """The roster query's last answer, read again every `every_s`. Between two reads, every
+    substation listed at a refresh is remembered too, so one listed and dropped again between
+    two reads is still asked by a resolve: the cached answer and the remembered ones together
+    miss nothing a roster read on every refresh would have found."""
+
+    every_s: float = ROSTER_EVERY_S
+    result: list[dict[str, Any]] | None = None
+    read_at: float = -math.inf
+    listed_since: dict[str, str] = field(default_factory=dict)   # instance -> name
+
+    def due(self, at: float) -> bool:
+        return self.result is None or not 0.0 <= at - self.read_at < self.every_s
+
+    def store(self, result: list[dict[str, Any]], at: float) -> None:
+        self.result, self.read_at, self.listed_since = result, at, {}
+
+    def expire(self) -> None:
+        """Read it again at the next refresh."""
+        self.result = None
+
+    def recent(self, listed: Mapping[str, str]) -> dict[str, str]:
+        """As read_roster, over the cached answer and the substations listed since it."""
+        self.listed_since.update(listed)
+        recent = read_roster(self.result or [], listed)
+        names_now = set(listed.values())
+        for instance, name in self.listed_since.items():
+            if instance not in listed and name not in names_now:
+                recent.setdefault(instance, name)
+        return recent
+
+
 def read_balancers(result: list[dict[str, Any]]) -> tuple[int, list[str]]:
     """count(up{job="balancer"} == 1) -> the number of balancer replicas up. No answer (no
     balancer scraped, as in a setup that does not scrape them) means this one alone: 1. An odd
@@ -334,8 +372,10 @@ def drop_leftovers(result: list[dict[str, Any]], names: Mapping[str, str], what:
 
 
 def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at: float,
-                  extra_params: Mapping[str, Any] | None = None) -> Snapshot:
-    """Evaluate the grid queries and the policy at one instant -> a Snapshot."""
+                  extra_params: Mapping[str, Any] | None = None,
+                  roster: RosterCache | None = None) -> Snapshot:
+    """Evaluate the grid queries and the policy at one instant -> a Snapshot. `roster`: the
+    roster query's answer kept between refreshes (None: the query runs now)."""
     # Evaluating every query at the same `time` keeps load, capacity and score consistent.
     params = {**(extra_params or {}), "time": f"{at:.3f}"}
     up, _, p_up = read_vector(run_query(client, queries.up, params), "instance", min, "up")
@@ -359,7 +399,12 @@ def read_snapshot(client: QueryClient, policy: Policy, queries: GridQueries, at:
     balancers, p_balancers = read_balancers(run_query(client, queries.balancers, params))
     names = {inst: (cap_labels.get(inst) or load_labels.get(inst) or {}).get("substation", inst)
              for inst in up}
-    recent = read_roster(run_query(client, queries.roster, params), names)
+    if roster is None:
+        recent = read_roster(run_query(client, queries.roster, params), names)
+    else:
+        if roster.due(at):
+            roster.store(run_query(client, queries.roster, params), at)
+        recent = roster.recent(names)
     what = f"policy {policy.name}"
     failed: QueryFailure | None = None
     try:

@@ -38,6 +38,7 @@ from balancer.prom import (
     PolicyQueryFailed,
     QueryClient,
     QueryFailure,
+    RosterCache,
     read_snapshot,
     run_query,
 )
@@ -86,6 +87,8 @@ class PolicyRefreshLoop:
         self.metrics = state.metrics
         self.queries = queries or GridQueries()
         self.extra_params = dict(extra_params or {})
+        # The roster query's answer, read every ROSTER_EVERY_S rather than every refresh.
+        self.roster = RosterCache()
         # The fleet's choice (None: this replica decides alone) and the policy that serves
         # when the file does not exist (--policy).
         self.active = active
@@ -116,7 +119,7 @@ class PolicyRefreshLoop:
         started = time.perf_counter()
         try:
             snapshot = await asyncio.to_thread(read_snapshot, self.client, policy, self.queries,
-                                               at, self.extra_params)
+                                               at, self.extra_params, self.roster)
         except PolicyQueryFailed as exc:
             state.install(exc.grid, evaluated_with=policy)
             self._failed(policy, exc.reason, exc.detail, "the grid was read; ranking by "

@@ -658,6 +658,7 @@ async def test_a_resolve_asks_substations_seen_recently_but_listed_no_more(
     h.prometheus.answers[Q.roster] = [series(100.0, instance=dropped.address,
                                              substation="gone-sub"),
                                       series(100.0, instance=listed.address, substation="sub-0")]
+    h.app[REFRESH_LOOP].roster.expire()     # read every 30 s: the harness read it at start
     await h.app[REFRESH_LOOP].refresh_once()
     assert dict(h.app[SERVING].snapshot.recent) == {dropped.address: "gone-sub"}  # type: ignore[union-attr]
     status, body = await h.dispatch(epoch=2, resolve=True)

@@ -14,9 +14,11 @@ from aiohttp import web
 from aiohttp.test_utils import RawTestServer
 
 from balancer.prom import (
+    ROSTER_EVERY_S,
     GridQueries,
     PolicyQueryFailed,
     QueryFailure,
+    RosterCache,
     make_client,
     read_snapshot,
 )
@@ -279,3 +281,41 @@ def test_a_scrape_landing_between_the_queries_never_makes_the_load_older_than_it
     client = FakeQueryClient(default=prometheus)
     view = read_snapshot(client, POLICY, Q, 1000.5).substations[A]
     assert (view.load_kw, view.load_seq) in {(10.0, 5), (20.0, 5), (20.0, 6)}
+
+
+def test_the_roster_is_read_every_30_s_and_misses_nothing_listed_in_between() -> None:
+    """The roster query reads 15 minutes of every substation's samples: it runs once per
+    ROSTER_EVERY_S, not per refresh. A substation listed and dropped again between two reads
+    (absent from the cached answer) is still one a resolve asks."""
+    labels = {"job": "substation"}
+    listed = {A: "s1"}
+
+    def prometheus(query: str) -> Any:
+        if query in (Q.up, Q.capacity):
+            return [series(1 if query == Q.up else 100, instance=i, substation=n, **labels)
+                    for i, n in listed.items()]
+        if query == Q.roster:
+            return [series(100, instance=A, substation="s1", **labels),
+                    series(100, instance="10.0.0.9:9101", substation="old", **labels)]
+        return []
+
+    client = FakeQueryClient(default=prometheus)
+    roster = RosterCache()
+    first = read_snapshot(client, POLICY, Q, 1000.0, roster=roster)
+    assert dict(first.recent) == {"10.0.0.9:9101": "old"}
+    listed[B] = "s2"                                    # B comes...
+    read_snapshot(client, POLICY, Q, 1010.0, roster=roster)
+    del listed[B]                                       # ...and goes before the next read
+    third = read_snapshot(client, POLICY, Q, 1020.0, roster=roster)
+    assert dict(third.recent) == {"10.0.0.9:9101": "old", B: "s2"}
+    assert [q for q, _ in client.calls].count(Q.roster) == 1
+    read_snapshot(client, POLICY, Q, 1000.0 + ROSTER_EVERY_S, roster=roster)
+    assert [q for q, _ in client.calls].count(Q.roster) == 2
+    # Read again, the answer is Prometheus's own (which saw B): the remembered ones are dropped.
+    assert roster.listed_since == {A: "s1"}
+    # A clock that went back reads it again rather than trusting a future answer.
+    read_snapshot(client, POLICY, Q, 900.0, roster=roster)
+    assert [q for q, _ in client.calls].count(Q.roster) == 3
+    # Without a cache (tests, benchmarks): the query runs every time.
+    read_snapshot(client, POLICY, Q, 905.0)
+    assert [q for q, _ in client.calls].count(Q.roster) == 4
