@@ -26,14 +26,12 @@ docker = pytest.importorskip("docker", reason="the Python docker package is not 
 
 from gridlb.stack import free_port  # noqa: E402
 from tests.e2e import engine as engines  # noqa: E402
-from tests.e2e.images import app_image_tag, prune_older_tags, stack_images  # noqa: E402
+from tests.e2e.lifecycle import Prepared, compose_stack  # noqa: E402
 from tests.e2e.stack import (  # noqa: E402
     COMPOSE_FILE,
     POSTGRES_FILE,
     ComposeStack,
     Response,
-    compose_command,
-    remove_stale_projects,
     wait_for,
 )
 from tests.e2e.stack import http as request  # noqa: E402
@@ -52,22 +50,10 @@ FROZEN_S = 1.0
 @pytest.fixture(scope="module")
 def stack(engine: tuple[engines.Engine, str], tmp_path_factory: pytest.TempPathFactory,
           say: Callable[[str], None]) -> Iterator[ComposeStack]:
-    found, project = engine
-    command = compose_command()
-    assert command is not None
-    client = docker.DockerClient(base_url=found.docker_host, timeout=300)
-    started = time.monotonic()
-    built: ComposeStack | None = None
-    try:
-        client.ping()
-        for stale in remove_stale_projects(client):
-            say(f"removed {stale}, left behind by a run that was killed")
-        images = stack_images(client, try_registry=found.kind == "docker", log=say)
-        say(f"images: {images.how}")
-        app_image = app_image_tag(str(client.images.get(images.base).id))
-        values = {**images.env, "GRID_INGRESS_PORT": "",
+    def configure(ready: Prepared) -> ComposeStack:
+        values = {**ready.images.env, "GRID_INGRESS_PORT": "",
                   "GRID_PROMETHEUS_PORT": str(free_port()),
-                  "GRID_GRAFANA_PORT": str(free_port()), "GRID_IMAGE": app_image,
+                  "GRID_GRAFANA_PORT": str(free_port()), "GRID_IMAGE": ready.app_image,
                   "GRID_API_KEYS": secrets.token_urlsafe(24),
                   "GRID_INTERNAL_TOKEN": secrets.token_urlsafe(24),
                   "GRID_POSTGRES_PASSWORD": secrets.token_urlsafe(24),
@@ -75,39 +61,19 @@ def stack(engine: tuple[engines.Engine, str], tmp_path_factory: pytest.TempPathF
         env_file = tmp_path_factory.mktemp("compose-pg") / "stack.env"
         env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
         env_file.chmod(0o600)
-        built = ComposeStack(
-            command=command, project=project, client=client,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                 "HOME": os.environ.get("HOME", "/root"), "DOCKER_HOST": found.docker_host,
-                 **values},
-            env_file=env_file, services=SERVICES, ingress_port=0,
-            prometheus_port=int(values["GRID_PROMETHEUS_PORT"]),
+        return ComposeStack(
+            command=ready.command, project=ready.project, client=ready.client,
+            env={**ready.base_env, **values}, env_file=env_file, services=SERVICES,
+            ingress_port=0, prometheus_port=int(values["GRID_PROMETHEUS_PORT"]),
             api_key=values["GRID_API_KEYS"], internal_token=values["GRID_INTERNAL_TOKEN"],
             files=(COMPOSE_FILE, POSTGRES_FILE))
-        try:
-            client.images.get(app_image)
-            say(f"app image {app_image} reused")
-        except docker.errors.ImageNotFound:
-            built.compose("build", "substation")
-            prune_older_tags(client, app_image)
+
+    with compose_stack(engine, say, configure) as built:
         built.up(substations=2, ingresses=2)
         built.timings["up to healthy"] = built.wait_healthy(2, HEALTHY_TIMEOUT_S, ingresses=2)
         say(f"two ingress replicas on PostgreSQL healthy "
             f"{built.timings['up to healthy']:.0f} s after `up`")
         yield built
-    finally:
-        problems: list[str] = []
-        if built is not None:
-            try:
-                built.down(volumes=True)
-            except AssertionError as exc:
-                problems.append(str(exc))
-            left = built.remove_leftovers()
-            if left:
-                problems.append(f"`down` left {', '.join(left)} (removed by ID)")
-            say(f"postgres stack: {time.monotonic() - started:.0f} s in all")
-        client.close()
-        assert not problems, "\n".join(problems)
 
 
 def replica_urls(stack: ComposeStack) -> dict[str, str]:

@@ -37,19 +37,15 @@ from gridlb.stack import free_port  # noqa: E402
 from tests.e2e import engine as engines  # noqa: E402
 from tests.e2e.images import (  # noqa: E402
     OFFICIAL_GRAFANA,
-    app_image_tag,
-    prune_older_tags,
     registry_images_present,
-    stack_images,
 )
+from tests.e2e.lifecycle import Prepared, compose_stack  # noqa: E402
 from tests.e2e.stack import (  # noqa: E402
     APP_SERVICES,
     SERVICE_LABEL,
     ComposeStack,
     Response,
-    compose_command,
     http,
-    remove_stale_projects,
     repository_files,
     secret_candidates,
     wait_for,
@@ -77,70 +73,34 @@ GRAFANA_LEFT_OUT = (
 @pytest.fixture(scope="module")
 def stack(engine: tuple[engines.Engine, str], tmp_path_factory: pytest.TempPathFactory,
           say: Callable[[str], None]) -> Iterator[ComposeStack]:
-    found, project = engine
-    command = compose_command()
-    assert command is not None
-    client = docker.DockerClient(base_url=found.docker_host, timeout=300)
-    started = time.monotonic()
-    built: ComposeStack | None = None
-    try:
-        client.ping()
-        for stale in remove_stale_projects(client):
-            say(f"removed {stale}, left behind by a run that was killed")
-        images = stack_images(client, try_registry=found.kind == "docker", log=say)
-        say(f"images: {images.how}")
-        with_grafana = not images.env and registry_images_present(client, say, [OFFICIAL_GRAFANA])
+    ports = {"GRID_INGRESS_PORT": free_port(), "GRID_PROMETHEUS_PORT": free_port(),
+             "GRID_GRAFANA_PORT": free_port()}
+    def configure(ready: Prepared) -> ComposeStack:
+        with_grafana = not ready.images.env and \
+            registry_images_present(ready.client, say, [OFFICIAL_GRAFANA])
         if not with_grafana:
             say(GRAFANA_LEFT_OUT)
-        app_image = app_image_tag(str(client.images.get(images.base).id))
-        ports = {"GRID_INGRESS_PORT": free_port(), "GRID_PROMETHEUS_PORT": free_port(),
-                 "GRID_GRAFANA_PORT": free_port()}
-        settings = {**images.env, **{k: str(v) for k, v in ports.items()},
-                    "GRID_IMAGE": app_image}
+        settings = {**ready.images.env, **{k: str(v) for k, v in ports.items()},
+                    "GRID_IMAGE": ready.app_image}
         env_file = tmp_path_factory.mktemp("compose") / "stack.env"
         env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         # The secrets as a user gets them: the README's script adds every one the file needs.
         subprocess.run(["bash", str(REPO_ROOT / "scripts" / "compose-env.sh"), str(env_file)],
                        check=True, capture_output=True, timeout=30)
         values = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
-        built = ComposeStack(
-            command=command, project=project, client=client,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                 "HOME": os.environ.get("HOME", "/root"), "DOCKER_HOST": found.docker_host,
-                 **values},
-            env_file=env_file,
+        return ComposeStack(
+            command=ready.command, project=ready.project, client=ready.client,
+            env={**ready.base_env, **values}, env_file=env_file,
             services=APP_SERVICES + (("grafana",) if with_grafana else ()),
             ingress_port=ports["GRID_INGRESS_PORT"],
             prometheus_port=ports["GRID_PROMETHEUS_PORT"],
             api_key=values["GRID_API_KEYS"], internal_token=values["GRID_INTERNAL_TOKEN"])
-        try:
-            client.images.get(app_image)
-            say(f"app image {app_image} reused")
-        except docker.errors.ImageNotFound:
-            build_started = time.monotonic()
-            built.compose("build", "substation")   # the three services share the image
-            say(f"app image {app_image} built by compose in "
-                f"{time.monotonic() - build_started:.0f} s")
-            prune_older_tags(client, app_image)
-        built.timings["images ready"] = time.monotonic() - started
+
+    with compose_stack(engine, say, configure) as built:
         up_started = time.monotonic()
         built.up(substations=2)
         built.timings["up"] = time.monotonic() - up_started
         yield built
-    finally:
-        problems: list[str] = []
-        if built is not None:
-            try:
-                built.down(volumes=True)
-            except AssertionError as exc:
-                problems.append(str(exc))
-            left = built.remove_leftovers()
-            if left:
-                problems.append(f"`down` left {', '.join(left)} (removed by ID)")
-            built.timings["total"] = time.monotonic() - started
-            say("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in built.timings.items()))
-        client.close()
-        assert not problems, "\n".join(problems)
 
 
 def substation_counts(results: list[Response]) -> Counter[str]:
