@@ -37,7 +37,7 @@ from balancer.state import (
 )
 from balancer.views import setup_routes
 from gridlb.http import bearer_token_middleware, json_errors_middleware
-from gridlb.logs import access_log_middleware, log_startup, request_id_middleware
+from gridlb.logs import AuthDisabled, access_log_middleware, log_startup, request_id_middleware
 from gridlb.serviceinfo import package_version, register_service_info
 
 log = logging.getLogger(__name__)
@@ -94,11 +94,10 @@ def startup_fields(config: BalancerConfig, serving: ServingState) -> dict[str, o
 
 async def announce(app: web.Application) -> None:
     config = app[CONFIG]
-    log_startup("balancer", startup_fields(config, app[SERVING]), log)
-    if not config.internal_token:
-        log.warning("AUTH DISABLED: no internal token (--insecure-no-auth): every caller that "
-                    "reaches %s:%s can dispatch charges and reload the policy", config.host,
-                    config.port)
+    log_startup("balancer", startup_fields(config, app[SERVING]), log,
+                None if config.internal_token else AuthDisabled(
+                    "no internal token", f"{config.host}:{config.port}",
+                    "can dispatch charges and reload the policy"))
 
 
 async def http_session(app: web.Application) -> AsyncIterator[None]:

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -202,10 +203,24 @@ def setup_logging(service: str, log_format: str = "text", level: int = logging.I
     return handler
 
 
-def log_startup(service: str, fields: Mapping[str, Any], logger: logging.Logger | None = None
-                ) -> None:
+@dataclass(frozen=True)
+class AuthDisabled:
+    """A service started without its credentials (--insecure-no-auth): what it lacks, where it
+    listens, and what anyone who reaches it can then do."""
+
+    missing: str        # "no API keys", "no internal token"
+    listen: str         # host:port
+    exposure: str       # "can start and stop charging sessions"
+
+
+def log_startup(service: str, fields: Mapping[str, Any], logger: logging.Logger | None = None,
+                auth_disabled: AuthDisabled | None = None) -> None:
     """The service's start-up line: what it runs as, in `key=value` words (and as fields in
-    JSON)."""
+    JSON); and, when it runs without authentication, a warning that says so loudly, the same
+    for every service."""
+    logger = logger or logging.getLogger(service)
     words = " ".join(f"{k}={v}" for k, v in fields.items())
-    (logger or logging.getLogger(service)).info("%s starting: %s", service, words,
-                                                extra={"startup": dict(fields)})
+    logger.info("%s starting: %s", service, words, extra={"startup": dict(fields)})
+    if auth_disabled is not None:
+        logger.warning("AUTH DISABLED: %s (--insecure-no-auth): every caller that reaches %s %s",
+                       auth_disabled.missing, auth_disabled.listen, auth_disabled.exposure)

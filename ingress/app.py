@@ -13,7 +13,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gridlb.http import bearer_token_middleware, json_errors_middleware
-from gridlb.logs import access_log_middleware, log_startup, request_id_middleware
+from gridlb.logs import AuthDisabled, access_log_middleware, log_startup, request_id_middleware
 from gridlb.serviceinfo import package_version, register_service_info
 from gridlb.tasks import background
 from ingress.balancers import (
@@ -124,10 +124,8 @@ def startup_fields(config: IngressConfig) -> dict[str, object]:
 
 async def announce(app: web.Application) -> None:
     config = app[CONFIG]
-    log_startup("ingress", startup_fields(config), log)
-    if not config.api_keys:
-        log.warning("AUTH DISABLED: no API keys (--insecure-no-auth): every caller that reaches "
-                    "%s:%s can start and stop charging sessions", config.host, config.port)
+    log_startup("ingress", startup_fields(config), log, None if config.api_keys else AuthDisabled(
+        "no API keys", f"{config.host}:{config.port}", "can start and stop charging sessions"))
 
 
 def create_app(config: IngressConfig, registry: CollectorRegistry | None = None,

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from gridlb.durable import FileDelay
 from gridlb.http import bearer_token_middleware, json_errors_middleware
-from gridlb.logs import access_log_middleware, log_startup, request_id_middleware
+from gridlb.logs import AuthDisabled, access_log_middleware, log_startup, request_id_middleware
 from gridlb.serviceinfo import package_version, register_service_info
 from gridlb.tasks import background
 from substation.charging import ChargingSession, SessionTable
@@ -119,10 +119,10 @@ def startup_fields(config: SubstationConfig) -> dict[str, object]:
 
 async def announce(app: web.Application) -> None:
     config = app[CONFIG]
-    log_startup("substation", startup_fields(config), log)
-    if not config.internal_token:
-        log.warning("AUTH DISABLED: no internal token (--insecure-no-auth): every caller that "
-                    "reaches %s:%s can start and stop sessions here", config.host, config.port)
+    log_startup("substation", startup_fields(config), log,
+                None if config.internal_token else AuthDisabled(
+                    "no internal token", f"{config.host}:{config.port}",
+                    "can start and stop sessions here"))
 
 
 def create_app(config: SubstationConfig, registry: CollectorRegistry | None = None
