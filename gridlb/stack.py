@@ -327,6 +327,15 @@ def serving_policy(balancer_url: str) -> str | None:
     return policy if isinstance(policy, str) else None
 
 
+def routable(policy_view: Any) -> set[str]:
+    """The substations a balancer's `GET /policy` answer can route to: up, with load and
+    capacity known."""
+    rows = policy_view.get("substations", []) if isinstance(policy_view, dict) else []
+    return {str(row["substation"]) for row in rows if isinstance(row, dict)
+            and row.get("substation") and row.get("up")
+            and row.get("load_kw") is not None and row.get("capacity_kw")}
+
+
 def seen_by_balancer(grid: GridConfig, balancer_url: str | None = None) -> set[str]:
     """The grid's substations a balancer (the first replica unless named) can route to now: up,
     with load and capacity known, under the id the grid file gives them (right after a restart
@@ -335,13 +344,10 @@ def seen_by_balancer(grid: GridConfig, balancer_url: str | None = None) -> set[s
     url = balancer_url or grid.balancer_url
     try:
         with urllib.request.urlopen(f"{url}/policy", timeout=1.0) as resp:
-            rows = json.loads(resp.read()).get("substations", [])
-    except (OSError, http.client.HTTPException, ValueError, AttributeError):
+            view = json.loads(resp.read())
+    except (OSError, http.client.HTTPException, ValueError):
         return set()
-    wanted = {s.id for s in grid.substations}
-    return {str(row["substation"]) for row in rows if isinstance(row, dict)
-            and row.get("substation") in wanted and row.get("up")
-            and row.get("load_kw") is not None and row.get("capacity_kw")}
+    return routable(view) & {s.id for s in grid.substations}
 
 
 def wait_for_grid(grid: GridConfig, timeout_s: float = 30.0) -> None:

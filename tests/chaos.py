@@ -55,6 +55,7 @@ from gridlb.stack import (
     free_port,
     ingress_spec,
     prometheus_spec,
+    routable,
     substation_spec,
     wait_ready,
 )
@@ -274,13 +275,7 @@ class ChaosStack:
         """Every replica can route to every substation under its id in this grid (what
         `make up` waits for before its banner)."""
         wanted = set(self.addresses)
-        for view in await self.policy_views(http):
-            seen = {row["substation"] for row in view.get("substations", [])
-                    if row.get("up") and row.get("load_kw") is not None
-                    and row.get("capacity_kw")}
-            if not wanted <= seen:
-                return False
-        return True
+        return all(wanted <= routable(view) for view in await self.policy_views(http))
 
     async def mode(self, http: aiohttp.ClientSession) -> str:
         return str((await self.readyz(http, self.balancer_urls[0])).get("mode", "unreachable"))

@@ -50,6 +50,7 @@ from gridlb.stack import (
     postgres_data_dir,
     postgres_spec,
     prometheus_spec,
+    routable,
     substation_spec,
     wait_ready,
 )
@@ -398,10 +399,7 @@ class NemesisStack:
                     view = await resp.json()
             except (aiohttp.ClientError, ValueError):
                 return False
-            seen = {row["substation"] for row in view.get("substations", [])
-                    if row.get("up") and row.get("load_kw") is not None
-                    and row.get("capacity_kw")}
-            if not wanted <= seen:
+            if not wanted <= routable(view):
                 return False
         return True
 

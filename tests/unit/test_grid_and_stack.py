@@ -19,6 +19,7 @@ from gridlb.stack import (
     ports_in_use,
     reset,
     resume_report,
+    routable,
     running_stack_pid,
     stack_specs,
 )
@@ -326,3 +327,14 @@ def test_a_grid_is_named_and_its_name_labels_its_targets_and_selects_its_balance
         [{"targets": ["127.0.0.1:9201"], "labels": {"grid": "south"}}]
     write_targets(tmp_path, "balancer", ["127.0.0.1:8081"])
     assert json.loads((tmp_path / "targets" / "balancer.json").read_text())[0]["labels"] == {}
+
+
+def test_routable_substations_are_up_with_load_and_capacity_known() -> None:
+    view = {"substations": [
+        {"substation": "a", "up": True, "load_kw": 0.0, "capacity_kw": 100.0},
+        {"substation": "b", "up": False, "load_kw": 1.0, "capacity_kw": 100.0},
+        {"substation": "c", "up": True, "load_kw": None, "capacity_kw": 100.0},
+        {"substation": "d", "up": True, "load_kw": 1.0, "capacity_kw": None},
+        {"up": True, "load_kw": 1.0, "capacity_kw": 100.0}, "not a row"]}
+    assert routable(view) == {"a"}
+    assert routable(None) == routable({"error": "x"}) == routable({"substations": []}) == set()
