@@ -4,17 +4,14 @@
 # Debian/Ubuntu as root, install Debian's package; elsewhere say what to install. The project
 # runs its own servers (gridlb/postgres.py), so the package's own cluster is stopped.
 set -euo pipefail
+. "$(dirname "$0")/lib/debian.sh"
 if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
    || { command -v initdb >/dev/null 2>&1 && command -v postgres >/dev/null 2>&1; }; then
   exit 0
 fi
-if [ -r /etc/debian_version ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+if can_apt_install; then
   echo "setup: installing Debian's postgresql package (initdb, postgres)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends postgresql >/dev/null
-  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now postgresql >/dev/null 2>&1 || true; fi
-  if command -v service >/dev/null 2>&1; then service postgresql stop >/dev/null 2>&1 || true; fi
+  apt_install postgresql postgresql
   exit 0
 fi
 cat >&2 <<'MSG'

@@ -2,17 +2,13 @@
 # Make sure `prometheus` and `promtool` are on PATH. On Debian/Ubuntu as root, install Debian's
 # package; elsewhere, say exactly what to install. Idempotent: does nothing when both are present.
 set -euo pipefail
+. "$(dirname "$0")/lib/debian.sh"
 if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
   exit 0
 fi
-if [ -r /etc/debian_version ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+if can_apt_install; then
   echo "setup: installing Debian's prometheus package (prometheus + promtool)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-  # The package may start a system Prometheus on :9090; the project runs its own.
-  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
-  if command -v service >/dev/null 2>&1; then service prometheus stop >/dev/null 2>&1 || true; fi
+  apt_install prometheus prometheus
   exit 0
 fi
 cat >&2 <<'MSG'

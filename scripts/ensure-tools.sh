@@ -5,6 +5,7 @@
 #   ensure-tools.sh --list GROUP   print the group's "command:package" pairs, install nothing
 # Installed on Debian/Ubuntu as root; elsewhere the steps that need them say so and skip.
 set -uo pipefail
+. "$(dirname "$0")/lib/debian.sh"
 
 group_tools() {
   case $1 in
@@ -29,14 +30,12 @@ for group in "$@"; do
   done
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
-if [ -r /etc/debian_version ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+if can_apt_install; then
   echo "setup: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # nginx-light's postinst may start a system nginx; the benchmark runs its own.
-  if [[ " ${missing[*]} " == *" nginx-light "* ]] && command -v service >/dev/null 2>&1; then
-    service nginx stop >/dev/null 2>&1 || true
-  fi
+  service=""
+  [[ " ${missing[*]} " == *" nginx-light "* ]] && service=nginx
+  apt_install "$service" "${missing[@]}"
 else
   echo "setup: optional tools missing (${missing[*]}); the steps that need them will skip" >&2
 fi
