@@ -65,7 +65,7 @@ PART_INFO: dict[str, tuple[str, float, float]] = {
     "memory": ("each service's memory after 100,000 sessions (--quick: 10,000)", 150, 30),
     "realstack": ("balance on the real stack at a 1 s and a 15 s scrape", 600, 240),
     "power": ("sharing power (floors + least-laxity) against fixed kW, FCFS, EDF, LLF, round "
-              "robin and an offline LP optimum; draws the charts", 120, 10),
+              "robin and offline LP optima; draws the charts", 260, 40),
 }
 
 

@@ -2,8 +2,10 @@
 
 A time-slotted simulation (bench/power_workloads.py: a Caltech-ACN-shaped workplace day at
 5-minute slots, and the `today` trace with drivers who stay longer than they charge, at 1-minute
-slots, also with every floor at the grid's minimum) over a sweep of capacity from 20 % to 100 %
-of the uncontrolled peak (every car at its maximum from arrival until full), split evenly over
+slots; each with floors at the grid's minimum power, as a car sends them, and as the `-fill`
+scenario, where each driver asks for the power that fills the car by departure) over a sweep of
+capacity from 20 % to 100 % of the uncontrolled peak (every car at its maximum from arrival
+until full), split evenly over
 1 or 10 substations. Every strategy sees the
 same arrivals; within a slot arrivals are placed in arrival order, then each substation decides
 one power per session for the slot; a session leaves at its departure or when full. No strategy
@@ -32,6 +34,12 @@ gives a session more than it can still take in the slot.
                   allowed to split across substations: an upper bound.
     optimum-routed  the same LP with ours's routing fixed (a refused session at the substation
                   ours ranked first): how much of the gap is routing.
+    optimum-promised  the same LP with ours's admissions and routing fixed (a refused session
+                  gets nothing) and ours's promises kept: every admitted session at least its
+                  floor in every slot until full (bench/power_lp.py's cumulative bound). An
+                  upper bound on what any allocation keeping ours's promises delivers: where it
+                  is below LLF, no allocation can bring ours up to LLF without breaking a
+                  promise or changing whom it admits.
 
 The baselines route like ours but without the floor check (the most deliverable energy, then
 the least committed energy per kW). Metrics, pooled over the seeds: share of the requested energy
@@ -54,10 +62,11 @@ from substation.allocation import CHANGE_THRESHOLD_KW, Demand, allocate, floor_f
 
 TODAY, FCFS, EDF, LLF, ROUND_ROBIN, OURS = "today", "fcfs", "edf", "llf", "round-robin", "ours"
 QUEUE, NO_PROMISE = "ours-queue", "ours-no-promise"
-OPTIMUM, OPTIMUM_ROUTED = "optimum", "optimum-routed"
+OPTIMUM, OPTIMUM_ROUTED, OPTIMUM_PROMISED = "optimum", "optimum-routed", "optimum-promised"
 SIMULATED = (TODAY, FCFS, EDF, LLF, ROUND_ROBIN, OURS, QUEUE, NO_PROMISE)
 ALLOCATED = (OURS, QUEUE, NO_PROMISE)   # by substation.allocation
-STRATEGIES = (*SIMULATED, OPTIMUM, OPTIMUM_ROUTED)
+LPS = (OPTIMUM, OPTIMUM_ROUTED, OPTIMUM_PROMISED)
+STRATEGIES = (*SIMULATED, *LPS)
 CAPACITY_PCTS = (20, 30, 40, 50, 60, 70, 80, 90, 100)
 DONE_KWH = 1e-9   # less than this left: the session is full
 
@@ -283,11 +292,29 @@ class Tally:
 
 @dataclass(frozen=True)
 class PowerPlan:
-    workloads: tuple[str, ...] = ("acn", "today", "today-min")
+    workloads: tuple[str, ...] = ("acn", "acn-fill", "today", "today-fill")
     sizes: tuple[int, ...] = (1, 10)
     capacity_pcts: tuple[int, ...] = CAPACITY_PCTS
     seeds: tuple[int, ...] = (1, 2, 3)
     strategies: tuple[str, ...] = STRATEGIES
+
+
+def promised_optimum(trace: Trace, capacities_kw: Sequence[float], ours: Run
+                     ) -> tuple[dict[int, float], float]:
+    """optimum-promised: per substation (ours's routing makes them independent), the LP over
+    the sessions ours admitted there, each one's floor held. The energy per session and the
+    site's peak."""
+    delivered = dict.fromkeys((s.id for s in trace.sessions), 0.0)
+    load = [0.0] * trace.slots
+    for k, capacity in enumerate(capacities_kw):
+        mine = [s for s in trace.sessions if s.id not in ours.refused and ours.placed[s.id] == k]
+        if not mine:
+            continue
+        best = offline_optimum(mine, [capacity], trace.slot_h, promised={s.id for s in mine})
+        delivered.update(best.delivered_kwh)
+        for t, kw in enumerate(best.load_kw):
+            load[t] += kw
+    return delivered, max(load, default=0.0)
 
 
 def run_cell(traces: Sequence[Trace], n: int, pct: int, strategies: Sequence[str]
@@ -316,7 +343,11 @@ def run_cell(traces: Sequence[Trace], n: int, pct: int, strategies: Sequence[str
                                          routing=ours.placed)
                 tallies[strategy].add(trace, routed.delivered_kwh, site_kw,
                                       peak_kw=max(routed.load_kw, default=0.0))
-    for strategy in (OPTIMUM, OPTIMUM_ROUTED):
+            elif strategy == OPTIMUM_PROMISED:
+                ours = ours or simulate(trace, capacities, OURS)
+                delivered, peak = promised_optimum(trace, capacities, ours)
+                tallies[strategy].add(trace, delivered, site_kw, peak_kw=peak)
+    for strategy in LPS:
         if strategy in tallies:
             tallies[strategy].changes = None
     return {s: t for s, t in tallies.items() if t.sessions}, floors_fit

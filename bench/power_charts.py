@@ -34,13 +34,18 @@ STYLE: dict[str, dict[str, Any]] = {
                 "label": "offline optimum (LP, split routing)"},
     "optimum-routed": {"color": "black", "marker": "", "linestyle": ":", "linewidth": 1.5,
                        "label": "offline optimum with ours's routing"},
+    "optimum-promised": {"color": "#d62728", "marker": "", "linestyle": ":", "linewidth": 1.5,
+                         "label": "offline optimum keeping ours's admissions and floors"},
 }
 PANELS = (("energy_pct", "energy delivered by departure (%)"),
           ("served_pct", "sessions fully served (%)"),
           ("changes_per_session", "power changes per session"))
-TITLES = {"acn": "ACN-shaped workplace day (5-min slots)",
-          "today": "today's trace, drivers staying 1-3x their charging time (1-min slots)",
-          "today-min": "today's trace, every floor at the grid's minimum 1.4 kW"}
+TITLES = {"acn": "ACN-shaped workplace day (5-min slots), floors at the grid's minimum 1.4 kW",
+          "acn-fill": "ACN-shaped workplace day, each floor the power that fills the car by "
+                      "departure",
+          "today": "today's trace, drivers staying 1-3x their charging time (1-min slots), "
+                   "floors at the grid's minimum 1.4 kW",
+          "today-fill": "today's trace, each floor the power that fills the car by departure"}
 
 
 def write_power_charts(rows: list[Row], out: Path) -> list[Path]:

@@ -16,11 +16,18 @@ the sum over s), so `pooled=True` solves that far smaller LP instead
 (tests/unit/test_bench_power.py checks both give the same optimum). With `routing` given (a
 substation per session), each session may charge only there: the best any allocation can do
 with that routing.
+
+Promises (`promised`: session ids whose floor is held, as ours holds a committed floor): in every
+slot of its stay such a session gets at least its floor, or what it still needs if less, so by
+the end of slot t (counted from its arrival) it has at least min(energy, floor x (t + 1) slots).
+The LP takes that cumulative bound (cumulative variables y, y[t] = y[t-1] + energy in slot t,
+y[t] bounded below): every allocation that holds the floors meets it, so the LP's optimum is an
+upper bound on what any allocation keeping those promises delivers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,9 +49,10 @@ class Optimum:
 
 
 def offline_optimum(sessions: Sequence[Session], capacities_kw: Sequence[float], slot_h: float,
-                    routing: Mapping[int, int] | None = None, pooled: bool = False) -> Optimum:
+                    routing: Mapping[int, int] | None = None, pooled: bool = False,
+                    promised: Collection[int] = ()) -> Optimum:
     """The most energy deliverable by departure (see the module's docstring)."""
-    if pooled and routing is None and len(capacities_kw) > 1:
+    if pooled and routing is None and len(capacities_kw) > 1 and not promised:
         merged = offline_optimum(sessions, [sum(capacities_kw)], slot_h)
         return Optimum(merged.delivered_kwh, {}, merged.load_kw)
     # One column per (session, substation, slot) it may use.
@@ -80,11 +88,48 @@ def offline_optimum(sessions: Sequence[Session], capacities_kw: Sequence[float],
     matrix = coo_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
                         shape=(height, n)).tocsr()
     upper = np.array([sessions[i].max_kw for i in who])
-    result = linprog(-slot_h * np.ones(n), A_ub=matrix, b_ub=np.concatenate(bounds_b),
-                     bounds=np.column_stack([np.zeros(n), upper]), method="highs")
+    # Promises: a cumulative variable y per (promised session, slot of its stay), after the x.
+    cumulative: dict[tuple[int, int], int] = {}   # (session index, slot) -> column
+    low_y: list[float] = []
+    high_y: list[float] = []
+    for i, s in enumerate(sessions):
+        if s.id in promised:
+            for t in range(s.arrival, s.departure):
+                cumulative[i, t] = n + len(cumulative)
+                low_y.append(min(s.energy_kwh, s.min_kw * (t - s.arrival + 1) * slot_h))
+                high_y.append(s.energy_kwh)
+    m = len(cumulative)
+    a_eq = None
+    b_eq = None
+    if m:
+        # Row r = y's own column - n: y[i, t] - y[i, t-1] - slot_h * sum over k of x[i, k, t] = 0.
+        eq_rows, eq_cols, eq_values = [np.arange(m)], [np.arange(n, n + m)], [np.ones(m)]
+        previous = [(c - n, cumulative[i, t - 1]) for (i, t), c in cumulative.items()
+                    if (i, t - 1) in cumulative]
+        if previous:
+            eq_rows.append(np.array([r for r, _ in previous]))
+            eq_cols.append(np.array([c for _, c in previous]))
+            eq_values.append(-np.ones(len(previous)))
+        mine = [(cumulative[int(who[c]), int(when[c])] - n, c) for c in range(n)
+                if (int(who[c]), int(when[c])) in cumulative]
+        eq_rows.append(np.array([r for r, _ in mine], dtype=np.int64))
+        eq_cols.append(np.array([c for _, c in mine], dtype=np.int64))
+        eq_values.append(np.full(len(mine), -slot_h))
+        a_eq = coo_matrix((np.concatenate(eq_values),
+                           (np.concatenate(eq_rows), np.concatenate(eq_cols))),
+                          shape=(m, n + m)).tocsr()
+        b_eq = np.zeros(m)
+        matrix = coo_matrix(matrix)
+        matrix = coo_matrix((matrix.data, (matrix.row, matrix.col)),
+                            shape=(height, n + m)).tocsr()
+    result = linprog(np.concatenate([-slot_h * np.ones(n), np.zeros(m)]), A_ub=matrix,
+                     b_ub=np.concatenate(bounds_b), A_eq=a_eq, b_eq=b_eq,
+                     bounds=np.column_stack([np.concatenate([np.zeros(n), low_y]),
+                                             np.concatenate([upper, high_y])]),
+                     method="highs")
     if result.status != 0:
         raise RuntimeError(f"the offline LP was not solved: {result.message}")
-    x = np.clip(result.x, 0.0, None)
+    x = np.clip(result.x[:n], 0.0, None)
     delivered = np.bincount(who, weights=x * slot_h, minlength=len(sessions))
     kw = {(sessions[i].id, int(k), int(t)): float(v)
           for i, k, t, v in zip(who, where, when, x, strict=True) if v > 1e-9}

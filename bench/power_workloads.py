@@ -4,9 +4,14 @@ Time is slotted (the simulation and the offline optimum decide one power per ses
 a session is present from its arrival slot to its departure slot (exclusive, at least one slot
 later) and declares the energy it wants, never more than its maximum power delivers in its stay
 (so 100 % is reachable when capacity is ample). Its floor (`min_kw`, the least power worth
-charging at) follows one rule in both workloads: the power that delivers its energy by its
-departure, at least the grid's minimum (1.4 kW) and at most its maximum. Held for its whole stay,
-the floor alone fills the car.
+charging at) follows one of two rules, each trace in both:
+
+    minimum   the grid's minimum power (1.4 kW, or the car's maximum if lower): what the car and
+              its charger send (ISO 15118's minimum charge power, ACN's minimum pilot signal),
+              while the driver states only the departure and the energy. The default workloads.
+    fill      the power that delivers its energy by its departure, at least the grid's minimum
+              and at most its maximum: a driver who asks for a guarantee (held for its whole
+              stay, the floor alone fills the car). The `-fill` workloads.
 
     acn     a workplace day shaped like Caltech's ACN as ACN-Sim published it (March 2019):
             a morning arrival peak (70 % around 8:30, the rest spread 10:00-20:00), stays
@@ -17,8 +22,7 @@ the floor alone fills the car.
             substation, 10-minute sessions at 3.7-150 kW, a burst every 5 minutes), each
             driver staying 1-3 times its charging time: 1-minute slots over the hour and until
             the last departure.
-    today-min   the same cars, each with its floor at the grid's minimum (1.4 kW): the floor is
-            the driver's choice, and the smaller it is, the less a promise costs.
+    acn-fill, today-fill   the same cars, each with the `fill` floor.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from bench.workloads import arrivals
@@ -64,8 +69,14 @@ class Trace:
 
 
 def floor_kw(energy_kwh: float, stay_h: float, max_kw: float) -> float:
-    """The power that fills the car by departure, within [grid minimum, max_kw]."""
+    """The `fill` rule: the power that fills the car by departure, within [grid minimum,
+    max_kw]."""
     return min(max_kw, max(DEFAULT_MIN_KW, energy_kwh / stay_h))
+
+
+def minimum_floor_kw(max_kw: float) -> float:
+    """The `minimum` rule: the grid's minimum power (the car's maximum, if lower)."""
+    return min(max_kw, DEFAULT_MIN_KW)
 
 
 def session(sid: int, arrived_s: float, stay_s: float, energy_kwh: float, max_kw: float,
@@ -79,7 +90,7 @@ def session(sid: int, arrived_s: float, stay_s: float, energy_kwh: float, max_kw
     return Session(sid, first, last, energy, max_kw, floor_kw(energy, stay_h, max_kw), arrived_s)
 
 
-def acn(substations: int, seed: int) -> Trace:
+def acn_fill(substations: int, seed: int) -> Trace:
     rng = random.Random(seed)
     day_s = 24 * 3600.0
     out: list[Session] = []
@@ -94,15 +105,15 @@ def acn(substations: int, seed: int) -> Trace:
         energy = rng.lognormvariate(math.log(6.7), 0.6)
         max_kw = rng.choices(ACN_MAX_KW, ACN_MAX_KW_WEIGHTS)[0]
         out.append(session(sid, arrived, stay, energy, max_kw, ACN_SLOT_S))
-    return _trace("acn", ACN_SLOT_S, out)
+    return _trace("acn-fill", ACN_SLOT_S, out)
 
 
-def today(substations: int, seed: int) -> Trace:
+def today_fill(substations: int, seed: int) -> Trace:
     rng = random.Random(seed + 1)
     trace = arrivals(TODAY_KW_PER_SUBSTATION * substations, TODAY_HORIZON_S, seed)
     out = [session(sid, a.at, a.declared_s * rng.uniform(1.0, 3.0), a.kw * a.declared_s / 3600.0,
                    a.kw, TODAY_SLOT_S) for sid, a in enumerate(trace)]
-    return _trace("today", TODAY_SLOT_S, out)
+    return _trace("today-fill", TODAY_SLOT_S, out)
 
 
 def _trace(name: str, slot_s: float, sessions: list[Session]) -> Trace:
@@ -110,18 +121,25 @@ def _trace(name: str, slot_s: float, sessions: list[Session]) -> Trace:
     return Trace(name, slot_s, max(s.departure for s in ordered), ordered)
 
 
-def minimum_floors(trace: Trace) -> Trace:
-    """The same cars, each asking only for the grid's minimum power as its floor."""
-    return replace(trace, name=f"{trace.name}-min",
-                   sessions=tuple(replace(s, min_kw=min(s.max_kw, DEFAULT_MIN_KW))
-                                  for s in trace.sessions))
+def minimum_floors(trace: Trace, name: str) -> Trace:
+    """The same cars, each with the `minimum` floor."""
+    return replace(trace, name=name, sessions=tuple(replace(s, min_kw=minimum_floor_kw(s.max_kw))
+                                                    for s in trace.sessions))
 
 
-def today_min(substations: int, seed: int) -> Trace:
-    return minimum_floors(today(substations, seed))
+def acn(substations: int, seed: int) -> Trace:
+    return minimum_floors(acn_fill(substations, seed), "acn")
 
 
-TRACES = {"acn": acn, "today": today, "today-min": today_min}
+def today(substations: int, seed: int) -> Trace:
+    return minimum_floors(today_fill(substations, seed), "today")
+
+
+# The default workloads (what a car sends) and the `fill` scenarios (a driver who asks for a
+# guarantee), the same cars and arrivals in each pair.
+TRACES: dict[str, Callable[[int, int], Trace]] = {
+    "acn": acn, "acn-fill": acn_fill, "today": today, "today-fill": today_fill,
+}
 
 
 def shape(trace: Trace) -> dict[str, float]:

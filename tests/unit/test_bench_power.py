@@ -15,6 +15,7 @@ from bench.power import (
     LLF,
     NO_PROMISE,
     OPTIMUM,
+    OPTIMUM_PROMISED,
     OPTIMUM_ROUTED,
     OURS,
     QUEUE,
@@ -24,6 +25,7 @@ from bench.power import (
     PowerPlan,
     floors_fit_everywhere,
     pivot,
+    promised_optimum,
     run_cell,
     run_power,
     simulate,
@@ -31,7 +33,17 @@ from bench.power import (
     uncontrolled_peak_kw,
 )
 from bench.power_lp import offline_optimum
-from bench.power_workloads import TRACES, Session, Trace, acn, floor_kw, shape, today
+from bench.power_workloads import (
+    TRACES,
+    Session,
+    Trace,
+    acn,
+    acn_fill,
+    floor_kw,
+    shape,
+    today,
+    today_fill,
+)
 
 
 def car(sid: int, arrival: int, departure: int, kwh: float, max_kw: float, min_kw: float = 1.4,
@@ -95,6 +107,42 @@ def test_the_split_lp_equals_the_pooled_one_on_a_real_trace() -> None:
                        if (sub, slot) == (k, t)) <= capacity + 1e-6
 
 
+def test_the_lp_keeping_promises_holds_every_floor_cumulatively() -> None:
+    # B (floor 5 kW, stays 2 h) and A (10 kWh in its one hour at 10 kW) share 10 kW: free, A
+    # takes hour 0 and B hour 1 (20 kWh); B's floor promised, A gets only 5 in hour 0 (15).
+    b, a = car(2, 0, 2, 10.0, 10.0, min_kw=5.0), car(1, 0, 1, 10.0, 10.0, min_kw=10.0)
+    assert offline_optimum([b, a], [10.0], 1.0).total_kwh == pytest.approx(20.0)
+    promised = offline_optimum([b, a], [10.0], 1.0, promised={2})
+    assert promised.total_kwh == pytest.approx(15.0)
+    assert promised.kw[(2, 0, 0)] >= 5.0 - 1e-9
+    # A floor above what the car still needs is held only up to its need: C wants 3 kWh with
+    # a 5 kW floor, so it must get 3 in hour 0, and A the other 7.
+    c = car(3, 0, 2, 3.0, 10.0, min_kw=5.0)
+    assert offline_optimum([c, a], [10.0], 1.0, promised={3}).delivered_kwh == \
+        pytest.approx({3: 3.0, 1: 7.0})
+    # A floor is owed only until the car is full: E, filled in hour 0 (6 kWh at 6 kW), owes
+    # nothing after, leaving hours 1-2 whole to D, which arrives then and needs 20 kWh.
+    e = car(4, 0, 3, 6.0, 6.0, min_kw=2.0)
+    d = car(5, 1, 3, 20.0, 10.0, min_kw=10.0)
+    assert offline_optimum([e, d], [10.0], 1.0, promised={4}).total_kwh == pytest.approx(26.0)
+
+
+def test_the_promised_optimum_bounds_ours_and_gives_refused_cars_nothing() -> None:
+    # ours refuses A (B's 5 kW floor leaves no room for A's 10): the bound over B alone is its
+    # 10 kWh, what ours delivers, with the peak of the LP's load.
+    ours = simulate(TWO, [10.0], OURS)
+    delivered, peak = promised_optimum(TWO, [10.0], ours)
+    assert delivered == pytest.approx({1: 0.0, 2: 10.0}) and peak <= 10.0 + 1e-9
+    # On a real trace at a tight capacity ours keeps its promises, so it is within the bound.
+    day = today(1, 2)
+    site = 0.3 * uncontrolled_peak_kw(day)
+    ours = simulate(day, [site], OURS)
+    bound, _ = promised_optimum(day, [site], ours)
+    free = offline_optimum(day.sessions, [site], day.slot_h)
+    assert sum(ours.delivered.values()) <= sum(bound.values()) + 1e-6
+    assert sum(bound.values()) <= free.total_kwh + 1e-6
+
+
 # -- the strategies, on two cars worked out by hand ---------------------------------------------
 # B arrives first (10 kWh, 10 kW, stays 2 h, floor 5 kW); A a moment later (10 kWh, 10 kW,
 # stays 1 h, floor 10 kW). 10 kW of capacity. Only serving A first delivers both.
@@ -145,8 +193,10 @@ def test_ours_routes_to_the_substation_with_the_least_committed_energy() -> None
     cars = trace(car(1, 0, 4, 10.0, 10.0, at=0.0), car(2, 0, 4, 10.0, 10.0, at=1.0))
     run = simulate(cars, [10.0, 10.0], OURS)
     assert run.placed == {1: 0, 2: 1}
-    tallies, _ = run_cell([cars], 2, 100, (OURS, OPTIMUM, OPTIMUM_ROUTED))
+    tallies, _ = run_cell([cars], 2, 100, (OURS, OPTIMUM, OPTIMUM_ROUTED, OPTIMUM_PROMISED))
     assert tallies[OPTIMUM_ROUTED].row()["energy_pct"] == 100.0
+    assert tallies[OPTIMUM_PROMISED].row()["energy_pct"] == 100.0
+    assert tallies[OPTIMUM_PROMISED].row()["changes_per_session"] == ""
 
 
 def test_ours_queue_commits_a_waiting_car_once_its_floor_fits() -> None:
@@ -187,8 +237,8 @@ def test_the_acn_day_has_the_published_shape() -> None:
     assert 4.0 <= got["median_laxity_h"] <= 5.0        # about 4.5 h
 
 
-@pytest.mark.parametrize("make", [acn, today])
-def test_every_session_can_be_filled_and_its_floor_follows_the_rule(make: object) -> None:
+@pytest.mark.parametrize("make", [acn_fill, today_fill])
+def test_every_session_can_be_filled_and_its_fill_floor_follows_the_rule(make: object) -> None:
     day = make(1, 3)   # type: ignore[operator]
     for s in day.sessions:
         stay_h = (s.departure - s.arrival) * day.slot_h
@@ -204,7 +254,8 @@ def test_a_tiny_run_gives_rows_targets_a_pivot_and_charts(tmp_path: Path) -> Non
     plan = PowerPlan(workloads=("today",), sizes=(1,), capacity_pcts=(30, 100), seeds=(1,))
     rows = run_power(plan, charts_dir=tmp_path, progress=lambda line: None)
     strategies = {r["strategy"] for r in rows if r["capacity_pct"] == 30}
-    assert strategies == {*SIMULATED, OPTIMUM, "target"}   # no routed LP at 1 substation
+    # no routed LP at 1 substation
+    assert strategies == {*SIMULATED, OPTIMUM, OPTIMUM_PROMISED, "target"}
     targets = [r for r in rows if r["strategy"] == "target"]
     assert {(r["variant"], r["capacity_pct"]) for r in targets} == \
         {(v, p) for v in (OURS, QUEUE, NO_PROMISE) for p in (30, 100)}
@@ -215,10 +266,13 @@ def test_a_tiny_run_gives_rows_targets_a_pivot_and_charts(tmp_path: Path) -> Non
     assert "power" in PARTS
 
 
-def test_today_min_is_today_with_every_floor_at_the_grid_minimum() -> None:
-    plain, low = TRACES["today"](1, 4), TRACES["today-min"](1, 4)
-    assert low.name == "today-min" and len(low.sessions) == len(plain.sessions)
-    for a, b in zip(plain.sessions, low.sessions, strict=True):
+@pytest.mark.parametrize(("plain", "fill"), [("acn", "acn-fill"), ("today", "today-fill")])
+def test_the_default_workloads_have_minimum_floors_and_fill_the_same_cars_with_fill_floors(
+        plain: str, fill: str) -> None:
+    low, high = TRACES[plain](1, 4), TRACES[fill](1, 4)
+    assert (low.name, high.name) == (plain, fill) and len(low.sessions) == len(high.sessions)
+    for a, b in zip(low.sessions, high.sessions, strict=True):
         assert (a.arrival, a.departure, a.energy_kwh, a.max_kw) == \
             (b.arrival, b.departure, b.energy_kwh, b.max_kw)
-        assert b.min_kw == min(1.4, a.max_kw) <= a.min_kw
+        assert a.min_kw == min(1.4, a.max_kw) <= b.min_kw
+    assert PowerPlan().workloads == ("acn", "acn-fill", "today", "today-fill")
