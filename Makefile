@@ -81,7 +81,7 @@ chaos: runtime
 # at a time, each bounded in time, then the score per module. Results accumulate in mutants/
 # (`make clean` or `rm -rf mutants` for a fresh start); MUTATE_MODULES=balancer.ledger runs one.
 MUTATE_MODULES ?= balancer.selection balancer.ledger balancer.aging balancer.placement substation.charging \
-	ingress.idempotency ingress.reconciler balancer.policy
+	substation.allocation ingress.idempotency ingress.reconciler balancer.policy
 MUTATE_JOBS ?= 1
 MUTATE_TIMEOUT_S ?= 1800
 mutate: test-tools

@@ -32,9 +32,10 @@ below the floors, sharing becomes admission.
 `Smoother` passes a session's new power on only when it really changes (by at least 0.01 kW), never
 above capacity, and at most once per tick: on a tick (`update`) every session moves to its new
 allocation; between two ticks (`between_ticks`, an admission or a stop) nobody rises, and a
-newcomer whose floor needs room takes it from sessions that have not moved since the tick, each
-going straight down to its floor, so that whatever else is admitted before the next tick finds
-room without moving anyone twice (the floors of all fit: that is the admission rule).
+newcomer whose floor needs room takes it from sessions above their floors, each going straight
+down to its floor: a session at its floor has nothing more to give, so whatever else is admitted
+before the next tick finds room without moving anyone twice (the floors of all fit: that is the
+admission rule).
 """
 
 from __future__ import annotations
@@ -234,8 +235,6 @@ class Smoother:
     def __init__(self, threshold_kw: float = CHANGE_THRESHOLD_KW) -> None:
         self.threshold_kw = threshold_kw
         self.granted: dict[str, float] = {}
-        # Sessions moved since the last tick (between_ticks): not moved again before it.
-        self.moved: set[str] = set()
 
     def update(self, capacity_kw: float, allocation: Mapping[str, float]) -> dict[str, float]:
         """Take this tick's allocation; return the sessions whose power changes, with their new
@@ -267,7 +266,6 @@ class Smoother:
                 granted[sid] = allocation[sid]
         changes = {sid: kw for sid, kw in granted.items() if self.granted.get(sid) != kw}
         self.granted = granted
-        self.moved = set()
         return changes
 
     def between_ticks(self, capacity_kw: float, allocation: Mapping[str, float],
@@ -276,11 +274,13 @@ class Smoother:
         `allocation` is the new allocation of every session charging now, `floors` their floors.
         Sessions already told keep their power (rises wait for the next tick); a newcomer is
         given its allocated power from what is free, at least its floor. When the newcomers'
-        floors do not fit in what is free, sessions that have not moved since the tick give way,
-        those the new allocation cuts most first, each straight down to its floor: once moved,
-        a session is not moved again before the tick, and the room always suffices because every
-        floor fits the capacity (the admission rule) and every moved session sits at its floor.
-        Should it not (the capacity fell below the floors), everyone takes the allocation."""
+        floors do not fit in what is free, sessions above their floors give way, those the new
+        allocation cuts most first, each straight down to its floor. So a session moves at most
+        once between two ticks: once at its floor it has nothing more to give (a newcomer's start
+        is not a move; it may give way once too). The room always suffices: every floor fits the
+        capacity (the admission rule), and once all have given way every session sits at its
+        floor. Should it not (the capacity fell below the floors: a restart with less, which
+        re-allocates at once, not here), everyone takes the allocation."""
         granted = {sid: self.granted[sid] for sid in allocation if sid in self.granted}
         newcomers = sorted(sid for sid in allocation if sid not in granted)
         changes: dict[str, float] = {}
@@ -288,18 +288,15 @@ class Smoother:
             - capacity_kw
         if need > FIT_TOLERANCE_KW:
             givers = sorted((sid for sid in granted
-                             if sid not in self.moved and granted[sid] > floors[sid]),
+                             if granted[sid] > floors[sid]),
                             key=lambda sid: (allocation[sid] - granted[sid], sid))
             for sid in givers:
                 if need <= FIT_TOLERANCE_KW:
                     break
                 need -= granted[sid] - floors[sid]
                 granted[sid] = changes[sid] = floors[sid]
-                self.moved.add(sid)
             if need > FIT_TOLERANCE_KW:
-                moved, changes = self.moved, self.update(capacity_kw, allocation)
-                self.moved = moved | set(changes)
-                return changes
+                return self.update(capacity_kw, allocation)
         free = capacity_kw - math.fsum(granted.values()) \
             - math.fsum(floors[sid] for sid in newcomers)
         for sid in newcomers:

@@ -185,6 +185,62 @@ def test_the_smoother_never_keeps_an_old_value_above_the_capacity() -> None:
     assert smoother.update(29.992, {"a": 9.998, "b": 19.994}) == {"a": 9.998, "b": 19.994}
 
 
+def test_a_tick_moves_the_largest_shortfalls_just_enough_not_to_leave_a_threshold_unused(
+        ) -> None:
+    smoother = Smoother()
+    smoother.update(11.1, {"a": 3.7, "b": 3.7, "c": 3.7})
+    # Each a little more, each under the threshold: kept, but together 0.022 kW would be left
+    # unused. b (0.009 short), then c (0.008) move; a (0.005) keeps its value.
+    assert smoother.update(11.1, {"a": 3.705, "b": 3.709, "c": 3.708}) == {"b": 3.709,
+                                                                          "c": 3.708}
+    assert smoother.granted == {"a": 3.7, "b": 3.709, "c": 3.708}
+
+
+def test_between_ticks_a_newcomer_takes_what_is_free_and_nobody_else_moves() -> None:
+    smoother = Smoother()
+    smoother.update(30.0, {"a": 10.0, "b": 10.0})
+    floors = {"a": 5.0, "b": 5.0, "c": 5.0}
+    # The allocation would re-share (a and b down to 8): they keep 10 until the tick.
+    assert smoother.between_ticks(30.0, {"a": 8.0, "b": 8.0, "c": 14.0}, floors) == {"c": 10.0}
+    # A stop frees 10 kW: nobody rises before the tick.
+    assert smoother.between_ticks(30.0, {"a": 15.0, "c": 15.0}, floors) == {}
+    assert smoother.granted == {"a": 10.0, "c": 10.0}
+    assert smoother.update(30.0, {"a": 15.0, "c": 15.0}) == {"a": 15.0, "c": 15.0}
+
+
+def test_between_ticks_room_comes_from_those_cut_most_straight_to_their_floors_once() -> None:
+    smoother = Smoother()
+    smoother.update(35.0, {"a": 15.0, "b": 15.0, "d": 5.0})
+    floors = {"a": 5.0, "b": 5.0, "c": 5.0, "d": 5.0, "e": 5.0}
+    # c's floor needs 5 kW: a, which the allocation cuts most (15 -> 10), goes to its floor
+    # at once (not to 10); b keeps 15; d, at its floor, has nothing to give. c takes its 8.
+    changes = smoother.between_ticks(35.0, {"a": 10.0, "b": 12.0, "c": 8.0, "d": 5.0}, floors)
+    assert changes == {"a": 5.0, "c": 8.0}
+    # e before the tick: a (at its floor) is not moved again; b, cut more than c, gives way.
+    changes = smoother.between_ticks(
+        35.0, {"a": 8.0, "b": 10.0, "c": 6.0, "d": 5.0, "e": 7.0}, floors)
+    assert changes == {"b": 5.0, "e": 7.0}
+    assert math.fsum(smoother.granted.values()) <= 35.0
+    assert smoother.granted == {"a": 5.0, "b": 5.0, "c": 8.0, "d": 5.0, "e": 7.0}
+
+
+def test_between_ticks_two_newcomers_share_what_is_free_in_turn() -> None:
+    smoother = Smoother()
+    floors = {"x": 5.0, "y": 5.0}
+    assert smoother.between_ticks(20.0, {"x": 12.0, "y": 12.0}, floors) == {"x": 12.0,
+                                                                             "y": 8.0}
+
+
+def test_between_ticks_floors_that_do_not_fit_fall_back_to_the_allocation() -> None:
+    """Not reachable through admission (a floor is admitted only when it fits): should it
+    happen, capacity wins over smoothness."""
+    smoother = Smoother()
+    smoother.update(10.0, {"a": 8.0})
+    assert smoother.between_ticks(10.0, {"a": 8.0, "b": 0.0}, {"a": 8.0, "b": 5.0}) == \
+        {"b": 0.0}
+    assert smoother.granted == {"a": 8.0, "b": 0.0}
+
+
 def test_floors_that_no_longer_fit_are_paused_most_relaxed_first_under_least_laxity() -> None:
     # The capacity fell to 12: two 6 kW floors fit. The most relaxed (r, 10 h) is paused,
     # whatever the order of admission.
