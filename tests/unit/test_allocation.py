@@ -157,6 +157,11 @@ def test_bad_input_is_refused_with_its_reason() -> None:
         allocate(1.0, [], 0.0, "fifo")
     with pytest.raises(ValueError, match="session a: remaining_kwh must be at least 0, got -1"):
         allocate(10.0, [Demand("a", 1.4, 2.0, -1.0)], 0.0)
+    with pytest.raises(ValueError, match="session a: min_kw must be above 0 and at most max_kw, "
+                       "got 0 and 2"):
+        allocate(10.0, [Demand("a", 0.0, 2.0)], 0.0)
+    # Any floor above 0 is the allocation's to honour (the grid's minimum is the API's rule).
+    assert kw(10.0, [Demand("a", 0.5, 2.0)]) == {"a": 2.0}
 
 
 def test_the_smoother_passes_on_only_real_changes() -> None:
@@ -288,3 +293,32 @@ def test_the_laxity_step_is_charging_time_whatever_the_speed_factor() -> None:
     assert laxity_s(a, 0.0, speed_factor=60.0) == pytest.approx(600.0)
     assert kw(12.0, [a, b], speed_factor=60.0) == pytest.approx({"a": 6.0, "b": 6.0})
     assert kw(12.0, [a, c], speed_factor=60.0) == pytest.approx({"a": 10.6, "c": 1.4})
+
+
+def test_laxity_counts_from_now_in_charging_time() -> None:
+    # 10 kWh at 10 kW: an hour of charging (a minute of real time at speed 60).
+    d = Demand("d", 1.4, 10.0, 10.0, 5000.0)
+    assert laxity_s(d, 400.0) == pytest.approx(5000.0 - 400.0 - 3600.0)
+    assert laxity_s(d, 400.0, speed_factor=60.0) == pytest.approx(5000.0 - 400.0 - 60.0)
+
+
+def test_least_laxity_orders_by_laxity_at_the_tables_speed() -> None:
+    """At speed 60, a (1 kWh, leaving in 100 s) has 94 s of slack, b (5 kWh, in 200 s) 170 s:
+    a first. Reckoned at speed 1, both would be late and b the later: b first."""
+    a = Demand("a", 1.4, 10.0, 1.0, 100.0)
+    b = Demand("b", 1.4, 10.0, 5.0, 200.0)
+    assert kw(10.0, [a, b], LEAST_LAXITY, speed_factor=60.0) == pytest.approx({"a": 8.6,
+                                                                               "b": 1.4})
+    # A step under a second still groups: laxities 0.2 s apart in one 0.5 s step share.
+    c = Demand("c", 1.4, 10.0, 0.0, 100.0)
+    d = Demand("d", 1.4, 10.0, 0.0, 100.2)
+    assert kw(10.0, [c, d], LEAST_LAXITY, laxity_step_s=0.5) == pytest.approx({"c": 5.0,
+                                                                               "d": 5.0})
+
+
+def test_a_slot_caps_need_in_charging_time_at_the_tables_speed() -> None:
+    # A 60 s slot at speed 60 is an hour of charging: 2 kWh left need only 2 kW.
+    a = Demand("a", 1.4, 10.0, 2.0)
+    b = Demand("b", 1.4, 20.0)
+    assert kw(20.0, [a, b], slot_s=60.0, speed_factor=60.0) == pytest.approx({"a": 2.0,
+                                                                              "b": 18.0})
