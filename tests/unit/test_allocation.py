@@ -217,16 +217,18 @@ def test_between_ticks_room_comes_from_those_cut_most_straight_to_their_floors_o
     smoother = Smoother()
     smoother.update(35.0, {"a": 15.0, "b": 15.0, "d": 5.0})
     floors = {"a": 5.0, "b": 5.0, "c": 5.0, "d": 5.0, "e": 5.0}
-    # c's floor needs 5 kW: a, which the allocation cuts most (15 -> 10), goes to its floor
-    # at once (not to 10); b keeps 15; d, at its floor, has nothing to give. c takes its 8.
-    changes = smoother.between_ticks(35.0, {"a": 10.0, "b": 12.0, "c": 8.0, "d": 5.0}, floors)
-    assert changes == {"a": 5.0, "c": 8.0}
-    # e before the tick: a (at its floor) is not moved again; b, cut more than c, gives way.
+    # c's floor needs 5 kW: b, which the allocation cuts most (15 -> 10, a only to 12), goes to
+    # its floor at once (not to 10); a keeps 15; d, at its floor, has nothing to give. c takes
+    # its 8 from what that frees.
+    changes = smoother.between_ticks(35.0, {"a": 12.0, "b": 10.0, "c": 8.0, "d": 5.0}, floors)
+    assert changes == {"b": 5.0, "c": 8.0}
+    # e before the tick: b (at its floor) is not moved again; of a (15 -> 13) and c (8 -> 5),
+    # c is cut more and gives way, just enough: a keeps 15, e gets its floor.
     changes = smoother.between_ticks(
-        35.0, {"a": 8.0, "b": 10.0, "c": 6.0, "d": 5.0, "e": 7.0}, floors)
-    assert changes == {"b": 5.0, "e": 7.0}
+        35.0, {"a": 13.0, "b": 8.0, "c": 5.0, "d": 5.0, "e": 7.0}, floors)
+    assert changes == {"c": 5.0, "e": 5.0}
     assert math.fsum(smoother.granted.values()) <= 35.0
-    assert smoother.granted == {"a": 5.0, "b": 5.0, "c": 8.0, "d": 5.0, "e": 7.0}
+    assert smoother.granted == {"a": 15.0, "b": 5.0, "c": 5.0, "d": 5.0, "e": 5.0}
 
 
 def test_between_ticks_two_newcomers_share_what_is_free_in_turn() -> None:
