@@ -209,10 +209,10 @@ def test_a_confirmed_reservation_moves_the_others_when_it_is_confirmed() -> None
     assert a.delivered_kwh == pytest.approx(15.0)     # 20 kW until b was confirmed
     assert a.granted_kw == 5.0             # then straight down to its floor
     b = t.active["b"]
-    assert (b.granted_kw, b.delivered_kwh) == (10.0, pytest.approx(1.25))  # 5 kW until then
+    assert b.granted_kw == 10.0 and b.delivered_kwh == pytest.approx(1.25)  # 5 kW till then
     t.reserve("c", "ev", 20.0, 100.0, now=1.0, min_kw=8.0)
     t.confirm("c")                         # without `now`: b makes room at c's start
-    assert (b.granted_kw, b.delivered_kwh) == (5.0, pytest.approx(3.75))   # 10 kW till 1.0
+    assert b.granted_kw == 5.0 and b.delivered_kwh == pytest.approx(3.75)   # 10 kW till 1.0
     assert math.fsum(s.granted_kw for s in t.active.values()) <= 20.0
 
 
