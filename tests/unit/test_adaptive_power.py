@@ -16,7 +16,13 @@ import pytest
 from gridlb.charge import Charge, ChargeLimits, SessionCharge, parse_charge, parse_session_charge
 from ingress.idempotency import fingerprint
 from substation.allocation import CHANGE_THRESHOLD_KW
-from substation.charging import OverCapacity, SessionConflict, SessionTable
+from substation.charging import (
+    CHARGING,
+    ChargingSession,
+    OverCapacity,
+    SessionConflict,
+    SessionTable,
+)
 from substation.store import SCHEMA_VERSION, SessionStore
 
 BASE = {"vehicle_id": "ev-1", "requested_kw": 11, "energy_kwh": 30}
@@ -189,6 +195,110 @@ def test_power_never_exceeds_capacity_as_sessions_come_and_go() -> None:
         assert granted == pytest.approx(t.granted_kw)
         assert t.load_kw <= 50.0 + 1e-9
         assert all(s.granted_kw >= s.floor_kw - 1e-9 for s in t.active.values())
+
+
+def test_a_confirmed_reservation_moves_the_others_when_it_is_confirmed() -> None:
+    """Durable before visible: a reserved session makes room when it is confirmed (`now`, or
+    its own start without one), and the others are credited at their old power until then."""
+    t = table(20.0)
+    t.admit("a", "ev", 20.0, 100.0, now=0.0, min_kw=5.0)
+    a = t.active["a"]
+    assert a.granted_kw == 20.0
+    t.reserve("b", "ev", 20.0, 100.0, now=0.5, min_kw=5.0)
+    t.confirm("b", now=0.75)               # saved a quarter hour later
+    assert a.delivered_kwh == pytest.approx(15.0)     # 20 kW until b was confirmed
+    assert a.granted_kw == 5.0             # then straight down to its floor
+    b = t.active["b"]
+    assert b.granted_kw == 10.0 and b.delivered_kwh == pytest.approx(1.25)  # 5 kW till then
+    t.reserve("c", "ev", 20.0, 100.0, now=1.0, min_kw=8.0)
+    t.confirm("c")                         # without `now`: b makes room at c's start
+    assert b.granted_kw == 5.0 and b.delivered_kwh == pytest.approx(3.75)   # 10 kW till 1.0
+    assert math.fsum(s.granted_kw for s in t.active.values()) <= 20.0
+
+
+def test_a_fixed_newcomer_moves_a_flexible_session_after_a_fixed_one_ended() -> None:
+    t = table(30.0)
+    t.admit("a", "ev", 20.0, 100.0, now=0.0, min_kw=5.0)
+    t.admit("b", "ev", 10.0, 100.0, now=0.0)          # fixed: 20 + 10 = the capacity
+    t.stop("b", now=0.1)                              # a is still flexible
+    t.admit("c", "ev", 20.0, 100.0, now=0.1)          # fixed: a has to make room
+    assert (t.active["a"].granted_kw, t.active["c"].granted_kw) == (5.0, 20.0)
+    assert t.granted_kw == 25.0
+
+
+def test_over_capacity_the_oldest_admission_keeps_its_floor_whatever_its_id() -> None:
+    before = table(30.0)
+    for sid, started in (("c", 1.0), ("b", 2.0), ("a", 3.0)):    # ids against their ages
+        before.admit(sid, "ev", 11.0, 10.0, now=started, min_kw=8.0)
+    after = table(20.0)
+    for session in list(before.active.values()):
+        after.resume(session, now=200.0)
+    after.reallocate(200.0)
+    granted = {sid: s.granted_kw for sid, s in after.active.items()}
+    assert granted == {"c": 10.0, "b": 10.0, "a": 0.0}, granted
+
+
+def test_least_laxity_counts_the_energy_still_to_deliver() -> None:
+    # a has delivered 8 of its 10 kWh: 0.2 s of charging left, laxity 1.0 - 0.2 = 0.8 s;
+    # b has all 10 kWh to go (1 s), laxity 0.5 s: b is the more urgent.
+    t = table(10.0)
+    t.admit("a", "ev", 10.0, 10.0, now=0.0, min_kw=1.4, departure_at=1.8)
+    t.advance(0.8)
+    t.admit("b", "ev", 10.0, 10.0, now=0.8, min_kw=1.4, departure_at=2.3)
+    t.advance(0.8)
+    assert t.active["a"].delivered_kwh == pytest.approx(8.0)
+    assert (t.active["a"].granted_kw, t.active["b"].granted_kw) == (1.4, 8.6)
+
+
+def test_least_laxity_counts_less_than_a_kwh_still_to_deliver() -> None:
+    # a: 0.5 kWh left (0.05 s at 10 kW), laxity 0.1 s, a step (300 charging s = 1/12 s) later
+    # than b's 0.06 s: b goes first, it does not share with a.
+    t = table(10.0)
+    t.admit("a", "ev", 10.0, 10.0, now=0.0, min_kw=1.4, departure_at=1.1)
+    t.advance(0.95)
+    t.admit("b", "ev", 10.0, 10.0, now=0.95, min_kw=1.4, departure_at=2.01)
+    t.advance(0.95)
+    assert t.active["a"].delivered_kwh == pytest.approx(9.5)
+    assert (t.active["a"].granted_kw, t.active["b"].granted_kw) == (1.4, 8.6)
+
+
+def test_forecast_follows_ends_when_many_sessions_change_power_at_once() -> None:
+    """More sessions change power in one tick than are moved one by one: their ends are
+    re-sorted together, and the forecast and later ends still follow the new powers."""
+    t = table(400.0)
+    for i in range(40):       # 10 + 0.1 i kWh: ends at 1 + 0.01 i s at the shared 10 kW
+        t.admit(f"s{i}", "ev", 20.0, 10.0 + 0.1 * i, now=0.0, min_kw=5.0)
+    t.advance(0.0)
+    assert all(s.granted_kw == 10.0 for s in t.active.values())
+    assert t.forecast_kw(0.0, [0.995, 1.205, 1.5]) == [200.0, 95.0, 0.0]
+    t.stop("s0", now=0.0)
+    t.stop("s39", now=0.0)
+    assert t.forecast_kw(0.0, [0.995, 1.205, 1.5]) == [190.0, 90.0, 0.0]
+
+
+def test_will_complete_by_departure_does_not_count_the_end_lag() -> None:
+    t = SessionTable(20.0, speed_factor=3600.0, end_lag_s=0.25)
+    t.admit("a", "ev", 20.0, 10.0, now=0.0, min_kw=5.0, departure_at=0.5)
+    a = t.active["a"]
+    assert t.ends_at(a) == 0.75                      # 10 kWh at 20 kW, then up to a tick
+    assert t.will_complete_by_departure(a) is True   # delivered exactly at its departure
+
+
+def test_a_paused_session_ends_only_once_its_energy_is_delivered() -> None:
+    t = SessionTable(20.0, speed_factor=3600.0, end_lag_s=0.25)
+    done = ChargingSession("d", "ev", 10.0, 5.0, 5.0, CHARGING, started_at=3.0, granted_kw=0.0)
+    assert t.ends_at(done) == 3.25                   # at its last credit, up to a tick late
+    left = ChargingSession("l", "ev", 10.0, 5.0, 4.5, CHARGING, started_at=3.0, granted_kw=0.0)
+    assert t.ends_at(left) == math.inf               # half a kWh to go, at 0 kW: never
+
+
+def test_a_granted_power_below_one_kw_or_paused_is_kept() -> None:
+    for kw in (0.0, 0.5):
+        session = ChargingSession("p", "ev", 10.0, 5.0, 0.0, CHARGING, started_at=0.0,
+                                  min_kw=5.0, granted_kw=kw)
+        assert session.granted_kw == kw
+    assert ChargingSession("n", "ev", 10.0, 5.0, 0.0, CHARGING, started_at=0.0,
+                           min_kw=5.0).granted_kw == 5.0      # not yet allocated: its floor
 
 
 # --- the state file ------------------------------------------------------------------------

@@ -306,3 +306,99 @@ def test_a_session_past_its_retention_still_answers_fences_and_late_copies() -> 
         t.admit("s1", "ev", 22.0, 10.0, now=21.0)
     t.prune(1002.0)                                  # as long as fences last, then gone
     assert "s1" not in t.forgotten and t.fence("s1", epoch=6, now=1002.0) is None
+
+
+# --- messages, bounds and bookkeeping the tests above left open (docs/mutation.md) -----------
+
+def test_over_capacity_messages_are_exact() -> None:
+    t = table(capacity=10.0)
+    t.admit("a", "ev", 10.0, 10.0, now=0.0)
+    # at exactly the capacity: full, not above it
+    with pytest.raises(OverCapacity) as full:
+        t.admit("b", "ev", 1.4, 1.0, now=0.0)
+    assert str(full.value) == "1.4 kW does not fit: load 10 kW of 10 kW capacity"
+    # without a saving figure, nothing is being saved
+    assert str(OverCapacity(3.0, 10.0, 8.0)) == "8 kW does not fit: load 3 kW of 10 kW capacity"
+    assert str(OverCapacity(12.0, 10.0, 1.4)) == (
+        "1.4 kW does not fit: load 12 kW of 10 kW capacity; above its capacity since it was "
+        "restarted with less, it takes no new session until its load is under it")
+
+
+def test_reservations_count_against_admission_and_are_released_exactly() -> None:
+    t = table(capacity=10.0)
+    t.reserve("a", "ev", 3.0, 10.0, now=0.0)
+    t.reserve("b", "ev", 4.0, 10.0, now=0.0)
+    with pytest.raises(OverCapacity) as both:
+        t.reserve("c", "ev", 4.0, 10.0, now=0.0)
+    assert str(both.value) == "4 kW does not fit: load 0 kW (+7 kW being saved) of 10 kW capacity"
+    t.confirm("a", now=0.0)                 # a is charging; b is still being saved
+    with pytest.raises(OverCapacity) as one:
+        t.reserve("c", "ev", 3.5, 10.0, now=0.0)
+    assert str(one.value) == "3.5 kW does not fit: load 3 kW (+4 kW being saved) of 10 kW capacity"
+    t.reserve("c", "ev", 3.0, 10.0, now=0.0)   # exactly what is left
+    t.withdraw("b")
+    t.withdraw("c")
+    t.admit("d", "ev", 7.0, 10.0, now=0.0)     # the withdrawn ones left nothing behind
+    assert t.load_kw == 10.0
+
+
+def test_a_small_reservation_is_named_in_the_refusal() -> None:
+    t = table(capacity=1.0)
+    t.reserve("a", "ev", 0.5, 1.0, now=0.0)
+    with pytest.raises(OverCapacity) as caught:
+        t.reserve("b", "ev", 0.6, 1.0, now=0.0)
+    assert str(caught.value) == \
+        "0.6 kW does not fit: load 0 kW (+0.5 kW being saved) of 1 kW capacity"
+
+
+def test_sessions_being_saved_count_towards_the_session_cap() -> None:
+    t = table(capacity=1000.0, max_sessions=2)
+    t.admit("a", "ev", 1.4, 1.0, now=0.0)
+    t.reserve("b", "ev", 1.4, 1.0, now=0.0)
+    with pytest.raises(TooManySessions) as caught:
+        t.reserve("c", "ev", 1.4, 1.0, now=0.0)
+    assert str(caught.value) == \
+        "2 sessions are charging (with 1 being saved), the most this substation takes"
+
+
+def test_a_reservation_without_an_epoch_is_the_first_dispatch() -> None:
+    t = table()
+    t.fence("s", epoch=2, now=0.0)
+    with pytest.raises(SessionFenced, match="epoch 1 is older than the fence at epoch 2"):
+        t.reserve("s", "ev", 11.0, 30.0, now=0.1)
+    assert t.reserve("fresh", "ev", 11.0, 30.0, now=0.1).session.epoch == 1
+
+
+def test_a_repeat_with_another_departure_is_a_conflict() -> None:
+    t = table()
+    t.admit("a", "ev", 11.0, 10.0, now=0.0, departure_at=100.0)
+    assert t.admit("a", "ev", 11.0, 10.0, now=0.0, departure_at=100.0).duplicate
+    with pytest.raises(SessionConflict, match="session a exists with other values"):
+        t.admit("a", "ev", 11.0, 10.0, now=0.0, departure_at=200.0)
+    with pytest.raises(SessionConflict):
+        t.admit("a", "ev", 11.0, 10.0, now=0.0)
+
+
+def test_ending_a_session_takes_back_exactly_the_power_it_asked_for() -> None:
+    t = table()
+    t.admit("a", "ev", 10.0, 100.0, now=0.0)
+    t.admit("b", "ev", 20.0, 100.0, now=0.0)
+    t.stop("b", now=0.5)
+    assert (t.requested_kw, t.granted_kw, t.curtailed_kw) == (10.0, 10.0, 0.0)
+
+
+def test_forgotten_sessions_are_pruned_by_exact_age_and_by_count_oldest_first() -> None:
+    t = table(retention_s=10.0, fence_retention_s=1000.0, max_fences=2)
+    base = 1_000_000.0                      # clock values like real ones, far above retentions
+    for i in range(3):
+        t.admit(f"s{i}", "ev", 1.4, 100.0, now=base + i)
+        t.stop(f"s{i}", now=base + i)
+    t.admit("recent", "ev", 1.4, 100.0, now=base + 995.0)
+    t.stop("recent", now=base + 995.0)
+    t.prune(base + 1000.0)                  # s0..s2 past the retention: forgotten, two kept
+    assert list(t.ended) == ["recent"]
+    assert list(t.forgotten) == ["s1", "s2"]
+    t.prune(base + 1001.0)                  # s1: exactly the fence retention; kept
+    assert list(t.forgotten) == ["s1", "s2"]
+    t.prune(base + 1001.5)                  # while a recent ended session is still shown
+    assert list(t.forgotten) == ["s2"] and list(t.ended) == ["recent"]
