@@ -259,10 +259,13 @@ class SessionTable:
     def reallocate(self, now: float, tick: bool = True) -> None:
         """Share the capacity among the charging sessions again (substation/allocation.py);
         a session whose power changes is first credited up to `now` at its old power. Skipped
-        while every session is fixed-power and draws its power_kw. Between two ticks
+        while every session is fixed-power and draws its power_kw, unless the substation is
+        over its capacity (restarted with less): then fixed sessions too are granted whole in
+        the order of admission, and those that no longer fit wait at 0 kW. Between two ticks
         (`tick=False`: an admission or a stop) only a newcomer's floor may move the others,
         each at most once until the next tick (Smoother.between_ticks)."""
-        if not self._flexible and self.granted_kw >= self.requested_kw - FIT_TOLERANCE_KW:
+        if not self._flexible and not self.over_capacity \
+                and self.granted_kw >= self.requested_kw - FIT_TOLERANCE_KW:
             return
         demands = [Demand(s.session_id, s.floor_kw, s.power_kw,
                           max(0.0, s.energy_kwh - s.delivered_kwh), s.departure_at,
@@ -319,7 +322,8 @@ class SessionTable:
     @property
     def over_capacity(self) -> bool:
         """Above its capacity: only when restarted with a lower one than its sessions took.
-        It keeps them and admits nothing until the load is under the capacity again."""
+        It keeps them (drawing no more than its capacity: reallocate) and admits nothing until
+        the load is under the capacity again."""
         return self.load_kw > self.capacity_kw + FIT_TOLERANCE_KW
 
     def ends_at(self, session: ChargingSession) -> float:

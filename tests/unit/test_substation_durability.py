@@ -25,6 +25,7 @@ from substation.__main__ import parse_args
 from substation.app import create_app
 from substation.charging import CHARGING, OverCapacity, SessionTable
 from substation.config import SubstationConfig
+from substation.state import TABLE
 from substation.store import SCHEMA_VERSION, SessionStore
 
 CHARGE = {"session_id": "s-1", "vehicle_id": "ev-1", "requested_kw": 7.0, "energy_kwh": 20.0}
@@ -183,6 +184,12 @@ async def test_a_substation_restarted_with_less_capacity_keeps_its_sessions_and_
     assert (status["load_kw"], status["capacity_kw"], status["active_sessions"],
             status["over_capacity"]) == (80.0, 50.0, 2, True)
     assert samples(await (await client.get("/metrics")).text())["substation_over_capacity"] == 1
+    # It keeps both, but never draws above its capacity: the oldest admission keeps its 40 kW,
+    # the other waits at 0 kW (fixed-power sessions too, as with floors).
+    assert status["granted_kw"] == 40.0
+    granted = {sid: (await (await client.get(f"/sessions/{sid}")).json())["granted_kw"]
+               for sid in ("a", "b")}
+    assert granted == {"a": 40.0, "b": 0.0}
     # Nothing new, not even the smallest session, until the load is under the capacity.
     resp = await client.post("/charge", json={**CHARGE, "session_id": "c", "requested_kw": 1.4})
     body = await resp.json()
@@ -192,6 +199,8 @@ async def test_a_substation_restarted_with_less_capacity_keeps_its_sessions_and_
     assert (await client.delete("/sessions/a")).status == 200
     status = await (await client.get("/status")).json()
     assert (status["load_kw"], status["over_capacity"]) == (40.0, False)
+    client.app[TABLE].advance(time.time())      # at the next tick b gets its power
+    assert (await (await client.get("/sessions/b")).json())["granted_kw"] == 40.0
     assert samples(await (await client.get("/metrics")).text())["substation_over_capacity"] == 0
     resp = await client.post("/charge", json={**CHARGE, "session_id": "c", "requested_kw": 10.0})
     assert resp.status == 200
