@@ -364,3 +364,13 @@ def test_restarted_with_less_capacity_than_the_floors_pauses_whole_floors_never_
     assert after.ends_at(paused) == math.inf
     with pytest.raises(OverCapacity, match="above its capacity since it was restarted"):
         after.admit("d", "ev", 11.0, 10.0, now=201.0, min_kw=1.4)
+
+
+def test_least_laxity_at_the_substation_reckons_laxity_at_its_speed() -> None:
+    """At speed 60 a (1 kWh, leaving in 100 s) has 94 s of slack and b (5 kWh, in 200 s) 170 s:
+    a charges first. Reckoned at speed 1 both would be late, b the later: b first."""
+    t = SessionTable(10.0, speed_factor=60.0)
+    t.admit("a", "ev", 10.0, 1.0, now=0.0, min_kw=1.4, departure_at=100.0)
+    t.admit("b", "ev", 10.0, 5.0, now=0.0, min_kw=1.4, departure_at=200.0)
+    t.advance(0.0)
+    assert (t.active["a"].granted_kw, t.active["b"].granted_kw) == pytest.approx((8.6, 1.4))

@@ -324,3 +324,12 @@ def test_a_slot_caps_need_in_charging_time_at_the_tables_speed() -> None:
     b = Demand("b", 1.4, 20.0)
     assert kw(20.0, [a, b], slot_s=60.0, speed_factor=60.0) == pytest.approx({"a": 2.0,
                                                                               "b": 18.0})
+
+
+def test_between_ticks_the_deepest_cut_gives_way_first_not_the_smallest_session() -> None:
+    smoother = Smoother()
+    smoother.update(26.0, {"x": 20.0, "y": 6.0})
+    # The allocation cuts x by 10 and y by 1: x gives way (to its floor) and that is enough.
+    changes = smoother.between_ticks(26.0, {"x": 10.0, "y": 5.0, "z": 11.0},
+                                     {"x": 5.0, "y": 5.0, "z": 5.0})
+    assert changes == {"x": 5.0, "z": 11.0}
